@@ -1,0 +1,7 @@
+//! SeaORM entities, one module per table, in the shape `sea-orm-cli generate entity`
+//! produces. No business logic lives here: queries and mutations are in
+//! `palisade::service`, policy in the actors.
+
+pub mod prelude;
+pub mod projects;
+pub mod tokens;

@@ -1,0 +1,20 @@
+//! Schema migrations, applied at start-up by `palisade serve` and on demand by
+//! `palisade migrate`. Built with sea-query so the same files run on SQLite and
+//! PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_projects;
+mod m20261123_000002_create_tokens;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_create_projects::Migration),
+            Box::new(m20261123_000002_create_tokens::Migration),
+        ]
+    }
+}

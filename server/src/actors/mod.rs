@@ -1,0 +1,4 @@
+//! The actors that own Palisade's mutable state (SPEC §1). Each runs on its own
+//! arbiter thread so a slow database write never stalls an HTTP worker.
+
+pub mod token_registry;

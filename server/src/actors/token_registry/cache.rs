@@ -1,0 +1,422 @@
+//! The read-mostly token and project cache that request handlers consult without a
+//! mailbox round trip. Only the `TokenRegistry` actor mutates it (the writer methods
+//! are `pub(super)`); handlers get `lookup` and `try_consume`.
+//!
+//! Request counters live in [`TokenCounters`], shared across policy snapshots, so a
+//! PATCH that replaces a token's policy never loses counts. The quota check is one
+//! compare-and-swap loop: concurrent requests can never over-admit.
+//!
+//! Multi-instance deployments will swap the counters for a Redis-backed
+//! implementation and feed `apply_*` from a revocation broadcast; the lookup
+//! interface stays as it is.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+
+use crate::error::ProxyError;
+use crate::ids::{ProjectId, TokenId};
+use crate::policy::{CidrList, ModelList};
+use crate::secret::{Secret, TokenHash};
+
+#[derive(Debug)]
+pub struct ProjectState {
+    pub id: ProjectId,
+    pub is_active: bool,
+    pub deleted: bool,
+    pub upstream_api_key: Option<Secret>,
+    pub allowed_models: ModelList,
+    pub allowed_cidrs: CidrList,
+    pub rate_limit_rpm: Option<i64>,
+}
+
+#[derive(Debug)]
+pub struct TokenState {
+    pub id: TokenId,
+    pub project_id: ProjectId,
+    pub hint: String,
+    pub is_active: bool,
+    pub revoked: bool,
+    pub expires_at: DateTime<Utc>,
+    pub max_requests: Option<i64>,
+    pub rate_limit_rpm: Option<i64>,
+    pub allowed_models: ModelList,
+    pub allowed_cidrs: CidrList,
+    pub counters: Arc<TokenCounters>,
+}
+
+#[derive(Debug, Default)]
+pub struct TokenCounters {
+    request_count: AtomicI64,
+    /// Unix milliseconds of the last admitted request; 0 = never.
+    last_used_ms: AtomicI64,
+    dirty: AtomicBool,
+}
+
+impl TokenCounters {
+    pub fn new(request_count: i64, last_used: Option<DateTime<Utc>>) -> Self {
+        Self {
+            request_count: AtomicI64::new(request_count),
+            last_used_ms: AtomicI64::new(last_used.map_or(0, |t| t.timestamp_millis())),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    pub fn request_count(&self) -> i64 {
+        self.request_count.load(Ordering::Acquire)
+    }
+
+    pub fn last_used(&self) -> Option<DateTime<Utc>> {
+        match self.last_used_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    /// Clears the dirty flag, returning whether there was anything to write.
+    pub(super) fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    pub(super) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+}
+
+/// Where a secret hash points: the current secret, or the pre-rotation one that is
+/// honoured until `valid_until`.
+#[derive(Debug, Clone, Copy)]
+struct HashSlot {
+    token: TokenId,
+    valid_until: Option<DateTime<Utc>>,
+}
+
+/// A token that passed every identity check, with its project.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub token: Arc<TokenState>,
+    pub project: Arc<ProjectState>,
+}
+
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    by_hash: DashMap<TokenHash, HashSlot>,
+    tokens: DashMap<TokenId, Arc<TokenState>>,
+    projects: DashMap<ProjectId, Arc<ProjectState>>,
+}
+
+// === impl TokenCache: the request path ===
+
+impl TokenCache {
+    /// Resolves a presented secret to an active token of an active project.
+    /// Unknown and past-grace secrets are indistinguishable (`invalid_api_key`).
+    pub fn lookup(&self, hash: &TokenHash, now: DateTime<Utc>) -> Result<Resolved, ProxyError> {
+        let slot = *self.by_hash.get(hash).ok_or(ProxyError::InvalidApiKey)?;
+        if slot.valid_until.is_some_and(|until| now >= until) {
+            return Err(ProxyError::InvalidApiKey);
+        }
+        let token = self
+            .tokens
+            .get(&slot.token)
+            .map(|t| Arc::clone(&t))
+            .ok_or(ProxyError::InvalidApiKey)?;
+        let project = self
+            .projects
+            .get(&token.project_id)
+            .map(|p| Arc::clone(&p))
+            .ok_or(ProxyError::InvalidApiKey)?;
+        if token.revoked || project.deleted {
+            return Err(ProxyError::TokenRevoked);
+        }
+        if now >= token.expires_at {
+            return Err(ProxyError::TokenExpired);
+        }
+        if !token.is_active {
+            return Err(ProxyError::TokenInactive);
+        }
+        if !project.is_active {
+            return Err(ProxyError::ProjectInactive);
+        }
+        Ok(Resolved { token, project })
+    }
+
+    /// Atomically checks the lifetime quota and counts the request.
+    pub fn try_consume(&self, token: &TokenState, now: DateTime<Utc>) -> Result<(), ProxyError> {
+        let c = &token.counters;
+        match token.max_requests {
+            Some(max) => c
+                .request_count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .map_err(|_| ProxyError::QuotaExceeded(max))?,
+            None => c.request_count.fetch_add(1, Ordering::AcqRel),
+        };
+        c.last_used_ms
+            .store(now.timestamp_millis(), Ordering::Release);
+        c.mark_dirty();
+        Ok(())
+    }
+
+    /// Live counters for a token, which may be ahead of the last database flush.
+    pub fn counters(&self, id: TokenId) -> Option<Arc<TokenCounters>> {
+        self.tokens.get(&id).map(|t| Arc::clone(&t.counters))
+    }
+
+    pub fn project(&self, id: ProjectId) -> Option<Arc<ProjectState>> {
+        self.projects.get(&id).map(|p| Arc::clone(&p))
+    }
+}
+
+/// Client-IP policy: token list first, then project list; both must allow.
+pub fn ip_allowed(resolved: &Resolved, ip: IpAddr) -> bool {
+    resolved.token.allowed_cidrs.allows(ip) && resolved.project.allowed_cidrs.allows(ip)
+}
+
+// === impl TokenCache: the writer side, used by the actor only ===
+
+impl TokenCache {
+    pub(super) fn put_project(&self, state: ProjectState) {
+        self.projects.insert(state.id, Arc::new(state));
+    }
+
+    /// Installs a token snapshot, keeping the live counters if it is already known.
+    pub(super) fn put_token(
+        &self,
+        mut state: TokenState,
+        hash: TokenHash,
+        previous: Option<(TokenHash, DateTime<Utc>)>,
+    ) {
+        if let Some(existing) = self.tokens.get(&state.id) {
+            state.counters = Arc::clone(&existing.counters);
+        }
+        let id = state.id;
+        // Drop hashes that no longer belong to this token (rotation).
+        self.by_hash.retain(|h, slot| {
+            slot.token != id || *h == hash || previous.is_some_and(|(p, _)| p == *h)
+        });
+        self.by_hash.insert(
+            hash,
+            HashSlot {
+                token: id,
+                valid_until: None,
+            },
+        );
+        if let Some((prev, until)) = previous {
+            self.by_hash.insert(
+                prev,
+                HashSlot {
+                    token: id,
+                    valid_until: Some(until),
+                },
+            );
+        }
+        self.tokens.insert(id, Arc::new(state));
+    }
+
+    /// Used by a bulk load, where no rotation cleanup is needed.
+    pub(super) fn load_token(
+        &self,
+        state: TokenState,
+        hash: TokenHash,
+        previous: Option<(TokenHash, DateTime<Utc>)>,
+    ) {
+        let id = state.id;
+        self.by_hash.insert(
+            hash,
+            HashSlot {
+                token: id,
+                valid_until: None,
+            },
+        );
+        if let Some((prev, until)) = previous {
+            self.by_hash.insert(
+                prev,
+                HashSlot {
+                    token: id,
+                    valid_until: Some(until),
+                },
+            );
+        }
+        self.tokens.insert(id, Arc::new(state));
+    }
+
+    /// Replaces a token's policy snapshot through `f`, keeping its hashes.
+    pub(super) fn update_token(&self, id: TokenId, f: impl FnOnce(&TokenState) -> TokenState) {
+        if let Some(mut entry) = self.tokens.get_mut(&id) {
+            let next = f(&entry);
+            *entry = Arc::new(next);
+        }
+    }
+
+    pub(super) fn tokens_of(&self, project: ProjectId) -> Vec<TokenId> {
+        self.tokens
+            .iter()
+            .filter(|t| t.project_id == project)
+            .map(|t| t.id)
+            .collect()
+    }
+
+    /// Dirty counters to write back: `(id, count, last_used)`.
+    pub(super) fn take_dirty(&self) -> Vec<(TokenId, i64, Option<DateTime<Utc>>)> {
+        self.tokens
+            .iter()
+            .filter(|t| t.counters.take_dirty())
+            .map(|t| (t.id, t.counters.request_count(), t.counters.last_used()))
+            .collect()
+    }
+
+    pub(super) fn mark_dirty(&self, ids: &[TokenId]) {
+        for id in ids {
+            if let Some(t) = self.tokens.get(id) {
+                t.counters.mark_dirty();
+            }
+        }
+    }
+
+    /// Forgets pre-rotation secrets whose grace has ended.
+    pub(super) fn prune_expired_previous(&self, now: DateTime<Utc>) {
+        self.by_hash
+            .retain(|_, slot| slot.valid_until.is_none_or(|until| now < until));
+    }
+}
+
+impl TokenState {
+    /// A copy with new policy fields and the same counters.
+    pub fn with(&self, f: impl FnOnce(&mut TokenState)) -> TokenState {
+        let mut next = TokenState {
+            id: self.id,
+            project_id: self.project_id,
+            hint: self.hint.clone(),
+            is_active: self.is_active,
+            revoked: self.revoked,
+            expires_at: self.expires_at,
+            max_requests: self.max_requests,
+            rate_limit_rpm: self.rate_limit_rpm,
+            allowed_models: self.allowed_models.clone(),
+            allowed_cidrs: self.allowed_cidrs.clone(),
+            counters: Arc::clone(&self.counters),
+        };
+        f(&mut next);
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn project(active: bool) -> ProjectState {
+        ProjectState {
+            id: ProjectId::new(),
+            is_active: active,
+            deleted: false,
+            upstream_api_key: None,
+            allowed_models: ModelList::default(),
+            allowed_cidrs: CidrList::default(),
+            rate_limit_rpm: None,
+        }
+    }
+
+    fn token(project: ProjectId, max: Option<i64>) -> TokenState {
+        TokenState {
+            id: TokenId::new(),
+            project_id: project,
+            hint: "tok-abcd****wxyz".into(),
+            is_active: true,
+            revoked: false,
+            expires_at: Utc::now() + Duration::days(1),
+            max_requests: max,
+            rate_limit_rpm: None,
+            allowed_models: ModelList::default(),
+            allowed_cidrs: CidrList::default(),
+            counters: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn lookup_distinguishes_states() {
+        let cache = TokenCache::default();
+        let p = project(true);
+        let pid = p.id;
+        cache.put_project(p);
+        let t = token(pid, None);
+        let tid = t.id;
+        let h = TokenHash::of("tok-1");
+        cache.put_token(t, h, None);
+        let now = Utc::now();
+        assert!(cache.lookup(&h, now).is_ok());
+        assert!(matches!(
+            cache.lookup(&TokenHash::of("tok-2"), now),
+            Err(ProxyError::InvalidApiKey)
+        ));
+        assert!(matches!(
+            cache.lookup(&h, now + Duration::days(2)),
+            Err(ProxyError::TokenExpired)
+        ));
+        cache.update_token(tid, |t| t.with(|t| t.is_active = false));
+        assert!(matches!(
+            cache.lookup(&h, now),
+            Err(ProxyError::TokenInactive)
+        ));
+        cache.update_token(tid, |t| t.with(|t| t.revoked = true));
+        assert!(matches!(
+            cache.lookup(&h, now),
+            Err(ProxyError::TokenRevoked)
+        ));
+    }
+
+    #[test]
+    fn quota_never_over_admits_under_threads() {
+        let cache = Arc::new(TokenCache::default());
+        let t = Arc::new(token(ProjectId::new(), Some(100)));
+        let admitted = Arc::new(AtomicI64::new(0));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, t, admitted) = (cache.clone(), t.clone(), admitted.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        if cache.try_consume(&t, Utc::now()).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(admitted.load(Ordering::Relaxed), 100);
+        assert_eq!(t.counters.request_count(), 100);
+    }
+
+    #[test]
+    fn rotation_keeps_previous_until_grace_ends() {
+        let cache = TokenCache::default();
+        let p = project(true);
+        let pid = p.id;
+        cache.put_project(p);
+        let t = token(pid, None);
+        let old = TokenHash::of("tok-old");
+        let new = TokenHash::of("tok-new");
+        let now = Utc::now();
+        let until = now + Duration::seconds(10);
+        cache.put_token(t.with(|_| {}), old, None);
+        cache.put_token(t, new, Some((old, until)));
+        assert!(cache.lookup(&old, now).is_ok());
+        assert!(cache.lookup(&new, now).is_ok());
+        assert!(matches!(
+            cache.lookup(&old, until),
+            Err(ProxyError::InvalidApiKey)
+        ));
+        cache.prune_expired_previous(until);
+        assert!(matches!(
+            cache.lookup(&old, now),
+            Err(ProxyError::InvalidApiKey)
+        ));
+    }
+}

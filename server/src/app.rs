@@ -1,0 +1,170 @@
+//! Assembling and running the HTTP server.
+//!
+//! Middleware order (outermost first), for every route:
+//! 1. `request_id::middleware`: assigns the request id before anything can fail,
+//!    and stamps `x-request-id` on every response, errors included.
+//! 2. `TracingLogger<RootSpan>`: one span per request carrying that id.
+//! 3. Routing: `/v1` → [`crate::proxy`], `/manage` → [`crate::manage`] (which adds
+//!    its own auth middleware), `/health`, `/ready`, else a JSON 404.
+//!
+//! No compression middleware anywhere: it would buffer SSE streams.
+//!
+//! Actors: `TokenRegistry` (see [`crate::actors::token_registry`]) runs on its own
+//! arbiter; handlers read its cache directly and send it management writes.
+//!
+//! Shutdown order:
+//! 1. SIGTERM/SIGINT: actix stops accepting and lets in-flight requests and streams
+//!    finish for up to `server.shutdown_grace`;
+//! 2. the registry writes back request counters (`FlushUsage`);
+//! 3. the log writer flushes (its guard drops) and the process exits 0.
+
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use sea_orm::DatabaseConnection;
+use tracing_actix_web::TracingLogger;
+
+use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
+use crate::config::{Config, InitError};
+use crate::crypto::KeyCipher;
+use crate::policy::CidrList;
+use crate::providers::Providers;
+use crate::telemetry::RootSpan;
+use crate::{db, manage, ops, proxy, request_id};
+
+/// Shared, read-only state handed to every handler.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub registry: Registry,
+    pub providers: Arc<Providers>,
+    pub allowed_paths: Vec<String>,
+    pub trusted_proxies: CidrList,
+}
+
+impl Registry {
+    /// Sends a management write and waits for it to be applied.
+    pub async fn ask<M, T>(&self, msg: M) -> Result<T, crate::error::ManageError>
+    where
+        M: actix::Message<Result = Result<T, crate::error::ManageError>> + Send + 'static,
+        T: Send + 'static,
+        TokenRegistry: actix::Handler<M>,
+    {
+        self.addr
+            .send(msg)
+            .await
+            .map_err(|e| crate::error::ManageError::Unavailable(format!("token registry: {e}")))?
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(proxy::scope())
+        .service(manage::scope())
+        .route("/health", web::get().to(ops::health))
+        .route("/ready", web::get().to(ops::ready))
+        .default_service(web::to(ops::not_found));
+}
+
+/// Runs `palisade serve` until a shutdown signal; see the module docs for order.
+pub async fn serve(config: Config) -> Result<(), InitError> {
+    let config = Arc::new(config);
+    let conn = db::connect(&config.database).await?;
+    db::migrate(&conn).await?;
+    let cipher = match config.auth.encryption_key.expose() {
+        "" => None,
+        k => Some(
+            KeyCipher::from_base64(k)
+                .map_err(|e| InitError::Other(format!("auth.encryption_key: {e}")))?,
+        ),
+    };
+    let registry = TokenRegistry::start(conn.clone(), cipher, config.tokens.usage_flush_interval.0)
+        .await
+        .map_err(|e| InitError::Database(format!("loading tokens: {e}")))?;
+    let providers = Arc::new(Providers::from_config(&config.providers).map_err(InitError::Other)?);
+    for key in config.unimplemented_settings() {
+        tracing::warn!(
+            key,
+            "this setting is accepted but not enforced by this release"
+        );
+    }
+
+    let state = web::Data::new(AppState {
+        config: Arc::clone(&config),
+        db: conn,
+        registry: registry.clone(),
+        providers: Arc::clone(&providers),
+        allowed_paths: config.proxy.allowed_paths.clone(),
+        trusted_proxies: CidrList::new(config.server.trusted_proxies.clone()),
+    });
+
+    // Background work owned by the server: glob providers' model lists.
+    #[allow(clippy::disallowed_methods)]
+    actix_rt::spawn(crate::providers::refresh_models_forever(
+        Arc::clone(&providers),
+        config.proxy.models_refresh_interval.0,
+    ));
+
+    let mut server = HttpServer::new(move || {
+        App::new()
+            // Read-only state for every handler.
+            .app_data(state.clone())
+            // Inner: the request span, so every log line of the request carries its id.
+            .wrap(TracingLogger::<RootSpan>::new())
+            // Outer: request ids exist before any other middleware can fail.
+            .wrap(from_fn(request_id::middleware))
+            .configure(configure)
+    })
+    // Nagle would hold small SSE frames back for up to 40 ms.
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
+    .shutdown_timeout(config.server.shutdown_grace.0.as_secs());
+    if config.server.workers > 0 {
+        server = server.workers(usize::try_from(config.server.workers).unwrap_or(1));
+    }
+    let server = server
+        .bind(&config.server.listen)
+        .map_err(|e| InitError::Other(format!("cannot listen on {}: {e}", config.server.listen)))?;
+    for addr in server.addrs() {
+        tracing::info!(%addr, "palisade listening on http://{addr}");
+    }
+    // Signals are ours, not actix's: actix would stop the whole actor system, and
+    // the registry must still be alive to write its counters after the drain.
+    let server = server.disable_signals().run();
+    let handle = server.handle();
+    #[allow(clippy::disallowed_methods)]
+    actix_rt::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutdown signal received; draining in-flight requests");
+        handle.stop(true).await;
+    });
+    server
+        .await
+        .map_err(|e| InitError::Other(format!("server error: {e}")))?;
+
+    match registry.addr.send(FlushUsage).await {
+        Ok(Ok(n)) => tracing::info!(tokens = n, "request counters written; bye"),
+        Ok(Err(e)) => tracing::error!(error = %e, "could not write request counters at shutdown"),
+        Err(e) => tracing::error!(error = %e, "token registry unavailable at shutdown"),
+    }
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

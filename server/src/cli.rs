@@ -1,0 +1,104 @@
+//! Command line: `serve`, `migrate`, `check-config`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, InitError};
+use crate::secret::Secret;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "palisade",
+    version,
+    about = "A secure, OpenAI-compatible LLM gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Development mode: generates an ephemeral management token when none is
+        /// set and prints it once to stderr. Never use in production.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print it with secrets redacted.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Validate as `serve --dev` would.
+        #[arg(long)]
+        dev: bool,
+    },
+}
+
+pub async fn run(cli: Cli) -> Result<(), InitError> {
+    match cli.command {
+        Command::Serve { config, dev } => {
+            let mut cfg = Config::load(&config::resolve_path(config.as_deref()), dev)?;
+            let _guard = crate::telemetry::init(&cfg.logging);
+            if dev {
+                enter_dev_mode(&mut cfg);
+            }
+            crate::app::serve(cfg).await
+        }
+        Command::Migrate { config } => {
+            // Migrating needs only the database settings, so the serving-time
+            // requirements (management token) are not enforced here.
+            let cfg = Config::load(&config::resolve_path(config.as_deref()), true)?;
+            let _guard = crate::telemetry::init(&cfg.logging);
+            let conn = crate::db::connect(&cfg.database).await?;
+            crate::db::migrate(&conn).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::CheckConfig { config, dev } => {
+            let path = config::resolve_path(config.as_deref());
+            let cfg = Config::load(&path, dev)?;
+            let yaml = yaml_serde::to_string(&cfg)
+                .map_err(|e| InitError::Other(format!("cannot print the config: {e}")))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "# {} is valid; effective configuration (secrets redacted):",
+                path.display()
+            )
+            .and_then(|()| out.write_all(yaml.as_bytes()))
+            .map_err(|e| InitError::Other(format!("stdout: {e}")))?;
+            for key in cfg.unimplemented_settings() {
+                writeln!(
+                    out,
+                    "# warning: {key} is accepted but not enforced by this release"
+                )
+                .map_err(|e| InitError::Other(format!("stdout: {e}")))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `--dev`: an ephemeral management token unless one is configured, printed once.
+fn enter_dev_mode(cfg: &mut Config) {
+    tracing::warn!("DEVELOPMENT MODE: relaxed start-up checks; do not expose this instance");
+    if cfg.auth.management_token.expose().len() < config::MIN_MANAGEMENT_TOKEN_LEN {
+        let token = crate::secret::TokenSecret::generate();
+        let value = format!("dev-{}", &token.expose()[4..]);
+        // Printed once, to stderr, outside the log stream, as SPEC §4 asks of --dev.
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "palisade --dev: ephemeral management token: {value}");
+        cfg.auth.management_token = Secret::new(value);
+    }
+}

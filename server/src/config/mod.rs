@@ -1,0 +1,668 @@
+//! `config.yaml`: typed, strict (`deny_unknown_fields`), env-expanded and validated
+//! once at start-up. Every key listed here does something or is documented in the
+//! README as accepted for a feature that is not built yet (SPEC §4 allows that);
+//! `Config::unimplemented_settings` names those so start-up can warn when one is set.
+
+mod env;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+pub use self::units::{ByteSize, HumanDuration};
+use crate::secret::Secret;
+
+/// Start-up failures: the process prints the message and exits with code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {message}")]
+    Yaml { path: String, message: String },
+    #[error("config file {path}:\n  {}", .errors.join("\n  "))]
+    Invalid { path: String, errors: Vec<String> },
+    #[error("database: {0}")]
+    Database(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+// === Defaults ===
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_MANAGE_MAX_BODY_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: HumanDuration = HumanDuration::secs(30);
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/palisade.db?mode=rwc";
+pub const DEFAULT_DB_MAX_CONNECTIONS: u64 = 8;
+pub const DEFAULT_DB_BUSY_TIMEOUT: HumanDuration = HumanDuration::secs(5);
+pub const DEFAULT_TOKEN_TTL: HumanDuration = HumanDuration::secs(30 * 86_400);
+pub const DEFAULT_TOKEN_MAX_TTL: HumanDuration = HumanDuration::secs(365 * 86_400);
+pub const DEFAULT_USAGE_FLUSH_INTERVAL: HumanDuration = HumanDuration::secs(1);
+pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(5);
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: HumanDuration = HumanDuration::secs(60);
+pub const DEFAULT_IDLE_TIMEOUT: HumanDuration = HumanDuration::secs(120);
+pub const DEFAULT_MODELS_REFRESH: HumanDuration = HumanDuration::secs(300);
+/// The proxy paths SPEC §2 serves by default (relative to `/v1`).
+pub const DEFAULT_ALLOWED_PATHS: &[&str] = &[
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/moderations",
+    "/images/generations",
+    "/audio/speech",
+    "/audio/transcriptions",
+];
+pub const MIN_MANAGEMENT_TOKEN_LEN: usize = 32;
+
+// === Structs ===
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub tokens: TokensConfig,
+    pub proxy: ProxyConfig,
+    pub queue: QueueConfig,
+    pub retry: RetryConfig,
+    pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest `/v1` request body; exactly this many bytes is allowed.
+    pub max_body_bytes: ByteSize,
+    /// Largest `/manage` request body.
+    pub manage_max_body_bytes: ByteSize,
+    pub shutdown_grace: HumanDuration,
+    /// actix worker threads; 0 = one per core.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub workers: u64,
+    /// Peers whose `X-Forwarded-For` is believed (right-most untrusted entry wins).
+    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_hosts: Vec<String>,
+    pub cors: CorsConfig,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            max_body_bytes: ByteSize(DEFAULT_MAX_BODY_BYTES),
+            manage_max_body_bytes: ByteSize(DEFAULT_MANAGE_MAX_BODY_BYTES),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            workers: 0,
+            trusted_proxies: Vec::new(),
+            trusted_hosts: Vec::new(),
+            cors: CorsConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    #[serde(deserialize_with = "units::de_u64")]
+    pub max_connections: u64,
+    pub busy_timeout: HumanDuration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new(DEFAULT_DATABASE_URL),
+            max_connections: DEFAULT_DB_MAX_CONNECTIONS,
+            busy_timeout: DEFAULT_DB_BUSY_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub management_token: Secret,
+    pub jwt_secret: Secret,
+    /// Base64 of 32 bytes; encrypts project upstream keys at rest (AES-256-GCM).
+    pub encryption_key: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    pub default_ttl: HumanDuration,
+    pub max_ttl: HumanDuration,
+    /// How often `request_count` / `last_used_at` are written back in one batch.
+    pub usage_flush_interval: HumanDuration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: DEFAULT_TOKEN_TTL,
+            max_ttl: DEFAULT_TOKEN_MAX_TTL,
+            usage_flush_interval: DEFAULT_USAGE_FLUSH_INTERVAL,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Paths under `/v1` that are forwarded; anything else is 404 `unknown_endpoint`.
+    pub allowed_paths: Vec<String>,
+    /// How often `GET /models` is asked of providers configured with a `*` glob.
+    pub models_refresh_interval: HumanDuration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            allowed_paths: DEFAULT_ALLOWED_PATHS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            models_refresh_interval: DEFAULT_MODELS_REFRESH,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    #[serde(deserialize_with = "units::de_u64")]
+    pub max_in_flight: u64,
+    #[serde(deserialize_with = "units::de_u64")]
+    pub max_waiting: u64,
+    pub max_wait: HumanDuration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            max_waiting: 2048,
+            max_wait: HumanDuration::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(deserialize_with = "units::de_u64")]
+    pub max_attempts: u64,
+    pub initial_delay: HumanDuration,
+    pub max_delay: HumanDuration,
+    pub multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_delay: HumanDuration::millis(100),
+            max_delay: HumanDuration::secs(5),
+            multiplier: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub file: String,
+    pub store_in_db: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file: "data/audit.jsonl".to_owned(),
+            store_in_db: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A tracing `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Secret,
+    /// Exact model names and `*` globs this provider serves.
+    #[serde(default = "default_models")]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default = "default_weight", deserialize_with = "units::de_u64")]
+    pub weight: u64,
+    #[serde(default)]
+    pub timeouts: ProviderTimeouts,
+}
+
+fn default_models() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn default_weight() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderTimeouts {
+    pub connect: HumanDuration,
+    /// Until the upstream's response headers arrive.
+    pub first_byte: HumanDuration,
+    /// Longest silence between two body chunks (streams have no total timeout).
+    pub idle: HumanDuration,
+}
+
+impl Default for ProviderTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+// === Loading ===
+
+/// Where the config comes from: `--config`, else `PALISADE_CONFIG`, else `./config.yaml`.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("PALISADE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config.yaml"))
+}
+
+impl Config {
+    /// Reads, expands, parses and validates. `dev` relaxes only what `--dev` documents.
+    pub fn load(path: &Path, dev: bool) -> Result<Self, InitError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| InitError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_yaml(&text, &shown, &|k| std::env::var(k).ok(), dev)
+    }
+
+    pub fn from_yaml(
+        text: &str,
+        shown: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        dev: bool,
+    ) -> Result<Self, InitError> {
+        let mut tree: yaml_serde::Value =
+            yaml_serde::from_str(text).map_err(|e| InitError::Yaml {
+                path: shown.to_owned(),
+                message: e.to_string(),
+            })?;
+        if tree.is_null() {
+            tree = yaml_serde::Value::Mapping(Default::default());
+        }
+        let mut missing = Vec::new();
+        env::expand_tree(&mut tree, "", lookup, &mut missing);
+        if !missing.is_empty() {
+            return Err(InitError::Invalid {
+                path: shown.to_owned(),
+                errors: missing,
+            });
+        }
+        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let at = e.path().to_string();
+            InitError::Invalid {
+                path: shown.to_owned(),
+                errors: vec![format!("{at}: {}", e.inner())],
+            }
+        })?;
+        if let Some(listen) = lookup("PALISADE_LISTEN").filter(|v| !v.is_empty()) {
+            config.server.listen = listen;
+        }
+        if let Some(url) = lookup("PALISADE_DATABASE_URL").filter(|v| !v.is_empty()) {
+            config.database.url = Secret::new(url);
+        }
+        let errors = config.validate(dev);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(InitError::Invalid {
+                path: shown.to_owned(),
+                errors,
+            })
+        }
+    }
+
+    /// Every problem, each prefixed with its key path.
+    pub fn validate(&self, dev: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            errors.push(format!(
+                "server.listen: {:?} is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ));
+        }
+        if self.server.max_body_bytes.0 == 0 {
+            errors.push("server.max_body_bytes: must be at least 1".to_owned());
+        }
+        if self.server.manage_max_body_bytes.0 == 0 {
+            errors.push("server.manage_max_body_bytes: must be at least 1".to_owned());
+        }
+        if let Some(tls) = &self.server.tls
+            && (tls.cert_file.is_some() || tls.key_file.is_some())
+        {
+            // Refusing beats silently serving plaintext to someone who asked for TLS.
+            errors.push(
+                "server.tls: TLS termination is not built yet; terminate TLS at a load balancer and remove this key".to_owned(),
+            );
+        }
+        let db = self.database.url.expose();
+        if !db.starts_with("sqlite:") {
+            errors.push(
+                "database.url: only sqlite: URLs are supported by this build (PostgreSQL comes with multi-instance support)".to_owned(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            errors.push("database.max_connections: must be at least 1".to_owned());
+        }
+        if self.redis.url.as_ref().is_some_and(|u| !u.is_empty()) {
+            errors.push(
+                "redis.url: Redis (multi-instance) is not built yet; leave it null".to_owned(),
+            );
+        }
+        let token = self.auth.management_token.expose();
+        if !dev && token.len() < MIN_MANAGEMENT_TOKEN_LEN {
+            errors.push(format!(
+                "auth.management_token: must be at least {MIN_MANAGEMENT_TOKEN_LEN} characters (set PALISADE_MANAGEMENT_TOKEN, or run with --dev)"
+            ));
+        }
+        if !self.auth.encryption_key.is_empty()
+            && crate::crypto::KeyCipher::from_base64(self.auth.encryption_key.expose()).is_err()
+        {
+            errors.push("auth.encryption_key: must be base64 of exactly 32 bytes".to_owned());
+        }
+        if self.tokens.default_ttl.0.is_zero() {
+            errors.push("tokens.default_ttl: must be positive".to_owned());
+        }
+        if self.tokens.default_ttl > self.tokens.max_ttl {
+            errors.push("tokens.default_ttl: must not exceed tokens.max_ttl".to_owned());
+        }
+        if self.tokens.usage_flush_interval.0.is_zero() {
+            errors.push("tokens.usage_flush_interval: must be positive".to_owned());
+        }
+        for (i, p) in self.proxy.allowed_paths.iter().enumerate() {
+            if !DEFAULT_ALLOWED_PATHS.contains(&p.as_str()) {
+                errors.push(format!(
+                    "proxy.allowed_paths[{i}]: {p:?} is not a known OpenAI path (known: {})",
+                    DEFAULT_ALLOWED_PATHS.join(", ")
+                ));
+            }
+        }
+        if self.proxy.models_refresh_interval.0.is_zero() {
+            errors.push("proxy.models_refresh_interval: must be positive".to_owned());
+        }
+        if !matches!(
+            self.logging.level.parse::<tracing_subscriber::EnvFilter>(),
+            Ok(_)
+        ) {
+            errors.push(format!(
+                "logging.level: {:?} is not a valid filter",
+                self.logging.level
+            ));
+        }
+        if self.providers.is_empty() {
+            errors.push("providers: at least one provider is required".to_owned());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = format!("providers[{i}]");
+            if p.name.trim().is_empty() {
+                errors.push(format!("{at}.name: must not be empty"));
+            } else if !names.insert(p.name.as_str()) {
+                errors.push(format!("{at}.name: duplicate provider name {:?}", p.name));
+            }
+            match Url::parse(&p.base_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => errors.push(format!(
+                    "{at}.base_url: {:?} is not an http(s) URL",
+                    p.base_url
+                )),
+            }
+            if p.models.is_empty() {
+                errors.push(format!("{at}.models: list at least one model or \"*\""));
+            }
+            if p.weight == 0 {
+                errors.push(format!("{at}.weight: must be at least 1"));
+            }
+            for (name, d) in [
+                ("connect", p.timeouts.connect),
+                ("first_byte", p.timeouts.first_byte),
+                ("idle", p.timeouts.idle),
+            ] {
+                if d.0.is_zero() {
+                    errors.push(format!("{at}.timeouts.{name}: must be positive"));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Settings accepted now (SPEC §4) for features a later release wires; start-up
+    /// warns when one differs from its default so nobody believes it is enforced.
+    pub fn unimplemented_settings(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.server.trusted_hosts.is_empty() {
+            out.push("server.trusted_hosts");
+        }
+        if !self.server.cors.allowed_origins.is_empty() {
+            out.push("server.cors.allowed_origins");
+        }
+        if self.queue != QueueConfig::default() {
+            out.push("queue");
+        }
+        if self.retry != RetryConfig::default() {
+            out.push("retry");
+        }
+        if self.audit != AuditConfig::default() {
+            out.push("audit");
+        }
+        if self.metrics.token.is_some() {
+            out.push("metrics.token");
+        }
+        if !self.auth.jwt_secret.is_empty() {
+            out.push("auth.jwt_secret");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, InitError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Config::from_yaml(yaml, "test.yaml", &lookup, false)
+    }
+
+    fn minimal() -> String {
+        format!(
+            "auth: {{ management_token: \"{TOKEN}\" }}\nproviders:\n  - {{ name: a, base_url: \"http://127.0.0.1:1/v1\" }}\n"
+        )
+    }
+
+    #[test]
+    fn default_config_round_trips() {
+        let cfg = load(&minimal(), &[]).unwrap();
+        let yaml = yaml_serde::to_string(&cfg).unwrap();
+        // Secrets serialize redacted, so the dump is not a loadable config as is.
+        assert!(!yaml.contains(TOKEN));
+        let again = load(&yaml.replace("'[redacted]'", &format!("\"{TOKEN}\"")), &[]).unwrap();
+        assert_eq!(again.server.listen, cfg.server.listen);
+        assert_eq!(again.tokens.max_ttl, cfg.tokens.max_ttl);
+    }
+
+    #[test]
+    fn shipped_config_yaml_is_valid() {
+        let text = include_str!("../../../config.yaml");
+        let cfg = load(text, &[("PALISADE_MANAGEMENT_TOKEN", TOKEN)]).unwrap();
+        assert_eq!(cfg.server.max_body_bytes.0, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let err = load(&format!("{}server: {{ listne: x }}\n", minimal()), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("server"), "{msg}");
+        assert!(msg.contains("listne"), "{msg}");
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let err = load(
+            "auth: { management_token: \"${PALISADE_TEST_UNSET_VAR}\" }\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("PALISADE_TEST_UNSET_VAR"));
+    }
+
+    #[test]
+    fn short_management_token_is_refused_outside_dev() {
+        let err = load(
+            "auth: { management_token: short }\nproviders: [{ name: a, base_url: \"http://x/v1\" }]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("auth.management_token"));
+    }
+
+    #[test]
+    fn env_overrides_listen_and_database() {
+        let cfg = load(
+            &minimal(),
+            &[
+                ("PALISADE_LISTEN", "127.0.0.1:9"),
+                ("PALISADE_DATABASE_URL", "sqlite::memory:"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:9");
+        assert_eq!(cfg.database.url.expose(), "sqlite::memory:");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_paths() {
+        let yaml = format!(
+            "{}server: {{ listen: nowhere, max_body_bytes: 10XB }}\n",
+            minimal()
+        );
+        assert!(
+            load(&yaml, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("server.max_body_bytes")
+        );
+        let yaml = format!(
+            "{}server: {{ trusted_proxies: [\"10.0.0.0/99\"] }}\n",
+            minimal()
+        );
+        assert!(
+            load(&yaml, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("trusted_proxies")
+        );
+        let yaml = format!("{}server: {{ listen: nowhere }}\n", minimal());
+        assert!(
+            load(&yaml, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("server.listen")
+        );
+        let yaml = format!("{}tokens: {{ default_ttl: 2d, max_ttl: 1d }}\n", minimal());
+        assert!(
+            load(&yaml, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("tokens.default_ttl")
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Database connection: SQLite tuned for a concurrent server, and the private
+//! data directory it lives in.
+//!
+//! * WAL + `synchronous=NORMAL`: readers never block the writer.
+//! * `busy_timeout` and foreign keys are connect options, so they hold on every
+//!   pooled connection, and the pool has more than one connection.
+//! * Every write transaction is opened `BEGIN IMMEDIATE` ([`begin_write`]): a
+//!   deferred transaction that upgrades from read to write gets `SQLITE_BUSY` at once,
+//!   without waiting for the busy timeout.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use crate::config::{DatabaseConfig, InitError};
+
+/// Opens the pool (creating the data directory `0700` and the file `0600` first).
+pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, InitError> {
+    let url = cfg.url.expose();
+    let memory = url.contains(":memory:") || url.contains("mode=memory");
+    if let Some(path) = sqlite_file_path(url) {
+        prepare_private_file(&path)?;
+    }
+    let busy = cfg.busy_timeout.0;
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(if memory {
+        // Every connection to `:memory:` is its own empty database.
+        1
+    } else {
+        u32::try_from(cfg.max_connections).unwrap_or(u32::MAX)
+    })
+    .min_connections(1)
+    .acquire_timeout(Duration::from_secs(10))
+    .sqlx_logging(false)
+    .map_sqlx_sqlite_opts(move |o| {
+        o.journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(busy)
+            .foreign_keys(true)
+    });
+    Database::connect(opts)
+        .await
+        .map_err(|e| InitError::Database(format!("cannot open the database: {e}")))
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), InitError> {
+    Migrator::up(db, None)
+        .await
+        .map_err(|e| InitError::Database(format!("migrations failed: {e}")))
+}
+
+/// Starts a write transaction that holds the write lock from its first statement.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The file behind a `sqlite:` URL, or `None` for in-memory databases.
+fn sqlite_file_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+/// Data files hold token hashes and encrypted keys: owner-only from the first byte.
+fn prepare_private_file(path: &Path) -> Result<(), InitError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io = |what: &str, e: std::io::Error| {
+        InitError::Database(format!("{what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("cannot create the directory of", e))?;
+    }
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io("cannot create", e))?;
+    } else if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "database file is readable by other users; chmod 600 it"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_file_path("sqlite://data/palisade.db?mode=rwc"),
+            Some(PathBuf::from("data/palisade.db"))
+        );
+        assert_eq!(
+            sqlite_file_path("sqlite:///tmp/x.db"),
+            Some(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(sqlite_file_path("sqlite::memory:"), None);
+    }
+}

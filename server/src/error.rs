@@ -1,0 +1,225 @@
+//! The two HTTP error envelopes, each mapped exactly once.
+//!
+//! * [`ProxyError`]: `/v1/*`, the OpenAI envelope
+//!   `{"error":{"message","type","code","param":null}}` so SDKs raise the right
+//!   exception class from the status.
+//! * [`ManageError`]: `/manage/*` and operational routes, `{"error":{"message","code"}}`
+//!   plus `fields` on 422.
+//!
+//! Messages never contain secrets: they are built from static text and ids only.
+//! Errors are logged once, here, at the boundary.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+// === ProxyError ===
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("Missing API key: send `Authorization: Bearer tok-…` or `x-api-key: tok-…`.")]
+    MissingApiKey,
+    #[error("Invalid API key.")]
+    InvalidApiKey,
+    #[error("This API key has expired.")]
+    TokenExpired,
+    #[error("This API key has been revoked.")]
+    TokenRevoked,
+    #[error("This API key is inactive.")]
+    TokenInactive,
+    #[error("The project of this API key is inactive.")]
+    ProjectInactive,
+    #[error("The model `{0}` is not allowed for this API key.")]
+    ModelNotAllowed(String),
+    #[error("Requests from this IP address are not allowed for this API key.")]
+    IpNotAllowed,
+    #[error("The request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("The request body must name a `model`.")]
+    MissingModel,
+    #[error("Unknown endpoint: {0}")]
+    UnknownEndpoint(String),
+    #[error("No provider serves the model `{0}`.")]
+    ModelNotFound(String),
+    #[error("The request body exceeds the limit of {0} bytes.")]
+    PayloadTooLarge(u64),
+    #[error("This API key has used all of its {0} allowed requests.")]
+    QuotaExceeded(i64),
+    #[error("The upstream provider could not be reached.")]
+    UpstreamError(String),
+    #[error("The upstream provider did not answer in time.")]
+    UpstreamTimeout,
+    #[error("The gateway is not ready to serve requests.")]
+    Unavailable(String),
+}
+
+impl ProxyError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::TokenExpired => "token_expired",
+            Self::TokenRevoked => "token_revoked",
+            Self::TokenInactive => "token_inactive",
+            Self::ProjectInactive => "project_inactive",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::IpNotAllowed => "ip_not_allowed",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::MissingModel => "missing_model",
+            Self::UnknownEndpoint(_) => "unknown_endpoint",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::UpstreamError(_) => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Unavailable(_) => "service_unavailable",
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self.status_code().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 if matches!(self, Self::QuotaExceeded(_)) => "insufficient_quota",
+            429 => "rate_limit_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+impl ResponseError for ProxyError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::TokenExpired
+            | Self::TokenRevoked
+            | Self::TokenInactive => StatusCode::UNAUTHORIZED,
+            Self::ProjectInactive | Self::ModelNotAllowed(_) | Self::IpNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
+            Self::InvalidJson(_) | Self::MissingModel => StatusCode::BAD_REQUEST,
+            Self::UnknownEndpoint(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamError(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        match self {
+            Self::UpstreamError(detail) | Self::Unavailable(detail) => {
+                tracing::warn!(code = self.code(), detail = %detail, "proxy request failed");
+            }
+            _ => tracing::debug!(
+                code = self.code(),
+                status = status.as_u16(),
+                "proxy request rejected"
+            ),
+        }
+        let mut resp = HttpResponse::build(status);
+        if matches!(self, Self::Unavailable(_)) {
+            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        resp.json(json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "code": self.code(),
+                "param": null,
+            }
+        }))
+    }
+}
+
+// === ManageError ===
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("missing or invalid management credentials")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the project is inactive")]
+    ProjectInactive,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("validation failed")]
+    Validation(BTreeMap<String, String>),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ManageError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::ProjectInactive => "project_inactive",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Validation(_) => "validation_failed",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn field(name: &str, why: impl Into<String>) -> Self {
+        Self::Validation(BTreeMap::from([(name.to_owned(), why.into())]))
+    }
+}
+
+impl From<sea_orm::DbErr> for ManageError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Self::Internal(format!("database: {e}"))
+    }
+}
+
+impl ResponseError for ManageError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::ProjectInactive => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut error = json!({ "message": self.to_string(), "code": self.code() });
+        match self {
+            Self::Validation(fields) => error["fields"] = json!(fields),
+            Self::Internal(detail) | Self::Unavailable(detail) => {
+                tracing::error!(code = self.code(), detail = %detail, "management request failed");
+            }
+            _ => {}
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unavailable(_)) {
+            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        resp.json(json!({ "error": error }))
+    }
+}

@@ -1,0 +1,35 @@
+//! Palisade: a secure, OpenAI-compatible LLM gateway.
+//!
+//! Where each route lives:
+//!
+//! | route | handler |
+//! |---|---|
+//! | `POST /v1/{allowed path}` | [`proxy`] `forward` (`proxy/mod.rs`) |
+//! | `GET /v1/models` | `proxy/models.rs` |
+//! | `/manage/projects…` | `manage/projects.rs` |
+//! | `/manage/tokens…` | `manage/tokens.rs` |
+//! | `GET /health`, `GET /ready` | [`ops`] |
+//!
+//! Routing and middleware order: [`app`]. State and its single writer:
+//! [`actors::token_registry`]. Database access: [`service`]. Errors and their
+//! envelopes: [`error`].
+
+pub mod actors;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod ids;
+pub mod manage;
+pub mod net;
+pub mod ops;
+pub mod policy;
+pub mod providers;
+pub mod proxy;
+pub mod request_id;
+pub mod secret;
+pub mod service;
+pub mod telemetry;
+pub mod time;

@@ -1,0 +1,268 @@
+//! Reading and validating `/manage` JSON bodies. Every problem is collected into the
+//! 422 `fields` map at once, unknown keys included, so an operator fixes a request in
+//! one round trip. Absent, `null` and a value are three different things for PATCH.
+
+use std::collections::BTreeMap;
+
+use actix_web::web;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use ipnet::IpNet;
+use serde_json::{Map, Value};
+
+use crate::error::ManageError;
+
+/// A PATCH field: not sent, sent as `null`, or sent with a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<T> {
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl<T> Field<T> {
+    /// For nullable columns: `None` = leave alone, `Some(None)` = clear.
+    pub fn patch(self) -> Option<Option<T>> {
+        match self {
+            Field::Absent => None,
+            Field::Null => Some(None),
+            Field::Value(v) => Some(Some(v)),
+        }
+    }
+
+    pub fn value(self) -> Option<T> {
+        match self {
+            Field::Value(v) => Some(v),
+            Field::Absent | Field::Null => None,
+        }
+    }
+}
+
+/// Reads the request body up to `limit` bytes.
+pub async fn read_limited(
+    mut payload: web::Payload,
+    limit: u64,
+) -> Result<web::Bytes, ManageError> {
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ManageError::InvalidJson(format!("cannot read the request body: {e}")))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ManageError::PayloadTooLarge(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+pub struct Body {
+    map: Map<String, Value>,
+    errors: BTreeMap<String, String>,
+}
+
+impl Body {
+    /// An empty body counts as `{}` (for calls such as rotate whose fields are optional).
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManageError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self {
+                map: Map::new(),
+                errors: BTreeMap::new(),
+            });
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            ManageError::InvalidJson(format!("the request body is not valid JSON: {e}"))
+        })?;
+        match value {
+            Value::Object(map) => Ok(Self {
+                map,
+                errors: BTreeMap::new(),
+            }),
+            _ => Err(ManageError::field("body", "must be a JSON object")),
+        }
+    }
+
+    fn take<T>(&mut self, key: &str, parse: impl FnOnce(&Value) -> Result<T, String>) -> Field<T> {
+        match self.map.remove(key) {
+            None => Field::Absent,
+            Some(Value::Null) => Field::Null,
+            Some(v) => match parse(&v) {
+                Ok(t) => Field::Value(t),
+                Err(why) => {
+                    self.errors.insert(key.to_owned(), why);
+                    Field::Absent
+                }
+            },
+        }
+    }
+
+    pub fn error(&mut self, key: &str, why: impl Into<String>) {
+        self.errors
+            .entry(key.to_owned())
+            .or_insert_with(|| why.into());
+    }
+
+    pub fn has_error(&self, key: &str) -> bool {
+        self.errors.contains_key(key)
+    }
+
+    pub fn string(&mut self, key: &str, max_chars: usize) -> Field<String> {
+        self.take(key, |v| match v {
+            Value::String(s) if s.trim().is_empty() => Err("must not be empty".into()),
+            Value::String(s) if s.chars().count() > max_chars => {
+                Err(format!("must be at most {max_chars} characters"))
+            }
+            Value::String(s) if s.chars().any(char::is_control) => {
+                Err("must not contain control characters".into())
+            }
+            Value::String(s) => Ok(s.clone()),
+            _ => Err("must be a string".into()),
+        })
+    }
+
+    /// A string that must be present and non-null.
+    pub fn required_string(&mut self, key: &str, max_chars: usize) -> Option<String> {
+        match self.string(key, max_chars) {
+            Field::Value(s) => Some(s),
+            Field::Null | Field::Absent => {
+                self.error(key, "is required");
+                None
+            }
+        }
+    }
+
+    pub fn bool(&mut self, key: &str) -> Field<bool> {
+        self.take(key, |v| {
+            v.as_bool()
+                .ok_or_else(|| "must be true or false".to_owned())
+        })
+    }
+
+    pub fn int(&mut self, key: &str, min: i64, max: i64) -> Field<i64> {
+        self.take(key, |v| match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(format!("must be an integer from {min} to {max}")),
+        })
+    }
+
+    pub fn timestamp(&mut self, key: &str) -> Field<DateTime<Utc>> {
+        self.take(key, |v| {
+            v.as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .ok_or_else(|| {
+                    "must be an RFC 3339 timestamp such as 2026-12-31T23:59:59Z".to_owned()
+                })
+        })
+    }
+
+    pub fn models(&mut self, key: &str) -> Field<Vec<String>> {
+        self.take(key, |v| {
+            let items = v.as_array().ok_or("must be an array of model names")?;
+            if items.len() > 256 {
+                return Err("must have at most 256 entries".into());
+            }
+            items
+                .iter()
+                .map(|m| match m.as_str() {
+                    Some(s)
+                        if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control) =>
+                    {
+                        Ok(s.to_owned())
+                    }
+                    _ => Err(
+                        "every entry must be a model name or glob of 1 to 256 characters"
+                            .to_owned(),
+                    ),
+                })
+                .collect()
+        })
+    }
+
+    pub fn cidrs(&mut self, key: &str) -> Field<Vec<IpNet>> {
+        self.take(key, |v| {
+            let items = v.as_array().ok_or("must be an array of CIDR ranges")?;
+            if items.len() > 256 {
+                return Err("must have at most 256 entries".into());
+            }
+            items
+                .iter()
+                .map(|c| {
+                    let s = c
+                        .as_str()
+                        .ok_or_else(|| "every entry must be a string".to_owned())?;
+                    parse_cidr(s).ok_or_else(|| format!("{s:?} is not an IP address or CIDR range"))
+                })
+                .collect()
+        })
+    }
+
+    /// Fails with 422 listing every invalid and every unknown field.
+    pub fn finish(mut self) -> Result<(), ManageError> {
+        for key in std::mem::take(&mut self.map)
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.errors.insert(key, "unknown field".into());
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ManageError::Validation(self.errors))
+        }
+    }
+}
+
+/// A CIDR, or a bare address meaning exactly that host.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_all_errors_and_unknown_fields() {
+        let mut b = Body::parse(br#"{"name":"","rate_limit_rpm":-1,"extra":1}"#).unwrap();
+        b.required_string("name", 100);
+        b.int("rate_limit_rpm", 1, 10);
+        let ManageError::Validation(f) = b.finish().unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(f.len(), 3);
+        assert!(f.contains_key("extra"));
+    }
+
+    #[test]
+    fn tri_state() {
+        let mut b = Body::parse(br#"{"a":null,"b":"x"}"#).unwrap();
+        assert_eq!(b.string("a", 5), Field::Null);
+        assert_eq!(b.string("b", 5), Field::Value("x".into()));
+        assert_eq!(b.string("c", 5), Field::Absent);
+        assert!(b.finish().is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_json() {
+        assert!(matches!(
+            Body::parse(b"{nope"),
+            Err(ManageError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            Body::parse(b"[1]"),
+            Err(ManageError::Validation(_))
+        ));
+        assert!(Body::parse(b"").is_ok());
+    }
+
+    #[test]
+    fn cidrs_accept_bare_addresses() {
+        assert_eq!(parse_cidr("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(parse_cidr("10.0.0.9/8").unwrap().to_string(), "10.0.0.0/8");
+        assert!(parse_cidr("nope").is_none());
+    }
+}

@@ -1,0 +1,114 @@
+//! `/manage/*`: the operator API (SPEC §3). Every route sits behind [`require_auth`];
+//! writes go to the `TokenRegistry` actor, reads straight to the database.
+
+mod body;
+mod list;
+mod projects;
+mod tokens;
+mod views;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpResponse, ResponseError, web};
+
+use crate::app::AppState;
+use crate::error::ManageError;
+use crate::secret::constant_time_eq;
+
+/// Mounts the management scope.
+pub fn scope() -> actix_web::Scope<
+    impl actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    web::scope("/manage")
+        // Auth runs before routing inside the scope, so an unauthenticated caller
+        // learns nothing about which ids or routes exist.
+        .wrap(from_fn(require_auth))
+        .service(
+            web::resource("/projects")
+                .get(projects::list)
+                .post(projects::create)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/projects/{id}")
+                .get(projects::get)
+                .patch(projects::update)
+                .delete(projects::delete)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/projects/{id}/tokens/revoke")
+                .post(projects::revoke_tokens)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/tokens")
+                .get(tokens::list)
+                .post(tokens::create)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/tokens/{id}")
+                .get(tokens::get)
+                .patch(tokens::update)
+                .delete(tokens::revoke)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/tokens/{id}/rotate")
+                .post(tokens::rotate)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found))
+}
+
+/// `Authorization: Bearer <management token>`, compared in constant time.
+async fn require_auth(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        let err = ManageError::Internal("application state missing".into());
+        return Ok(req
+            .into_response(err.error_response())
+            .map_into_right_body());
+    };
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let ok =
+        presented.is_some_and(|p| constant_time_eq(p, state.config.auth.management_token.expose()));
+    if !ok {
+        tracing::info!(
+            path = req.path(),
+            "management request rejected: bad credentials"
+        );
+        return Ok(req
+            .into_response(ManageError::Unauthorized.error_response())
+            .map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+async fn not_found() -> Result<HttpResponse, ManageError> {
+    Err(ManageError::NotFound("route"))
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed().json(serde_json::json!({
+        "error": { "message": "method not allowed on this route", "code": "method_not_allowed" }
+    }))
+}

@@ -1,0 +1,204 @@
+//! `/manage/tokens` handlers. The secret appears in exactly two responses: create
+//! and rotate.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::body::{Body, Field, read_limited};
+use super::list::ListParams;
+use super::projects::{NAME_MAX, RPM_MAX, nullable_list};
+use super::views::{ListView, TokenView};
+use crate::actors::token_registry::{
+    CreateToken, IssuedToken, NewToken, RevokeToken, RotateToken, TokenPatch, UpdateToken,
+};
+use crate::app::AppState;
+use crate::error::ManageError;
+use crate::ids::{ProjectId, TokenId};
+use crate::service::query::Query;
+
+pub const MAX_REQUESTS_MAX: i64 = 1_000_000_000_000;
+pub const MAX_GRACE_SECONDS: i64 = 86_400;
+
+fn token_id(raw: &str) -> Result<TokenId, ManageError> {
+    TokenId::parse(raw).ok_or(ManageError::NotFound("token"))
+}
+
+/// A token view plus its one-time secret.
+#[derive(Serialize)]
+struct WithSecret<'a> {
+    #[serde(flatten)]
+    view: TokenView,
+    token: &'a str,
+}
+
+fn with_secret(state: &AppState, issued: &IssuedToken) -> serde_json::Value {
+    let live = state.registry.cache.counters(TokenId(issued.model.id));
+    let view = TokenView::new(&issued.model, live.as_deref(), crate::time::now());
+    serde_json::to_value(WithSecret {
+        view,
+        token: issued.secret.expose(),
+    })
+    .unwrap_or(serde_json::Value::Null)
+}
+
+fn view(state: &AppState, model: &entity::tokens::Model) -> TokenView {
+    let live = state.registry.cache.counters(TokenId(model.id));
+    TokenView::new(model, live.as_deref(), crate::time::now())
+}
+
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ManageError> {
+    let params = ListParams::parse(req.query_string())?;
+    let page = Query::tokens(&state.db, params.project_id, params.active, params.page).await?;
+    Ok(HttpResponse::Ok().json(ListView::from_page(page, |t| view(&state, t))))
+}
+
+pub async fn get(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ManageError> {
+    let id = token_id(&path)?;
+    let token = Query::token(&state.db, id.0)
+        .await?
+        .ok_or(ManageError::NotFound("token"))?;
+    Ok(HttpResponse::Ok().json(view(&state, &token)))
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ManageError> {
+    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+    let mut b = Body::parse(&bytes)?;
+    let project_id = match b.string("project_id", 64) {
+        Field::Value(s) => match ProjectId::parse(&s) {
+            Some(id) => Some(id),
+            None => {
+                b.error("project_id", "must be a project id");
+                None
+            }
+        },
+        Field::Null | Field::Absent => {
+            if !b.has_error("project_id") {
+                b.error("project_id", "is required");
+            }
+            None
+        }
+    };
+    let now = crate::time::now();
+    let expires_at = expiry(&mut b, &state, now);
+    let new = NewToken {
+        project_id: project_id.unwrap_or_default(),
+        name: b.string("name", NAME_MAX).value(),
+        expires_at,
+        max_requests: b.int("max_requests", 1, MAX_REQUESTS_MAX).value(),
+        rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).value(),
+        allowed_models: b.models("allowed_models").value().unwrap_or_default(),
+        allowed_cidrs: b.cidrs("allowed_cidrs").value().unwrap_or_default(),
+    };
+    b.finish()?;
+    let issued = state.registry.ask(CreateToken(new)).await?;
+    Ok(HttpResponse::Created().json(with_secret(&state, &issued)))
+}
+
+/// `expires_in_seconds` or `expires_at` (not both), default `tokens.default_ttl`,
+/// never beyond `tokens.max_ttl`.
+fn expiry(b: &mut Body, state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
+    let max = state.config.tokens.max_ttl.0;
+    let max_secs = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+    let ttl_secs = b.int("expires_in_seconds", 1, i64::MAX).value();
+    let at = b.timestamp("expires_at").value();
+    let limit = now + chrono::Duration::seconds(max_secs);
+    let too_long = format!(
+        "the lifetime must not exceed tokens.max_ttl ({})",
+        humantime::format_duration(max)
+    );
+    match (ttl_secs, at) {
+        (Some(_), Some(_)) => {
+            b.error(
+                "expires_at",
+                "give expires_in_seconds or expires_at, not both",
+            );
+            now
+        }
+        (Some(secs), None) => {
+            if secs > max_secs {
+                b.error("expires_in_seconds", too_long);
+            }
+            now + chrono::Duration::seconds(secs.min(max_secs))
+        }
+        (None, Some(at)) => {
+            if at <= now {
+                b.error("expires_at", "must be in the future");
+            } else if at > limit {
+                b.error("expires_at", too_long);
+            }
+            at
+        }
+        (None, None) => {
+            now + chrono::Duration::from_std(state.config.tokens.default_ttl.0).unwrap_or_default()
+        }
+    }
+}
+
+pub async fn update(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ManageError> {
+    let id = token_id(&path)?;
+    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+    let mut b = Body::parse(&bytes)?;
+    let is_active = b.bool("is_active");
+    if is_active == Field::Null {
+        b.error("is_active", "cannot be null");
+    }
+    let expires_at = b.timestamp("expires_at");
+    if expires_at == Field::Null {
+        b.error("expires_at", "cannot be null; tokens always expire");
+    }
+    let patch = TokenPatch {
+        name: b.string("name", NAME_MAX).patch(),
+        is_active: is_active.value(),
+        expires_at: expires_at.value(),
+        max_requests: b.int("max_requests", 1, MAX_REQUESTS_MAX).patch(),
+        rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).patch(),
+        allowed_models: nullable_list(b.models("allowed_models")),
+        allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
+    };
+    b.finish()?;
+    let token = state.registry.ask(UpdateToken(id, patch)).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &token)))
+}
+
+pub async fn revoke(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ManageError> {
+    let id = token_id(&path)?;
+    state.registry.ask(RevokeToken(id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn rotate(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ManageError> {
+    let id = token_id(&path)?;
+    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+    let mut b = Body::parse(&bytes)?;
+    let grace = b
+        .int("grace_seconds", 0, MAX_GRACE_SECONDS)
+        .value()
+        .unwrap_or(0);
+    b.finish()?;
+    let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+    let issued = state.registry.ask(RotateToken { id, grace }).await?;
+    Ok(HttpResponse::Ok().json(with_secret(&state, &issued)))
+}

@@ -1,0 +1,36 @@
+//! Operational routes: `/health` (liveness) and `/ready` (database answers and a
+//! provider is usable), plus the JSON 404 for unknown paths outside `/v1`/`/manage`.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::service::query::Query;
+
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let db = Query::ping(&state.db).await.is_ok();
+    // Circuit breakers arrive with the ProviderSupervisor; until then a configured
+    // provider counts as not open.
+    let providers = !state.providers.all().is_empty();
+    let body = json!({
+        "status": if db && providers { "ready" } else { "unavailable" },
+        "checks": { "database": db, "providers": providers },
+    });
+    if db && providers {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "1"))
+            .json(body)
+    }
+}
+
+pub async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({
+        "error": { "message": "no such route", "code": "not_found" }
+    }))
+}

@@ -1,0 +1,180 @@
+//! Configured upstream providers and model routing.
+//!
+//! Each provider gets its own pooled reqwest client (one HTTP stack, rustls with
+//! ring) because connect and idle timeouts are per-client settings in reqwest; the
+//! first-byte timeout is applied per request by the proxy. Providers are ordered by
+//! `priority` (lower first); failover across them arrives with the
+//! `ProviderSupervisor`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::config::{ProviderConfig, ProviderTimeouts};
+use crate::policy::glob_match;
+use crate::secret::Secret;
+
+pub struct Provider {
+    pub name: String,
+    /// Without a trailing slash; the proxy appends the path after `/v1`.
+    pub base_url: String,
+    pub api_key: Secret,
+    pub patterns: Vec<String>,
+    pub priority: i64,
+    pub first_byte_timeout: Duration,
+    pub client: reqwest::Client,
+    /// For providers with a glob: the ids their `GET /models` last returned.
+    discovered: RwLock<Arc<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    pub fn serves(&self, model: &str) -> bool {
+        self.patterns.iter().any(|p| glob_match(p, model))
+    }
+
+    pub fn has_glob(&self) -> bool {
+        self.patterns.iter().any(|p| p.contains('*'))
+    }
+
+    /// Model ids to advertise in `GET /v1/models`.
+    pub fn advertised_models(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .patterns
+            .iter()
+            .filter(|p| !p.contains('*'))
+            .cloned()
+            .collect();
+        if let Ok(d) = self.discovered.read() {
+            out.extend(d.iter().filter(|m| self.serves(m)).cloned());
+        }
+        out
+    }
+
+    fn set_discovered(&self, models: Vec<String>) {
+        if let Ok(mut d) = self.discovered.write() {
+            *d = Arc::new(models);
+        }
+    }
+
+    /// Asks the provider for its model list (no token cost) and remembers it.
+    pub async fn discover_models(&self) -> Result<usize, String> {
+        let mut req = self.client.get(format!("{}/models", self.base_url));
+        if !self.api_key.is_empty() {
+            req = req.bearer_auth(self.api_key.expose());
+        }
+        let resp = tokio::time::timeout(self.first_byte_timeout, req.send())
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| format!("request failed: {}", without_url(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("body: {}", without_url(&e)))?;
+        #[derive(serde::Deserialize)]
+        struct List {
+            data: Vec<Item>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            id: String,
+        }
+        let list: List =
+            serde_json::from_slice(&body).map_err(|e| format!("not a model list: {e}"))?;
+        let ids: Vec<String> = list.data.into_iter().map(|i| i.id).collect();
+        let n = ids.len();
+        self.set_discovered(ids);
+        Ok(n)
+    }
+}
+
+/// reqwest errors print the URL, which is harmless here (keys travel in headers),
+/// but keep messages short and uniform.
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(url) = e.url() {
+        msg = msg.replace(url.as_str(), "<upstream>");
+    }
+    if let Some(src) = std::error::Error::source(e) {
+        msg.push_str(": ");
+        msg.push_str(&src.to_string());
+    }
+    msg
+}
+
+#[derive(Debug)]
+pub struct Providers {
+    list: Vec<Arc<Provider>>,
+}
+
+impl Providers {
+    pub fn from_config(configs: &[ProviderConfig]) -> Result<Self, String> {
+        let mut list = configs
+            .iter()
+            .map(|c| {
+                Ok(Arc::new(Provider {
+                    name: c.name.clone(),
+                    base_url: c.base_url.trim_end_matches('/').to_owned(),
+                    api_key: c.api_key.clone(),
+                    patterns: c.models.clone(),
+                    priority: c.priority,
+                    first_byte_timeout: c.timeouts.first_byte.0,
+                    client: build_client(&c.timeouts).map_err(|e| {
+                        format!("providers.{}: cannot build HTTP client: {e}", c.name)
+                    })?,
+                    discovered: RwLock::new(Arc::new(Vec::new())),
+                }))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        list.sort_by_key(|p| p.priority);
+        Ok(Self { list })
+    }
+
+    /// The provider for a model: the first, by priority, whose list serves it.
+    pub fn route(&self, model: Option<&str>) -> Option<&Arc<Provider>> {
+        match model {
+            Some(m) => self.list.iter().find(|p| p.serves(m)),
+            None => self.list.first(),
+        }
+    }
+
+    pub fn all(&self) -> &[Arc<Provider>] {
+        &self.list
+    }
+}
+
+fn build_client(t: &ProviderTimeouts) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(t.connect.0)
+        // Per read, not total: a long stream is fine as long as it keeps talking.
+        .read_timeout(t.idle.0)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+}
+
+/// Refreshes glob providers' model lists now and then every `interval`.
+pub async fn refresh_models_forever(providers: Arc<Providers>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        for p in providers.all().iter().filter(|p| p.has_glob()) {
+            match p.discover_models().await {
+                Ok(n) => tracing::debug!(provider = %p.name, models = n, "refreshed model list"),
+                Err(e) => tracing::warn!(provider = %p.name, error = %e, "cannot list models"),
+            }
+        }
+    }
+}

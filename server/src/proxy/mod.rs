@@ -1,0 +1,93 @@
+//! `/v1/*`: the OpenAI-compatible proxy (SPEC §2).
+//!
+//! Pipeline of one request, cheapest rejection first:
+//! 1. endpoint allowed (`proxy.allowed_paths`), else 404 `unknown_endpoint`;
+//! 2. credential → token + project from the registry cache (no mailbox, no DB);
+//! 3. client IP against token, then project CIDR lists;
+//! 4. body read with the size limit, `model`/`stream` peeked without a full parse;
+//! 5. model allowlists (token ∩ project), then a provider that serves the model;
+//! 6. lifetime quota: atomic check-and-increment;
+//! 7. forward ([`upstream`]) and stream the answer back ([`stream`]).
+
+mod auth;
+mod body;
+mod models;
+mod stream;
+mod upstream;
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+
+use crate::actors::token_registry::cache::ip_allowed;
+use crate::app::AppState;
+use crate::error::ProxyError;
+use crate::request_id::RequestId;
+
+pub fn scope() -> actix_web::Scope {
+    web::scope("/v1")
+        .route("/models", web::get().to(models::list))
+        .default_service(web::to(forward))
+}
+
+async fn forward(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ProxyError> {
+    let path = req.path();
+    let tail = path.strip_prefix("/v1").unwrap_or(path);
+    if req.method() != actix_web::http::Method::POST
+        || !state.allowed_paths.iter().any(|p| p == tail)
+    {
+        return Err(ProxyError::UnknownEndpoint(format!(
+            "{} {}",
+            req.method(),
+            path
+        )));
+    }
+    let now = crate::time::now();
+    let resolved = auth::resolve(&req, &state.registry.cache, now)?;
+    let ip = crate::net::client_ip(&req, &state.trusted_proxies);
+    if !ip_allowed(&resolved, ip) {
+        return Err(ProxyError::IpNotAllowed);
+    }
+    let limit = state.config.server.max_body_bytes.0;
+    let bytes = body::read_limited(&req, payload, limit).await?;
+    let peek = body::peek(&req, &bytes)?;
+    let restricted =
+        !resolved.token.allowed_models.is_empty() || !resolved.project.allowed_models.is_empty();
+    let model = match (&peek.model, body::requires_model(tail) || restricted) {
+        (Some(m), _) => Some(m.as_str()),
+        (None, true) => return Err(ProxyError::MissingModel),
+        (None, false) => None,
+    };
+    if let Some(m) = model
+        && !(resolved.token.allowed_models.allows(m) && resolved.project.allowed_models.allows(m))
+    {
+        return Err(ProxyError::ModelNotAllowed(m.to_owned()));
+    }
+    let provider = state
+        .providers
+        .route(model)
+        .ok_or_else(|| ProxyError::ModelNotFound(model.unwrap_or_default().to_owned()))?;
+    state.registry.cache.try_consume(&resolved.token, now)?;
+    let request_id = req.extensions().get::<RequestId>().cloned();
+    let upstream_key = match &resolved.project.upstream_api_key {
+        Some(k) if k.is_empty() => {
+            return Err(ProxyError::Unavailable(
+                "project upstream key cannot be decrypted".into(),
+            ));
+        }
+        Some(k) => k,
+        None => &provider.api_key,
+    };
+    let response = upstream::send(
+        &req,
+        provider,
+        tail,
+        upstream_key,
+        request_id.as_ref(),
+        bytes,
+    )
+    .await?;
+    Ok(stream::relay(response))
+}

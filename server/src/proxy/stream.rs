@@ -1,0 +1,135 @@
+//! Relaying the upstream response: status and end-to-end headers as they are, body
+//! chunk by chunk as it arrives (each chunk is written and flushed on its own, so
+//! SSE frames are not held back). No total timeout: the client's per-read idle
+//! timeout guards silence instead.
+//!
+//! When the client goes away actix drops the body stream at its next write; dropping
+//! it drops the upstream response, which closes the upstream connection and so
+//! cancels the upstream work. A failure mid-SSE-stream becomes an SSE `error`
+//! event followed by `[DONE]`, so SDKs raise an error instead of hanging.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::HttpResponse;
+use actix_web::body::SizedStream;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use futures_util::Stream;
+
+/// Response headers that belong to the upstream hop, not to our client.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-request-id",
+];
+
+pub fn relay(resp: reqwest::Response) -> HttpResponse {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = HttpResponse::build(status);
+    let mut sse = false;
+    for (name, value) in resp.headers() {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        if name == reqwest::header::CONTENT_TYPE
+            && value.as_bytes().starts_with(b"text/event-stream")
+        {
+            sse = true;
+        }
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()) {
+            out.append_header((name.as_str(), v));
+        }
+    }
+    let length = resp.content_length();
+    let body = Relay {
+        inner: Box::pin(resp.bytes_stream()),
+        sse,
+        state: State::Streaming,
+    };
+    match length {
+        Some(len) if !sse => out.body(SizedStream::new(len, body)),
+        _ => out.streaming(body),
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum State {
+    Streaming,
+    /// An SSE error event was sent; end the stream cleanly next.
+    Ending,
+    Done,
+}
+
+struct Relay {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    sse: bool,
+    state: State,
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.state {
+            State::Done => return Poll::Ready(None),
+            State::Ending => {
+                self.state = State::Done;
+                return Poll::Ready(None);
+            }
+            State::Streaming => {}
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(None) => {
+                self.state = State::Done;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let reason = if e.is_timeout() {
+                    "upstream_timeout"
+                } else {
+                    "upstream_error"
+                };
+                tracing::warn!(reason, error = %crate::providers::without_url(&e), "upstream failed mid-response");
+                if self.sse {
+                    self.state = State::Ending;
+                    Poll::Ready(Some(Ok(sse_error(reason))))
+                } else {
+                    self.state = State::Done;
+                    Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(reason))))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.state == State::Streaming {
+            tracing::debug!(
+                "client went away before the response ended; upstream request cancelled"
+            );
+        }
+    }
+}
+
+fn sse_error(code: &str) -> Bytes {
+    let event = serde_json::json!({
+        "error": {
+            "message": "The upstream provider failed while streaming the response.",
+            "type": "api_error",
+            "code": code,
+            "param": null,
+        }
+    });
+    Bytes::from(format!("data: {event}\n\ndata: [DONE]\n\n"))
+}
