@@ -134,6 +134,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// May hold a password (PostgreSQL): printed with the password redacted.
+    #[serde(serialize_with = "serialize_db_url")]
     pub url: Secret,
     #[serde(deserialize_with = "units::de_u64")]
     pub max_connections: u64,
@@ -335,6 +337,16 @@ impl Default for ProviderTimeouts {
             first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
             idle: DEFAULT_IDLE_TIMEOUT,
         }
+    }
+}
+
+fn serialize_db_url<S: serde::Serializer>(url: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    match Url::parse(url.expose()) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("[redacted]"));
+            s.serialize_str(u.as_str())
+        }
+        _ => s.serialize_str(url.expose()),
     }
 }
 

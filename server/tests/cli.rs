@@ -1,0 +1,149 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! The `palisade` binary's command line, run as a user would.
+//! (Having an integration test here also makes `cargo test --workspace` build the
+//! binary that the end-to-end suite in `tests/` starts.)
+
+use std::process::Command;
+
+const TOKEN: &str = "cli-test-management-token-0123456789";
+
+fn palisade() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    cmd.env_remove("PALISADE_CONFIG")
+        .env_remove("PALISADE_LISTEN")
+        .env_remove("PALISADE_DATABASE_URL")
+        .env_remove("PALISADE_MANAGEMENT_TOKEN");
+    cmd
+}
+
+fn write(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_prints_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "auth: { management_token: \"${MY_TOKEN}\" }\nproviders:\n  - { name: up, base_url: \"http://127.0.0.1:9/v1\", api_key: \"sk-very-secret-upstream\" }\n",
+    );
+    let out = palisade()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("MY_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("listen: 127.0.0.1:8080"), "{stdout}");
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(
+        !stdout.contains(TOKEN) && !stdout.contains("sk-very-secret-upstream"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_finds_config_through_palisade_config_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        &format!(
+            "auth: {{ management_token: {TOKEN} }}\nproviders: [{{ name: a, base_url: \"http://x/v1\" }}]\n"
+        ),
+    );
+    let out = palisade()
+        .arg("check-config")
+        .env("PALISADE_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_unknown_keys_and_unset_variables_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "server: { listen_addr: x }\n");
+    let out = palisade()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server") && stderr.contains("listen_addr"),
+        "{stderr}"
+    );
+
+    let path = write(
+        dir.path(),
+        "auth: { management_token: \"${PALISADE_SURELY_UNSET}\" }\n",
+    );
+    let out = palisade()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PALISADE_SURELY_UNSET"));
+}
+
+#[test]
+fn serve_refuses_a_short_management_token_without_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "auth: { management_token: short }\nproviders: [{ name: a, base_url: \"http://x/v1\" }]\n",
+    );
+    let out = palisade()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.management_token"));
+}
+
+#[test]
+fn migrate_creates_a_private_database() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nested/state/p.db");
+    let path = write(
+        dir.path(),
+        &format!(
+            "database: {{ url: \"sqlite://{}?mode=rwc\" }}\nproviders: [{{ name: a, base_url: \"http://x/v1\" }}]\n",
+            db.display()
+        ),
+    );
+    let out = palisade()
+        .args(["migrate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file_mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(db.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(file_mode, 0o600);
+    assert_eq!(dir_mode, 0o700);
+}

@@ -1,0 +1,442 @@
+//! Builder harness: start a mock upstream and a gateway wired to it, then talk HTTP.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const MANAGEMENT_TOKEN: &str = "e2e-management-token-0123456789abcdef";
+pub const PROVIDER_KEY: &str = "sk-provider-secret-key-for-e2e";
+/// base64 of 32 bytes 0..31; only for tests.
+pub const ENCRYPTION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// `target/debug/palisade`, built by `cargo test --workspace` (the `palisade`
+/// package has integration tests, so cargo builds its binary), or `PALISADE_BIN`.
+pub fn palisade_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PALISADE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("palisade");
+    assert!(
+        bin.exists(),
+        "{} not found: run the suite with `cargo test --workspace` (or `cargo build -p palisade` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// Reads a child's stream into `sink` on a thread; reports the first line that
+/// contains `marker` through the returned receiver.
+fn pump(
+    stream: impl std::io::Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    marker: &'static str,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(marker)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(line.clone());
+            }
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    rx
+}
+
+fn addr_after(line: &str, marker: &str) -> String {
+    let rest = &line[line.find(marker).unwrap() + marker.len()..];
+    rest.split(|c: char| c == '"' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+// === Mock upstream ===
+
+pub struct Mock {
+    child: Child,
+    pub url: String,
+    pub name: String,
+}
+
+impl Mock {
+    pub fn start(name: &str) -> Mock {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
+            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mock-upstream");
+        let out = child.stdout.take().unwrap();
+        let rx = pump(out, Arc::default(), "listening on ");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("mock did not start");
+        let addr = addr_after(&line, "listening on ");
+        Mock {
+            child,
+            url: format!("http://{addr}"),
+            name: name.to_owned(),
+        }
+    }
+
+    /// What the provider's `base_url` should be.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.url)
+    }
+
+    pub async fn stats(&self) -> Value {
+        client()
+            .get(format!("{}/_mock/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn last_request(&self) -> Value {
+        client()
+            .get(format!("{}/_mock/last", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === Gateway ===
+
+pub struct GatewayBuilder {
+    providers: Vec<String>,
+    extra: String,
+    env: Vec<(String, String)>,
+    dir: Option<tempfile::TempDir>,
+}
+
+pub struct Gateway {
+    child: Option<Child>,
+    pub url: String,
+    pub logs: Arc<Mutex<String>>,
+    pub dir: tempfile::TempDir,
+    config_path: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+pub fn gateway() -> GatewayBuilder {
+    init();
+    GatewayBuilder {
+        providers: Vec::new(),
+        extra: String::new(),
+        env: Vec::new(),
+        dir: None,
+    }
+}
+
+impl GatewayBuilder {
+    /// Adds a provider entry pointing at `mock` (`api_key` = [`PROVIDER_KEY`]).
+    pub fn provider(mut self, mock: &Mock, models: &str) -> Self {
+        self.providers.push(format!(
+            "  - {{ name: {}, base_url: \"{}\", api_key: \"{PROVIDER_KEY}\", models: {models}, timeouts: {{ connect: 2s, first_byte: 3s, idle: 5s }} }}\n",
+            mock.name,
+            mock.base_url()
+        ));
+        self
+    }
+
+    /// A raw provider entry (YAML flow mapping).
+    pub fn provider_yaml(mut self, entry: &str) -> Self {
+        self.providers.push(format!("  - {entry}\n"));
+        self
+    }
+
+    /// Extra top-level YAML (sections not otherwise written by the harness).
+    pub fn yaml(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Reuse a data directory (restart scenarios).
+    pub fn dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    pub fn start(self) -> Gateway {
+        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let db = dir.path().join("data/palisade.db");
+        let has = |section: &str| self.extra.lines().any(|l| l.starts_with(section));
+        let mut yaml = String::new();
+        if !has("server:") {
+            yaml.push_str("server: { listen: \"127.0.0.1:0\", workers: 2, shutdown_grace: 5s }\n");
+        }
+        yaml.push_str(&format!(
+            "database: {{ url: \"sqlite://{}?mode=rwc\" }}\n",
+            db.display()
+        ));
+        if !has("auth:") {
+            yaml.push_str("auth: { management_token: \"${E2E_MANAGEMENT_TOKEN}\", encryption_key: \"${E2E_ENCRYPTION_KEY}\" }\n");
+        }
+        if !has("tokens:") {
+            yaml.push_str("tokens: { usage_flush_interval: 200ms }\n");
+        }
+        if !has("logging:") {
+            yaml.push_str("logging: { level: \"palisade=debug,info\", format: json }\n");
+        }
+        yaml.push_str(&self.extra);
+        yaml.push_str("providers:\n");
+        for p in &self.providers {
+            yaml.push_str(p);
+        }
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let mut env = vec![
+            (
+                "E2E_MANAGEMENT_TOKEN".to_owned(),
+                MANAGEMENT_TOKEN.to_owned(),
+            ),
+            ("E2E_ENCRYPTION_KEY".to_owned(), ENCRYPTION_KEY.to_owned()),
+        ];
+        env.extend(self.env);
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (child, url) = spawn_gateway(&config_path, dir.path(), &env, &logs);
+        Gateway {
+            child: Some(child),
+            url,
+            logs,
+            dir,
+            config_path,
+            env,
+        }
+    }
+}
+
+fn spawn_gateway(
+    config: &Path,
+    cwd: &Path,
+    env: &[(String, String)],
+    logs: &Arc<Mutex<String>>,
+) -> (Child, String) {
+    let mut cmd = Command::new(palisade_bin());
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .env_remove("PALISADE_LISTEN")
+        .env_remove("PALISADE_DATABASE_URL")
+        .env_remove("PALISADE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start palisade");
+    let err = child.stderr.take().unwrap();
+    let rx = pump(err, Arc::clone(logs), "listening on http://");
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("palisade did not start:\n{}", logs.lock().unwrap());
+        }
+    };
+    let addr = addr_after(&line, "listening on http://");
+    (child, format!("http://{addr}"))
+}
+
+impl Gateway {
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Stops the gateway and starts it again on the same config and database.
+    pub fn restart(&mut self) {
+        assert_eq!(
+            self.terminate(),
+            Some(0),
+            "gateway did not exit cleanly:\n{}",
+            self.logs()
+        );
+        let (child, url) = spawn_gateway(&self.config_path, self.dir.path(), &self.env, &self.logs);
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data/palisade.db")
+    }
+
+    // --- management API ---
+
+    pub async fn manage(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let req = client()
+            .request(method.parse().unwrap(), format!("{}{path}", self.url))
+            .bearer_auth(MANAGEMENT_TOKEN);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn create_project(&self, body: Value) -> Value {
+        let (status, v) = self.manage("POST", "/manage/projects", Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+        v
+    }
+
+    /// Creates a project with `project` fields and a token with `token` fields;
+    /// returns (project id, token id, secret).
+    pub async fn project_and_token(
+        &self,
+        project: Value,
+        token: Value,
+    ) -> (String, String, String) {
+        let mut project = project;
+        if project.get("name").is_none() {
+            project["name"] = json!(format!("p-{}", uuid::Uuid::now_v7()));
+        }
+        let p = self.create_project(project).await;
+        let pid = p["id"].as_str().unwrap().to_owned();
+        let (tid, secret) = self.create_token(&pid, token).await;
+        (pid, tid, secret)
+    }
+
+    pub async fn create_token(&self, project_id: &str, extra: Value) -> (String, String) {
+        let mut body = extra;
+        body["project_id"] = json!(project_id);
+        let (status, v) = self.manage("POST", "/manage/tokens", Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    // --- proxy ---
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        client().post(format!("{}{path}", self.url))
+    }
+
+    pub async fn chat(&self, token: &str, body: Value) -> reqwest::Response {
+        self.post("/v1/chat/completions")
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    init();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub fn chat_body(model: &str) -> Value {
+    json!({ "model": model, "messages": [{ "role": "user", "content": "hello there" }] })
+}
+
+/// Status and parsed error envelope of a response.
+pub async fn error_of(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    (status, body)
+}
+
+/// Asserts an OpenAI-envelope error with exactly these keys and code.
+pub fn assert_proxy_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    let err = &body["error"];
+    assert_eq!(err["code"], want_code, "{body}");
+    assert!(
+        err["message"].is_string() && err["type"].is_string(),
+        "{body}"
+    );
+    assert!(err.get("param").is_some_and(Value::is_null), "{body}");
+    assert_eq!(err.as_object().unwrap().len(), 4, "{body}");
+}
+
+/// Asserts a management-envelope error.
+pub fn assert_manage_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}

@@ -1,0 +1,15 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+//! End-to-end tests: the real `palisade` binary on an ephemeral port, a real SQLite
+//! file in a temporary directory, and the `mock-upstream` binary over TCP. One test
+//! binary, one module per area; tests are named `area_condition_expectation`.
+
+mod harness;
+
+mod manage_projects;
+mod manage_tokens;
+mod proxy_forwarding;
+mod proxy_policy;
+mod proxy_streaming;
+mod python_sdk;
+mod secrets;
