@@ -484,10 +484,12 @@ impl Config {
         if self.proxy.models_refresh_interval.0.is_zero() {
             errors.push("proxy.models_refresh_interval: must be positive".to_owned());
         }
-        if !matches!(
-            self.logging.level.parse::<tracing_subscriber::EnvFilter>(),
-            Ok(_)
-        ) {
+        if self
+            .logging
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             errors.push(format!(
                 "logging.level: {:?} is not a valid filter",
                 self.logging.level

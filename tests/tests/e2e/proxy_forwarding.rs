@@ -201,7 +201,7 @@ async fn forwarding_unreachable_and_hanging_upstreams_map_to_502_and_504() {
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let (status, body) = error_of(gw.chat(&t, chat_body("down-model")).await).await;
     assert_proxy_error(status, &body, 502, "upstream_error");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let resp = gw
         .post("/v1/chat/completions")
         .bearer_auth(&t)

@@ -1,7 +1,9 @@
 //! SSE relay (SPEC §2): frames flow as produced, bytes unchanged, and a client that
 //! leaves cancels the upstream request.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use serde_json::json;

@@ -56,15 +56,14 @@ pub fn project_state(p: &projects::Model, cipher: Option<&KeyCipher>) -> Project
     }
 }
 
+/// The pre-rotation hash and the end of its grace.
+pub type PreviousHash = (TokenHash, DateTime<Utc>);
+
 /// A token snapshot, its current hash and its pre-rotation hash (if still in grace).
 pub fn token_state(
     t: &tokens::Model,
     counters: Option<Arc<TokenCounters>>,
-) -> (
-    TokenState,
-    Option<TokenHash>,
-    Option<(TokenHash, DateTime<Utc>)>,
-) {
+) -> (TokenState, Option<TokenHash>, Option<PreviousHash>) {
     let counters =
         counters.unwrap_or_else(|| Arc::new(TokenCounters::new(t.request_count, t.last_used_at)));
     let previous = t
