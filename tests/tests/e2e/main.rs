@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod bad_input;
 mod manage_projects;
 mod manage_tokens;
 mod proxy_forwarding;

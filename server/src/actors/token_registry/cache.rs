@@ -104,6 +104,8 @@ pub struct Resolved {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     by_hash: DashMap<TokenHash, HashSlot>,
+    /// Reverse index so a rotation can drop a token's old hashes without a scan.
+    hashes_of: DashMap<TokenId, Vec<TokenHash>>,
     tokens: DashMap<TokenId, Arc<TokenState>>,
     projects: DashMap<ProjectId, Arc<ProjectState>>,
 }
@@ -194,37 +196,19 @@ impl TokenCache {
             state.counters = Arc::clone(&existing.counters);
         }
         let id = state.id;
+        let keep = |h: &TokenHash| *h == hash || previous.is_some_and(|(p, _)| p == *h);
         // Drop hashes that no longer belong to this token (rotation).
-        self.by_hash.retain(|h, slot| {
-            slot.token != id || *h == hash || previous.is_some_and(|(p, _)| p == *h)
-        });
-        self.by_hash.insert(
-            hash,
-            HashSlot {
-                token: id,
-                valid_until: None,
-            },
-        );
-        if let Some((prev, until)) = previous {
-            self.by_hash.insert(
-                prev,
-                HashSlot {
-                    token: id,
-                    valid_until: Some(until),
-                },
-            );
+        if let Some(old) = self.hashes_of.get(&id).map(|v| v.clone()) {
+            for h in old.iter().filter(|h| !keep(h)) {
+                self.by_hash.remove(h);
+            }
         }
-        self.tokens.insert(id, Arc::new(state));
-    }
-
-    /// Used by a bulk load, where no rotation cleanup is needed.
-    pub(super) fn load_token(
-        &self,
-        state: TokenState,
-        hash: TokenHash,
-        previous: Option<(TokenHash, DateTime<Utc>)>,
-    ) {
-        let id = state.id;
+        self.hashes_of.insert(
+            id,
+            std::iter::once(hash)
+                .chain(previous.map(|(p, _)| p))
+                .collect(),
+        );
         self.by_hash.insert(
             hash,
             HashSlot {

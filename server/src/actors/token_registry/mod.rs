@@ -62,7 +62,7 @@ impl TokenRegistry {
         for t in Query::all_tokens(&db).await? {
             let (state, hash, prev) = token_state(&t, None);
             if let Some(hash) = hash {
-                cache.load_token(state, hash, prev);
+                cache.put_token(state, hash, prev);
             }
         }
         let actor = TokenRegistry {
