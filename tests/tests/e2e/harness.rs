@@ -117,6 +117,11 @@ impl Mock {
             .unwrap()
     }
 
+    /// How many requests reached `path` (e.g. `/v1/chat/completions`).
+    pub async fn count(&self, path: &str) -> u64 {
+        self.stats().await["by_path"][path].as_u64().unwrap_or(0)
+    }
+
     pub async fn last_request(&self) -> Value {
         client()
             .get(format!("{}/_mock/last", self.url))
