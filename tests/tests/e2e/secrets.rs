@@ -13,7 +13,7 @@ async fn secrets_never_reach_logs_or_the_database() {
     let mock = Mock::start("up");
     let mut gw = gateway()
         .provider(&mock, "[\"*\"]")
-        .yaml("logging: { level: debug, format: json }")
+        .yaml("logging: { level: trace, format: json }")
         .start();
     let project_key = "sk-project-upstream-key-e2e-secret";
     let (pid, tid, t1) = gw

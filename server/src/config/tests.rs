@@ -1,0 +1,117 @@
+//! Unit tests of loading, expansion and validation.
+use super::*;
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, InitError> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Config::from_yaml(yaml, "test.yaml", &lookup, false)
+}
+
+fn minimal() -> String {
+    format!(
+        "auth: {{ management_token: \"{TOKEN}\" }}\nproviders:\n  - {{ name: a, base_url: \"http://127.0.0.1:1/v1\" }}\n"
+    )
+}
+
+#[test]
+fn default_config_round_trips() {
+    let cfg = load(&minimal(), &[]).unwrap();
+    let yaml = yaml_serde::to_string(&cfg).unwrap();
+    // Secrets serialize redacted, so the dump is not a loadable config as is.
+    assert!(!yaml.contains(TOKEN));
+    let again = load(&yaml.replace("'[redacted]'", &format!("\"{TOKEN}\"")), &[]).unwrap();
+    assert_eq!(again.server.listen, cfg.server.listen);
+    assert_eq!(again.tokens.max_ttl, cfg.tokens.max_ttl);
+}
+
+#[test]
+fn shipped_config_yaml_is_valid() {
+    let text = include_str!("../../../config.yaml");
+    let cfg = load(text, &[("PALISADE_MANAGEMENT_TOKEN", TOKEN)]).unwrap();
+    assert_eq!(cfg.server.max_body_bytes.0, DEFAULT_MAX_BODY_BYTES);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let err = load(&format!("{}server: {{ listne: x }}\n", minimal()), &[]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("server"), "{msg}");
+    assert!(msg.contains("listne"), "{msg}");
+}
+
+#[test]
+fn unset_variable_is_named() {
+    let err = load(
+        "auth: { management_token: \"${PALISADE_TEST_UNSET_VAR}\" }\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("PALISADE_TEST_UNSET_VAR"));
+}
+
+#[test]
+fn short_management_token_is_refused_outside_dev() {
+    let err = load(
+        "auth: { management_token: short }\nproviders: [{ name: a, base_url: \"http://x/v1\" }]\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("auth.management_token"));
+}
+
+#[test]
+fn env_overrides_listen_and_database() {
+    let cfg = load(
+        &minimal(),
+        &[
+            ("PALISADE_LISTEN", "127.0.0.1:9"),
+            ("PALISADE_DATABASE_URL", "sqlite::memory:"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.server.listen, "127.0.0.1:9");
+    assert_eq!(cfg.database.url.expose(), "sqlite::memory:");
+}
+
+#[test]
+fn bad_values_are_rejected_with_paths() {
+    let yaml = format!(
+        "{}server: {{ listen: nowhere, max_body_bytes: 10XB }}\n",
+        minimal()
+    );
+    assert!(
+        load(&yaml, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("server.max_body_bytes")
+    );
+    let yaml = format!(
+        "{}server: {{ trusted_proxies: [\"10.0.0.0/99\"] }}\n",
+        minimal()
+    );
+    assert!(
+        load(&yaml, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("trusted_proxies")
+    );
+    let yaml = format!("{}server: {{ listen: nowhere }}\n", minimal());
+    assert!(
+        load(&yaml, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("server.listen")
+    );
+    let yaml = format!("{}tokens: {{ default_ttl: 2d, max_ttl: 1d }}\n", minimal());
+    assert!(
+        load(&yaml, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("tokens.default_ttl")
+    );
+}

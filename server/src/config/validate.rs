@@ -1,0 +1,155 @@
+//! `Config::validate`: every problem at once, each named by its key path.
+
+use std::net::SocketAddr;
+
+use url::Url;
+
+use super::{
+    AuditConfig, Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN, QueueConfig, RetryConfig,
+};
+
+impl Config {
+    /// Every problem, each prefixed with its key path.
+    pub fn validate(&self, dev: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            errors.push(format!(
+                "server.listen: {:?} is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ));
+        }
+        if self.server.max_body_bytes.0 == 0 {
+            errors.push("server.max_body_bytes: must be at least 1".to_owned());
+        }
+        if self.server.manage_max_body_bytes.0 == 0 {
+            errors.push("server.manage_max_body_bytes: must be at least 1".to_owned());
+        }
+        if let Some(tls) = &self.server.tls
+            && (tls.cert_file.is_some() || tls.key_file.is_some())
+        {
+            // Refusing beats silently serving plaintext to someone who asked for TLS.
+            errors.push(
+                "server.tls: TLS termination is not built yet; terminate TLS at a load balancer and remove this key".to_owned(),
+            );
+        }
+        let db = self.database.url.expose();
+        if !db.starts_with("sqlite:") {
+            errors.push(
+                "database.url: only sqlite: URLs are supported by this build (PostgreSQL comes with multi-instance support)".to_owned(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            errors.push("database.max_connections: must be at least 1".to_owned());
+        }
+        if self.redis.url.as_ref().is_some_and(|u| !u.is_empty()) {
+            errors.push(
+                "redis.url: Redis (multi-instance) is not built yet; leave it null".to_owned(),
+            );
+        }
+        let token = self.auth.management_token.expose();
+        if !dev && token.len() < MIN_MANAGEMENT_TOKEN_LEN {
+            errors.push(format!(
+                "auth.management_token: must be at least {MIN_MANAGEMENT_TOKEN_LEN} characters (set PALISADE_MANAGEMENT_TOKEN, or run with --dev)"
+            ));
+        }
+        if !self.auth.encryption_key.is_empty()
+            && crate::crypto::KeyCipher::from_base64(self.auth.encryption_key.expose()).is_err()
+        {
+            errors.push("auth.encryption_key: must be base64 of exactly 32 bytes".to_owned());
+        }
+        if self.tokens.default_ttl.0.is_zero() {
+            errors.push("tokens.default_ttl: must be positive".to_owned());
+        }
+        if self.tokens.default_ttl > self.tokens.max_ttl {
+            errors.push("tokens.default_ttl: must not exceed tokens.max_ttl".to_owned());
+        }
+        if self.tokens.usage_flush_interval.0.is_zero() {
+            errors.push("tokens.usage_flush_interval: must be positive".to_owned());
+        }
+        for (i, p) in self.proxy.allowed_paths.iter().enumerate() {
+            if !DEFAULT_ALLOWED_PATHS.contains(&p.as_str()) {
+                errors.push(format!(
+                    "proxy.allowed_paths[{i}]: {p:?} is not a known OpenAI path (known: {})",
+                    DEFAULT_ALLOWED_PATHS.join(", ")
+                ));
+            }
+        }
+        if self.proxy.models_refresh_interval.0.is_zero() {
+            errors.push("proxy.models_refresh_interval: must be positive".to_owned());
+        }
+        if self
+            .logging
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            errors.push(format!(
+                "logging.level: {:?} is not a valid filter",
+                self.logging.level
+            ));
+        }
+        if self.providers.is_empty() {
+            errors.push("providers: at least one provider is required".to_owned());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = format!("providers[{i}]");
+            if p.name.trim().is_empty() {
+                errors.push(format!("{at}.name: must not be empty"));
+            } else if !names.insert(p.name.as_str()) {
+                errors.push(format!("{at}.name: duplicate provider name {:?}", p.name));
+            }
+            match Url::parse(&p.base_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => errors.push(format!(
+                    "{at}.base_url: {:?} is not an http(s) URL",
+                    p.base_url
+                )),
+            }
+            if p.models.is_empty() {
+                errors.push(format!("{at}.models: list at least one model or \"*\""));
+            }
+            if p.weight == 0 {
+                errors.push(format!("{at}.weight: must be at least 1"));
+            }
+            for (name, d) in [
+                ("connect", p.timeouts.connect),
+                ("first_byte", p.timeouts.first_byte),
+                ("idle", p.timeouts.idle),
+            ] {
+                if d.0.is_zero() {
+                    errors.push(format!("{at}.timeouts.{name}: must be positive"));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Settings accepted now (SPEC §4) for features a later release wires; start-up
+    /// warns when one differs from its default so nobody believes it is enforced.
+    pub fn unimplemented_settings(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.server.trusted_hosts.is_empty() {
+            out.push("server.trusted_hosts");
+        }
+        if !self.server.cors.allowed_origins.is_empty() {
+            out.push("server.cors.allowed_origins");
+        }
+        if self.queue != QueueConfig::default() {
+            out.push("queue");
+        }
+        if self.retry != RetryConfig::default() {
+            out.push("retry");
+        }
+        if self.audit != AuditConfig::default() {
+            out.push("audit");
+        }
+        if self.metrics.token.is_some() {
+            out.push("metrics.token");
+        }
+        if !self.auth.jwt_secret.is_empty() {
+            out.push("auth.jwt_secret");
+        }
+        out
+    }
+}
