@@ -410,6 +410,15 @@ impl Drop for Gateway {
     }
 }
 
+/// The common case: a mock serving every model, a gateway in front of it, and one
+/// unrestricted token.
+pub async fn setup() -> (Mock, Gateway, String) {
+    let mock = Mock::start("up");
+    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
+    (mock, gw, token)
+}
+
 pub fn client() -> reqwest::Client {
     init();
     reqwest::Client::builder().no_proxy().build().unwrap()

@@ -5,14 +5,12 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::{
-    Mock, PROVIDER_KEY, assert_proxy_error, chat_body, client, error_of, gateway,
+    Mock, PROVIDER_KEY, assert_proxy_error, chat_body, client, error_of, gateway, setup,
 };
 
 #[tokio::test]
 async fn forwarding_substitutes_credentials_and_strips_headers() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (mock, gw, t) = setup().await;
     let resp = gw
         .post("/v1/chat/completions?trace=1")
         .bearer_auth(&t)
@@ -65,9 +63,7 @@ async fn forwarding_substitutes_credentials_and_strips_headers() {
 
 #[tokio::test]
 async fn forwarding_request_ids_are_validated_or_generated() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (mock, gw, t) = setup().await;
     for bad in ["has space", "x".repeat(129).as_str(), "semi;colon"] {
         let resp = gw
             .post("/v1/chat/completions")
@@ -115,9 +111,7 @@ async fn forwarding_project_upstream_key_replaces_provider_key() {
 
 #[tokio::test]
 async fn forwarding_upstream_client_errors_pass_through_unchanged() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (_mock, gw, t) = setup().await;
     let resp = gw
         .post("/v1/chat/completions")
         .bearer_auth(&t)
@@ -147,9 +141,7 @@ async fn forwarding_upstream_client_errors_pass_through_unchanged() {
 
 #[tokio::test]
 async fn forwarding_other_endpoints_reach_the_upstream() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (_mock, gw, t) = setup().await;
     let resp = gw
         .post("/v1/embeddings")
         .bearer_auth(&t)

@@ -2,13 +2,11 @@
 
 use serde_json::json;
 
-use crate::harness::{Mock, assert_proxy_error, chat_body, client, error_of, gateway};
+use crate::harness::{Mock, assert_proxy_error, chat_body, client, error_of, gateway, setup};
 
 #[tokio::test]
 async fn proxy_credentials_are_required_and_checked() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (mock, gw, t) = setup().await;
 
     let resp = gw
         .post("/v1/chat/completions")
@@ -308,9 +306,7 @@ async fn proxy_models_list_is_filtered_by_allowlists() {
 
 #[tokio::test]
 async fn proxy_glob_provider_models_come_from_upstream_list() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (mock, gw, t) = setup().await;
     let mut ids = Vec::new();
     for _ in 0..50 {
         let v: serde_json::Value = client()

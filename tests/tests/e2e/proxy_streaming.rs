@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::harness::{Mock, client, gateway};
+use crate::harness::{client, setup};
 
 fn stream_body() -> serde_json::Value {
     json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
@@ -16,9 +16,7 @@ fn stream_body() -> serde_json::Value {
 
 #[tokio::test]
 async fn streaming_first_frame_arrives_before_upstream_finishes() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (_mock, gw, t) = setup().await;
     let started = Instant::now();
     let resp = gw
         .post("/v1/chat/completions")
@@ -60,9 +58,7 @@ async fn streaming_first_frame_arrives_before_upstream_finishes() {
 
 #[tokio::test]
 async fn streaming_bytes_are_identical_to_the_direct_upstream() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (mock, gw, t) = setup().await;
     let fetch = |req: reqwest::RequestBuilder| async move {
         req.header("x-mock-chunks", "20")
             .header("x-mock-fixed", "1")
@@ -85,9 +81,7 @@ async fn streaming_bytes_are_identical_to_the_direct_upstream() {
 
 #[tokio::test]
 async fn streaming_client_disconnect_cancels_the_upstream() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (mock, gw, t) = setup().await;
     let resp = gw
         .post("/v1/chat/completions")
         .bearer_auth(&t)
@@ -116,9 +110,7 @@ async fn streaming_client_disconnect_cancels_the_upstream() {
 
 #[tokio::test]
 async fn streaming_upstream_cut_ends_with_an_sse_error_event() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let (_mock, gw, t) = setup().await;
     let resp = gw
         .post("/v1/chat/completions")
         .bearer_auth(&t)
