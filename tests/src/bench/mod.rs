@@ -1,0 +1,8 @@
+//! The `bench` binary's parts: processes under test, load generators, statistics
+//! and reports. See `src/bin/bench.rs` for the flow.
+
+pub mod load;
+pub mod procs;
+pub mod report;
+pub mod stats;
+pub mod stream;

@@ -1,0 +1,209 @@
+//! Processes under test: the mock upstream, a release `palisade`, optionally nginx;
+//! CPU pinning with `taskset`, and RSS from `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Proc {
+    child: Child,
+    pub url: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn have_taskset() -> bool {
+    Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Pins this process (and the threads it starts later) to `cpu`.
+pub fn pin_self(cpu: usize) -> bool {
+    Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn command(bin: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// Waits for a line containing `marker` on the reader and returns what follows it.
+fn wait_for(
+    reader: impl std::io::Read + Send + 'static,
+    marker: &'static str,
+) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.find(marker)
+                && let Some(tx) = tx.take()
+            {
+                let rest = &line[i + marker.len()..];
+                let addr = rest
+                    .split(|c: char| c == '"' || c.is_whitespace())
+                    .next()
+                    .unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .map_err(|_| format!("no '{marker}' line in time"))
+}
+
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/release"))
+}
+
+pub fn spawn_mock(cpu: Option<usize>) -> Result<Proc, String> {
+    let mut child = command(&bin_dir().join("mock-upstream"), cpu)
+        .args(["--listen", "127.0.0.1:0", "--name", "bench"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start mock-upstream: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let addr = wait_for(out, "listening on ")?;
+    Ok(Proc {
+        child,
+        url: format!("http://{addr}"),
+    })
+}
+
+pub const BENCH_MANAGEMENT_TOKEN: &str = "bench-management-token-0123456789abcdef";
+
+pub fn spawn_palisade(cpu: Option<usize>, dir: &Path, mock_url: &str) -> Result<Proc, String> {
+    let config = format!(
+        "server: {{ listen: \"127.0.0.1:0\", workers: 1 }}\n\
+         database: {{ url: \"sqlite://{}/palisade.db?mode=rwc\" }}\n\
+         auth: {{ management_token: \"{BENCH_MANAGEMENT_TOKEN}\" }}\n\
+         logging: {{ level: info, format: json }}\n\
+         providers:\n  - {{ name: mock, base_url: \"{mock_url}/v1\", api_key: \"sk-bench\", models: [\"gpt-4o-mini\", \"gpt-4o\"] }}\n",
+        dir.display()
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    let mut child = command(&bin_dir().join("palisade"), cpu)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start palisade (build it with `cargo build --release -p palisade`): {e}"
+            )
+        })?;
+    let err = child.stderr.take().ok_or("no stderr")?;
+    let addr = wait_for(err, "listening on http://")?;
+    Ok(Proc {
+        child,
+        url: format!("http://{addr}"),
+    })
+}
+
+/// nginx as a one-worker reverse proxy with upstream keep-alive, no buffering and a
+/// trivial header check: the floor any gateway is compared against.
+pub fn spawn_nginx(cpu: Option<usize>, dir: &Path, mock_url: &str) -> Result<Proc, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let upstream = mock_url.trim_start_matches("http://");
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+         upstream mock {{ server {upstream}; keepalive 256; }}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    tcp_nodelay on;\n\
+         location / {{\n      if ($http_authorization != \"Bearer bench-nginx-key\") {{ return 401; }}\n\
+         proxy_pass http://mock;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Authorization \"Bearer sk-bench\";\n      proxy_buffering off;\n      proxy_request_buffering off;\n    }}\n  }}\n}}\n",
+        dir = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or("nginx is not installed (apt-get install nginx-light)")?;
+    let child = command(&nginx, cpu)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start nginx: {e}"))?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Proc {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("nginx did not start listening".into())
+}
+
+/// (current RSS, peak RSS) in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}

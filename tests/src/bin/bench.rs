@@ -1,0 +1,452 @@
+//! `bench`: what Palisade adds to a request, measured side by side with the direct
+//! path (and optionally nginx or other gateways) in one interleaved run.
+//!
+//! `cargo build --release -p palisade && cargo run --release -p palisade-tests --bin bench -- [--nginx] [--quick]`
+//!
+//! It starts the mock upstream (zero delay) and a release `palisade` with every
+//! feature that exists switched on, pins the gateway to CPU 0 and the mock and this
+//! client to CPU 1 when `taskset` is available, and writes `target/bench/bench.md`,
+//! `bench.json` and `bench.svg`.
+
+// The report is this program's output.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use palisade_tests::bench::load::{self, Run, Target};
+use palisade_tests::bench::report::{
+    self, Check, GatewayResult, ManyStreamsResult, Memory, Report,
+};
+use palisade_tests::bench::stats::{added, summarize};
+use palisade_tests::bench::{procs, stream};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "Latency Palisade adds, measured against the direct path"
+)]
+struct Args {
+    /// c=1 requests per side.
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Closed-loop concurrency.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Closed-loop seconds per side.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Open-loop rate (requests/s); default: half the slowest side's closed-loop RPS.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open-loop seconds per side.
+    #[arg(long, default_value_t = 5.0)]
+    open_seconds: f64,
+    /// Streams measured per side for TTFB and inter-chunk gaps.
+    #[arg(long, default_value_t = 60)]
+    stream_samples: usize,
+    /// Concurrent streams for the stall check (through Palisade).
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Also measure nginx as a one-worker reverse proxy (the floor).
+    #[arg(long)]
+    nginx: bool,
+    /// Another OpenAI-compatible gateway in front of the same mock: NAME=URL[,KEY]
+    /// (URL is its `/v1` base). The mock's address is printed at start.
+    #[arg(long = "compare")]
+    compare: Vec<String>,
+    /// Measure an already running Palisade (`/v1` base URL) with this token instead
+    /// of starting one.
+    #[arg(long, requires = "token")]
+    gateway_url: Option<String>,
+    #[arg(long)]
+    token: Option<String>,
+    /// Do not pin processes to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// A short run for smoke-testing the harness.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+fn main() -> Result<(), String> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.requests = 500;
+        args.seconds = 2.0;
+        args.open_seconds = 2.0;
+        args.stream_samples = 10;
+        args.streams = 100;
+    }
+    let pinned = !args.no_pin && procs::have_taskset() && procs::pin_self(1);
+    let (gw_cpu, mock_cpu) = if pinned {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let placement = if pinned {
+        "gateway pinned to CPU 0; mock upstream and client pinned to CPU 1 (taskset)".to_owned()
+    } else {
+        "no CPU pinning (taskset unavailable or --no-pin)".to_owned()
+    };
+    println!("{placement}");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mock = procs::spawn_mock(mock_cpu)?;
+    println!("mock upstream at {}/v1", mock.url);
+    let palisade = match &args.gateway_url {
+        Some(_) => None,
+        None => Some(procs::spawn_palisade(gw_cpu, dir.path(), &mock.url)?),
+    };
+    let nginx_dir = dir.path().join("nginx");
+    let nginx = if args.nginx {
+        std::fs::create_dir_all(&nginx_dir).map_err(|e| e.to_string())?;
+        Some(procs::spawn_nginx(gw_cpu, &nginx_dir, &mock.url)?)
+    } else {
+        None
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run(args, placement, mock, palisade, nginx))
+}
+
+async fn setup_token(client: &reqwest::Client, base: &str) -> Result<String, String> {
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(procs::BENCH_MANAGEMENT_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let p: Value = post(
+        "/manage/projects",
+        json!({"name": "bench", "allowed_models": ["gpt-4o*"], "allowed_cidrs": ["127.0.0.0/8"]}),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .json()
+    .await
+    .map_err(|e| e.to_string())?;
+    let t: Value = post(
+        "/manage/tokens",
+        json!({"project_id": p["id"], "name": "bench", "max_requests": 1_000_000_000_000i64, "allowed_models": ["gpt-4o-mini"], "allowed_cidrs": ["127.0.0.1"]}),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .json()
+    .await
+    .map_err(|e| e.to_string())?;
+    t["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("token creation failed: {t}"))
+}
+
+fn parse_compare(spec: &str) -> Result<Target, String> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or("--compare takes NAME=URL[,KEY]")?;
+    let (url, key) = match rest.split_once(',') {
+        Some((u, k)) => (u, Some(k.to_owned())),
+        None => (rest, None),
+    };
+    Ok(Target {
+        name: name.to_owned(),
+        base: url.trim_end_matches('/').to_owned(),
+        key,
+    })
+}
+
+async fn run(
+    args: Args,
+    placement: String,
+    mock: procs::Proc,
+    palisade: Option<procs::Proc>,
+    nginx: Option<procs::Proc>,
+) -> Result<(), String> {
+    let client = load::client();
+    let direct = Target {
+        name: "direct".into(),
+        base: format!("{}/v1", mock.url),
+        key: None,
+    };
+    let mut gateways = Vec::new();
+    let palisade_pid = palisade.as_ref().map(procs::Proc::pid);
+    match (&palisade, &args.gateway_url) {
+        (Some(p), _) => {
+            let token = setup_token(&client, &p.url).await?;
+            gateways.push(Target {
+                name: "palisade".into(),
+                base: format!("{}/v1", p.url),
+                key: Some(token),
+            });
+        }
+        (None, Some(url)) => gateways.push(Target {
+            name: "palisade".into(),
+            base: url.clone(),
+            key: args.token.clone(),
+        }),
+        (None, None) => {}
+    }
+    if let Some(n) = &nginx {
+        gateways.push(Target {
+            name: "nginx".into(),
+            base: format!("{}/v1", n.url),
+            key: Some("bench-nginx-key".into()),
+        });
+    }
+    for spec in &args.compare {
+        gateways.push(parse_compare(spec)?);
+    }
+    let mut all = vec![direct.clone()];
+    all.extend(gateways.iter().cloned());
+
+    // Warm-up, and a check that every side answers.
+    for t in &all {
+        let run = load::sequential(&client, t, 300).await;
+        if run.errors > 0 {
+            return Err(format!(
+                "{} fails: {}",
+                t.name,
+                run.first_error.unwrap_or_default()
+            ));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_kib = palisade_pid.and_then(procs::rss_kib).map_or(0, |r| r.0);
+
+    // c=1, interleaved in rounds so drift hits every side alike.
+    let rounds = 10;
+    let mut c1: Vec<Run> = all.iter().map(|_| Run::default()).collect();
+    for _ in 0..rounds {
+        for (i, t) in all.iter().enumerate() {
+            c1[i].merge(load::sequential(&client, t, args.requests.div_ceil(rounds)).await);
+        }
+    }
+    println!("c=1 done");
+
+    // Closed loop, two interleaved halves per side.
+    let half = Duration::from_secs_f64(args.seconds / 2.0);
+    let mut closed: Vec<Run> = all.iter().map(|_| Run::default()).collect();
+    for _ in 0..2 {
+        for (i, t) in all.iter().enumerate() {
+            closed[i].merge(load::closed_loop(&client, t, args.concurrency, half).await);
+        }
+    }
+    println!("c={} done", args.concurrency);
+
+    let rate = args
+        .rate
+        .unwrap_or_else(|| closed.iter().map(Run::rps).fold(f64::MAX, f64::min) * 0.5);
+    let mut open: Vec<Run> = Vec::new();
+    for t in &all {
+        open.push(
+            load::open_loop(&client, t, rate, Duration::from_secs_f64(args.open_seconds)).await,
+        );
+    }
+    println!("open loop at {rate:.0}/s done");
+
+    // Streaming: TTFB and gaps, batches of 10 concurrent streams, interleaved.
+    let mut ttfb: Vec<Vec<f64>> = all.iter().map(|_| Vec::new()).collect();
+    let mut gaps: Vec<Vec<f64>> = all.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.stream_samples.div_ceil(10) {
+        for (i, t) in all.iter().enumerate() {
+            let batch = futures_util::future::join_all(
+                (0..10).map(|_| stream::stream_once(&client, t, 64, 20)),
+            )
+            .await;
+            for s in batch.into_iter().flatten() {
+                ttfb[i].push(s.ttfb_us);
+                gaps[i].extend(s.gaps_us);
+            }
+        }
+    }
+    println!("streaming samples done");
+
+    let mut many_result = None;
+    let mut memory = None;
+    if let (Some(pid), Some(p)) = (palisade_pid, gateways.first()) {
+        let sampler_done = std::cell::Cell::new(false);
+        let sampler = async {
+            let mut peak = 0;
+            while !sampler_done.get() {
+                peak = peak.max(procs::rss_kib(pid).map_or(0, |r| r.0));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        };
+        let streams = async {
+            let r = stream::many(&client, p, args.streams, 64, 20).await;
+            sampler_done.set(true);
+            r
+        };
+        let (peak, many) = tokio::join!(sampler, streams);
+        println!("{} concurrent streams done", args.streams);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = procs::rss_kib(pid).map_or(0, |r| r.0);
+        many_result = Some(ManyStreamsResult {
+            streams: many.streams,
+            errors: many.errors,
+            stalled: many.stalled,
+            max_gap_ms: many.max_gap_us / 1000.0,
+            seconds: many.elapsed.as_secs_f64(),
+        });
+        memory = Some(Memory {
+            idle_kib,
+            peak_kib: peak,
+            after_kib: after,
+        });
+    }
+
+    let direct_c1 = summarize(&c1[0].latencies);
+    let direct_closed = summarize(&closed[0].latencies);
+    let direct_open = summarize(&open[0].latencies);
+    let direct_ttfb = summarize(&ttfb[0]);
+    let direct_gap = summarize(&gaps[0]);
+    let mut results = Vec::new();
+    for (i, g) in gateways.iter().enumerate() {
+        let k = i + 1;
+        let c1s = summarize(&c1[k].latencies);
+        let cl = summarize(&closed[k].latencies);
+        let op = summarize(&open[k].latencies);
+        let tt = summarize(&ttfb[k]);
+        let gp = summarize(&gaps[k]);
+        results.push(GatewayResult {
+            name: g.name.clone(),
+            c1: c1s,
+            c1_added: added(&c1s, &direct_c1),
+            closed_rps: closed[k].rps(),
+            closed_p99_us: cl.p99,
+            closed_added_p99_us: cl.p99 - direct_closed.p99,
+            closed_errors: closed[k].errors + c1[k].errors,
+            open_rate: rate,
+            open: op,
+            open_added_p99_us: op.p99 - direct_open.p99,
+            open_errors: open[k].errors,
+            stream_ttfb: tt,
+            stream_ttfb_added: added(&tt, &direct_ttfb),
+            stream_gap: gp,
+            stream_gap_added_p99_us: gp.p99 - direct_gap.p99,
+        });
+    }
+    let checks = checks(&results, many_result.as_ref(), memory.as_ref());
+    let report = Report {
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        placement,
+        features_on: vec![
+            "token auth (SHA-256, registry cache)".into(),
+            "project + token model allowlists".into(),
+            "project + token CIDR allowlists".into(),
+            "lifetime quota (atomic)".into(),
+            "request ids".into(),
+            "header hygiene".into(),
+            "per-request tracing span (info)".into(),
+        ],
+        c1_requests_per_side: args.requests,
+        closed_concurrency: args.concurrency,
+        closed_seconds: args.seconds,
+        direct_c1,
+        direct_closed_rps: closed[0].rps(),
+        direct_closed_p99_us: direct_closed.p99,
+        direct_open,
+        direct_stream_ttfb: direct_ttfb,
+        direct_stream_gap: direct_gap,
+        gateways: results,
+        many_streams: many_result,
+        memory,
+        checks,
+    };
+    let md = report::markdown(&report);
+    println!("\n{md}");
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("bench.md"), &md).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("bench.json"), json).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("bench.svg"), report::svg(&report)).map_err(|e| e.to_string())?;
+    println!("written to {}/bench.{{md,json,svg}}", args.out.display());
+    drop((mock, palisade, nginx));
+    Ok(())
+}
+
+/// The targets, against nginx where it was measured in the same run.
+fn checks(
+    results: &[GatewayResult],
+    many: Option<&ManyStreamsResult>,
+    mem: Option<&Memory>,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let Some(p) = results.iter().find(|g| g.name == "palisade") else {
+        return out;
+    };
+    let ms = |v: f64| format!("{:.3} ms", v / 1000.0);
+    if let Some(n) = results.iter().find(|g| g.name == "nginx") {
+        out.push(Check {
+            target: "c=1 added p50 ≤ 1.5 × nginx".into(),
+            measured: format!("{} vs nginx {}", ms(p.c1_added.p50), ms(n.c1_added.p50)),
+            pass: p.c1_added.p50 <= 1.5 * n.c1_added.p50,
+        });
+        out.push(Check {
+            target: "c=1 added p99 ≤ 1.5 × nginx".into(),
+            measured: format!("{} vs nginx {}", ms(p.c1_added.p99), ms(n.c1_added.p99)),
+            pass: p.c1_added.p99 <= 1.5 * n.c1_added.p99,
+        });
+        out.push(Check {
+            target: "c=64 RPS ≥ 50 % of nginx".into(),
+            measured: format!(
+                "{:.0} vs nginx {:.0} ({:.0} %)",
+                p.closed_rps,
+                n.closed_rps,
+                100.0 * p.closed_rps / n.closed_rps
+            ),
+            pass: p.closed_rps >= 0.5 * n.closed_rps,
+        });
+    }
+    out.push(Check {
+        target: "c=64 added p99 ≤ 2 ms".into(),
+        measured: ms(p.closed_added_p99_us),
+        pass: p.closed_added_p99_us <= 2000.0,
+    });
+    out.push(Check {
+        target: "c=64 0 errors".into(),
+        measured: p.closed_errors.to_string(),
+        pass: p.closed_errors == 0,
+    });
+    out.push(Check {
+        target: "streaming added TTFB p99 ≤ 0.2 ms".into(),
+        measured: ms(p.stream_ttfb_added.p99),
+        pass: p.stream_ttfb_added.p99 <= 200.0,
+    });
+    out.push(Check {
+        target: "streaming added inter-chunk p99 ≤ 50 µs".into(),
+        measured: format!("{:.0} µs", p.stream_gap_added_p99_us),
+        pass: p.stream_gap_added_p99_us <= 50.0,
+    });
+    if let Some(m) = many {
+        out.push(Check {
+            target: format!("{} concurrent streams, no stall", m.streams),
+            measured: format!(
+                "{} stalled, {} errors, max gap {:.1} ms",
+                m.stalled, m.errors, m.max_gap_ms
+            ),
+            pass: m.stalled == 0 && m.errors == 0,
+        });
+    }
+    if let Some(m) = mem {
+        out.push(Check {
+            target: "idle RSS ≤ 20 MB".into(),
+            measured: format!("{:.1} MB", m.idle_kib as f64 / 1024.0),
+            pass: m.idle_kib <= 20 * 1024,
+        });
+        out.push(Check {
+            target: "RSS ≤ 100 MB during the stream run".into(),
+            measured: format!("{:.1} MB", m.peak_kib as f64 / 1024.0),
+            pass: m.peak_kib <= 100 * 1024,
+        });
+    }
+    out
+}
