@@ -74,6 +74,7 @@ struct Args {
 }
 
 fn main() -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut args = Args::parse();
     if args.quick {
         args.requests = 500;
@@ -248,6 +249,11 @@ async fn run(
         open.push(
             load::open_loop(&client, t, rate, Duration::from_secs_f64(args.open_seconds)).await,
         );
+    }
+    for (t, r) in all.iter().zip(&open) {
+        if let Some(e) = &r.first_error {
+            println!("open loop: {} had {} errors, first: {e}", t.name, r.errors);
+        }
     }
     println!("open loop at {rate:.0}/s done");
 
