@@ -2,12 +2,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The proxy allocates small, short-lived buffers per request; mimalloc serves
-/// them with less contention and fragmentation than glibc malloc (the profile
-/// showed malloc/free as the largest user-space cost).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for start-up failures (EX_USAGE), as linkerd does.
 const EXIT_INIT: u8 = 64;
 

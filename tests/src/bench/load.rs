@@ -117,6 +117,11 @@ pub async fn closed_loop(
     total
 }
 
+/// At most this many requests in flight (connections), as wrk2 uses a fixed set of
+/// connections. A send that has to wait for a free connection still measures from
+/// its scheduled time, so queueing shows up in the latencies instead of vanishing.
+pub const OPEN_LOOP_CONNECTIONS: usize = 256;
+
 pub async fn open_loop(client: &reqwest::Client, t: &Target, rate: f64, duration: Duration) -> Run {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total_sends = (duration.as_secs_f64() * rate).ceil() as u64;
@@ -127,7 +132,7 @@ pub async fn open_loop(client: &reqwest::Client, t: &Target, rate: f64, duration
     while sent < total_sends || !in_flight.is_empty() {
         let next_at = start + interval.mul_f64(sent as f64);
         tokio::select! {
-            _ = tokio::time::sleep_until(next_at), if sent < total_sends => {
+            _ = tokio::time::sleep_until(next_at), if sent < total_sends && in_flight.len() < OPEN_LOOP_CONNECTIONS => {
                 in_flight.push(async move {
                     chat(client, t).await.map(|_| next_at.elapsed().as_secs_f64() * 1e6)
                 });

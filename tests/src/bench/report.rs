@@ -40,6 +40,8 @@ pub struct ManyStreamsResult {
     pub stalled: usize,
     pub max_gap_ms: f64,
     pub seconds: f64,
+    pub direct_stalled: usize,
+    pub direct_max_gap_ms: f64,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -184,8 +186,14 @@ pub fn markdown(r: &Report) -> String {
     if let Some(m) = &r.many_streams {
         let _ = writeln!(
             s,
-            "\n{} concurrent streams through Palisade: {} errors, {} stalled, max gap {:.1} ms, {:.1} s",
-            m.streams, m.errors, m.stalled, m.max_gap_ms, m.seconds
+            "\n{} concurrent streams through Palisade: {} errors, {} stalled, max gap {:.1} ms, {:.1} s (direct to mock: {} stalled, max gap {:.1} ms)",
+            m.streams,
+            m.errors,
+            m.stalled,
+            m.max_gap_ms,
+            m.seconds,
+            m.direct_stalled,
+            m.direct_max_gap_ms
         );
     }
     if let Some(m) = &r.memory {

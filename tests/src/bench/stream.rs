@@ -60,6 +60,29 @@ pub struct ManyStreams {
     pub elapsed: Duration,
 }
 
+/// `n` streams started `spacing` apart (each runs to its end while later ones
+/// start), so each time to first byte is measured on an otherwise idle pipeline
+/// instead of behind a burst of simultaneous requests.
+pub async fn staggered(
+    client: &reqwest::Client,
+    t: &Target,
+    n: usize,
+    spacing: Duration,
+    chunks: u32,
+    delay_ms: u32,
+) -> Vec<StreamSample> {
+    let start = Instant::now();
+    let streams = (0..n).map(|i| async move {
+        tokio::time::sleep_until(start + spacing.mul_f64(i as f64)).await;
+        stream_once(client, t, chunks, delay_ms).await
+    });
+    futures_util::future::join_all(streams)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// `n` concurrent streams; a stall is any gap above `2 × delay + 5 ms`.
 pub async fn many(
     client: &reqwest::Client,

@@ -292,6 +292,9 @@ async fn run(
             r
         };
         let (peak, many) = tokio::join!(sampler, streams);
+        // The same load straight to the mock: stalls here belong to the client and
+        // mock sharing CPU 1, not to the gateway.
+        let direct_many = stream::many(&client, &direct, args.streams, 64, 20).await;
         println!("{} concurrent streams done", args.streams);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = procs::rss_kib(pid).map_or(0, |r| r.0);
@@ -301,6 +304,8 @@ async fn run(
             stalled: many.stalled,
             max_gap_ms: many.max_gap_us / 1000.0,
             seconds: many.elapsed.as_secs_f64(),
+            direct_stalled: direct_many.stalled,
+            direct_max_gap_ms: direct_many.max_gap_us / 1000.0,
         });
         memory = Some(Memory {
             idle_kib,
