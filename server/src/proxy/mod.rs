@@ -89,5 +89,5 @@ async fn forward(
         bytes,
     )
     .await?;
-    Ok(stream::relay(response))
+    stream::relay(response, provider.first_byte_timeout).await
 }

@@ -15,7 +15,7 @@ use actix_web::HttpResponse;
 use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 /// Response headers that belong to the upstream hop, not to our client.
 const HOP_BY_HOP: &[&str] = &[
@@ -31,7 +31,31 @@ const HOP_BY_HOP: &[&str] = &[
     "x-request-id",
 ];
 
-pub fn relay(resp: reqwest::Response) -> HttpResponse {
+/// Relays `resp`. For SSE the first chunk is awaited (within the first-byte
+/// timeout) before the response head is committed, so a failure before any data
+/// can still become a proper error, and head and first frame leave in one write.
+pub async fn relay(
+    resp: reqwest::Response,
+    first_byte: std::time::Duration,
+) -> Result<HttpResponse, crate::error::ProxyError> {
+    let is_sse = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !is_sse {
+        return Ok(build(resp, None));
+    }
+    let mut resp = resp;
+    match tokio::time::timeout(first_byte, resp.chunk()).await {
+        Err(_) => Err(crate::error::ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => Err(crate::error::ProxyError::UpstreamError(
+            crate::providers::without_url(&e),
+        )),
+        Ok(Ok(first)) => Ok(build(resp, first)),
+    }
+}
+
+fn build(resp: reqwest::Response, first: Option<Bytes>) -> HttpResponse {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
     let mut sse = false;
@@ -49,8 +73,13 @@ pub fn relay(resp: reqwest::Response) -> HttpResponse {
         }
     }
     let length = resp.content_length();
+    let rest = resp.bytes_stream();
+    let inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>> = match first {
+        Some(chunk) => Box::pin(futures_util::stream::once(async move { Ok(chunk) }).chain(rest)),
+        None => Box::pin(rest),
+    };
     let body = Relay {
-        inner: Box::pin(resp.bytes_stream()),
+        inner,
         sse,
         state: State::Streaming,
     };
