@@ -2,6 +2,8 @@
 //! produces. No business logic lives here: queries and mutations are in
 //! `palisade::service`, policy in the actors.
 
+pub mod audit_events;
 pub mod prelude;
 pub mod projects;
 pub mod tokens;
+pub mod usage_records;

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_projects;
 mod m20261123_000002_create_tokens;
+mod m20261123_000003_create_audit_and_usage;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_projects::Migration),
             Box::new(m20261123_000002_create_tokens::Migration),
+            Box::new(m20261123_000003_create_audit_and_usage::Migration),
         ]
     }
 }

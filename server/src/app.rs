@@ -9,14 +9,18 @@
 //!
 //! No compression middleware anywhere: it would buffer SSE streams.
 //!
-//! Actors: `TokenRegistry` (see [`crate::actors::token_registry`]) runs on its own
-//! arbiter; handlers read its cache directly and send it management writes.
+//! Actors, each on its own arbiter thread:
+//! - `TokenRegistry` ([`crate::actors::token_registry`]): handlers read its cache
+//!   directly and send it management writes;
+//! - `AuditWriter` ([`crate::actors::audit_writer`]): handlers queue audit events
+//!   and usage records on its bounded channel; it batches them to the DB and JSONL.
 //!
 //! Shutdown order:
 //! 1. SIGTERM/SIGINT: actix stops accepting and lets in-flight requests and streams
 //!    finish for up to `server.shutdown_grace`;
 //! 2. the registry writes back request counters (`FlushUsage`);
-//! 3. the log writer flushes (its guard drops) and the process exits 0.
+//! 3. the audit writer stops accepting records and writes everything queued;
+//! 4. the log writer flushes (its guard drops) and the process exits 0.
 
 use std::sync::Arc;
 
@@ -25,6 +29,7 @@ use actix_web::{App, HttpServer, web};
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
+use crate::actors::audit_writer::{AuditSettings, AuditSink, AuditWriter};
 use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
 use crate::config::{Config, InitError};
 use crate::crypto::KeyCipher;
@@ -36,6 +41,7 @@ use crate::{db, manage, ops, proxy, request_id};
 /// Shared, read-only state handed to every handler.
 pub struct AppState {
     pub config: Arc<Config>,
+    pub audit: AuditSink,
     pub db: DatabaseConnection,
     pub registry: Registry,
     pub providers: Arc<Providers>,
@@ -82,6 +88,17 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         .await
         .map_err(|e| InitError::Database(format!("loading tokens: {e}")))?;
     let providers = Arc::new(Providers::from_config(&config.providers).map_err(InitError::Other)?);
+    let audit = AuditWriter::start(
+        conn.clone(),
+        AuditSettings {
+            file: (!config.audit.file.is_empty()).then(|| config.audit.file.clone().into()),
+            store_in_db: config.audit.store_in_db,
+            batch_size: usize::try_from(config.audit.batch_size).unwrap_or(usize::MAX),
+            flush_interval: config.audit.flush_interval.0,
+            buffer: usize::try_from(config.audit.buffer).unwrap_or(usize::MAX),
+        },
+    )
+    .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;
     for key in config.unimplemented_settings() {
         tracing::warn!(
             key,
@@ -91,6 +108,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
 
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
+        audit: audit.sink.clone(),
         db: conn,
         registry: registry.clone(),
         providers: Arc::clone(&providers),
@@ -150,6 +168,16 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         Ok(Err(e)) => tracing::error!(error = %e, "could not write request counters at shutdown"),
         Err(e) => tracing::error!(error = %e, "token registry unavailable at shutdown"),
     }
+    audit
+        .drain(
+            config
+                .server
+                .shutdown_grace
+                .0
+                .max(std::time::Duration::from_secs(10)),
+        )
+        .await;
+    tracing::info!("audit records written");
     Ok(())
 }
 

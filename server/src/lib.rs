@@ -33,3 +33,4 @@ pub mod secret;
 pub mod service;
 pub mod telemetry;
 pub mod time;
+pub mod usage;

@@ -251,8 +251,18 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
+    /// JSON-lines copy of every audit event (`0600`); `""` disables it.
     pub file: String,
+    /// Keep audit events in the database (for `/manage/audit`).
     pub store_in_db: bool,
+    /// Records written per transaction at most.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub batch_size: u64,
+    /// Longest a record waits before its batch is written.
+    pub flush_interval: HumanDuration,
+    /// Records queued before producers have to wait (never dropped).
+    #[serde(deserialize_with = "units::de_u64")]
+    pub buffer: u64,
 }
 
 impl Default for AuditConfig {
@@ -260,6 +270,9 @@ impl Default for AuditConfig {
         Self {
             file: "data/audit.jsonl".to_owned(),
             store_in_db: true,
+            batch_size: 500,
+            flush_interval: HumanDuration::millis(200),
+            buffer: 8192,
         }
     }
 }

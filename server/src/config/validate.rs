@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 
 use url::Url;
 
-use super::{
-    AuditConfig, Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN, QueueConfig, RetryConfig,
-};
+use super::{Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN, QueueConfig, RetryConfig};
 
 impl Config {
     /// Every problem, each prefixed with its key path.
@@ -74,6 +72,12 @@ impl Config {
                 ));
             }
         }
+        if self.audit.batch_size == 0 || self.audit.buffer == 0 {
+            errors.push("audit.batch_size and audit.buffer: must be at least 1".to_owned());
+        }
+        if self.audit.flush_interval.0.is_zero() {
+            errors.push("audit.flush_interval: must be positive".to_owned());
+        }
         if self.proxy.models_refresh_interval.0.is_zero() {
             errors.push("proxy.models_refresh_interval: must be positive".to_owned());
         }
@@ -140,9 +144,6 @@ impl Config {
         }
         if self.retry != RetryConfig::default() {
             out.push("retry");
-        }
-        if self.audit != AuditConfig::default() {
-            out.push("audit");
         }
         if self.metrics.token.is_some() {
             out.push("metrics.token");

@@ -17,6 +17,7 @@ mod upstream;
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
+use crate::actors::audit_writer::UsageRecord;
 use crate::actors::token_registry::cache::ip_allowed;
 use crate::app::AppState;
 use crate::error::ProxyError;
@@ -44,6 +45,7 @@ async fn forward(
             path
         )));
     }
+    let started = tokio::time::Instant::now();
     let now = crate::time::now();
     let resolved = auth::resolve(&req, &state.registry.cache, now)?;
     let ip = crate::net::client_ip(&req, &state.trusted_proxies);
@@ -80,14 +82,50 @@ async fn forward(
         Some(k) => k,
         None => &provider.api_key,
     };
-    let response = upstream::send(
+    let tap = stream::UsageTap::new(
+        state.audit.clone(),
+        started,
+        UsageRecord {
+            id: uuid::Uuid::now_v7(),
+            timestamp: now,
+            request_id: request_id
+                .as_ref()
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            project_id: resolved.project.id.0,
+            token_id: resolved.token.id.0,
+            model: model.map(str::to_owned),
+            provider: provider.name.clone(),
+            endpoint: tail.to_owned(),
+            status: 0,
+            streamed: false,
+            latency_ms: 0.0,
+            ttfb_ms: None,
+            client_closed: false,
+            body_tail: Vec::new(),
+        },
+    );
+    let sent = upstream::send(
         &req,
         provider,
         tail,
         upstream_key,
         request_id.as_ref(),
         bytes,
-    )
-    .await?;
-    stream::relay(response, provider.first_byte_timeout).await
+    );
+    let response = match sent.await {
+        Ok(r) => r,
+        Err(e) => return Err(failed(tap, e)),
+    };
+    stream::relay(response, provider.first_byte_timeout, tap)
+        .await
+        .map_err(|(e, tap)| failed(tap, e))
+}
+
+/// An admitted request that got no upstream response still leaves a usage record.
+fn failed(mut tap: stream::UsageTap, e: ProxyError) -> ProxyError {
+    use actix_web::ResponseError;
+    tap.record.status = e.status_code().as_u16();
+    tap.finish(true);
+    e
 }

@@ -8,14 +8,19 @@
 //! cancels the upstream work. A failure mid-SSE-stream becomes an SSE `error`
 //! event followed by `[DONE]`, so SDKs raise an error instead of hanging.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::actors::audit_writer::{AuditSink, Record, UsageRecord};
 
 /// Response headers that belong to the upstream hop, not to our client.
 const HOP_BY_HOP: &[&str] = &[
@@ -37,25 +42,86 @@ const HOP_BY_HOP: &[&str] = &[
 pub async fn relay(
     resp: reqwest::Response,
     first_byte: std::time::Duration,
-) -> Result<HttpResponse, crate::error::ProxyError> {
+    tap: UsageTap,
+) -> Result<HttpResponse, (crate::error::ProxyError, UsageTap)> {
     let is_sse = resp
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !is_sse {
-        return Ok(build(resp, None));
+        return Ok(build(resp, None, tap));
     }
     let mut resp = resp;
     match tokio::time::timeout(first_byte, resp.chunk()).await {
-        Err(_) => Err(crate::error::ProxyError::UpstreamTimeout),
-        Ok(Err(e)) => Err(crate::error::ProxyError::UpstreamError(
-            crate::providers::without_url(&e),
+        Err(_) => Err((crate::error::ProxyError::UpstreamTimeout, tap)),
+        Ok(Err(e)) => Err((
+            crate::error::ProxyError::UpstreamError(crate::providers::without_url(&e)),
+            tap,
         )),
-        Ok(Ok(first)) => Ok(build(resp, first)),
+        Ok(Ok(first)) => Ok(build(resp, first, tap)),
     }
 }
 
-fn build(resp: reqwest::Response, first: Option<Bytes>) -> HttpResponse {
+/// Watches a response on its way to the client and files its usage record when the
+/// body is dropped (finished, failed or abandoned by the client). It only keeps
+/// references to chunks (`Bytes` clones); parsing happens on the audit writer.
+pub struct UsageTap {
+    pub sink: AuditSink,
+    pub started: Instant,
+    pub record: UsageRecord,
+    ttfb: Option<Duration>,
+    sent: u64,
+    length: Option<u64>,
+    keep_all: bool,
+    tail: VecDeque<Bytes>,
+}
+
+impl UsageTap {
+    pub fn new(sink: AuditSink, started: Instant, record: UsageRecord) -> Self {
+        Self {
+            sink,
+            started,
+            record,
+            ttfb: None,
+            sent: 0,
+            length: None,
+            keep_all: true,
+            tail: VecDeque::new(),
+        }
+    }
+
+    fn on_chunk(&mut self, chunk: &Bytes) {
+        if self.ttfb.is_none() {
+            self.ttfb = Some(self.started.elapsed());
+        }
+        self.sent += chunk.len() as u64;
+        if self.record.streamed {
+            if self.tail.len() == crate::usage::STREAM_TAIL_CHUNKS {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(chunk.clone());
+        } else if self.keep_all {
+            if self.sent > crate::usage::MAX_ACCOUNTED_BODY as u64 {
+                self.keep_all = false;
+                self.tail.clear();
+            } else {
+                self.tail.push_back(chunk.clone());
+            }
+        }
+    }
+
+    /// Files the record; `completed` is whether the client got the whole body.
+    pub fn finish(mut self, completed: bool) {
+        let completed = completed || self.length.is_some_and(|l| self.sent >= l);
+        self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        self.record.ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1e3);
+        self.record.client_closed = !completed;
+        self.record.body_tail = self.tail.into_iter().collect();
+        self.sink.record_now(Record::Usage(Box::new(self.record)));
+    }
+}
+
+fn build(resp: reqwest::Response, first: Option<Bytes>, mut tap: UsageTap) -> HttpResponse {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
     let mut sse = false;
@@ -73,6 +139,9 @@ fn build(resp: reqwest::Response, first: Option<Bytes>) -> HttpResponse {
         }
     }
     let length = resp.content_length();
+    tap.record.status = status.as_u16();
+    tap.record.streamed = sse;
+    tap.length = length.filter(|_| !sse);
     let rest = resp.bytes_stream();
     let inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>> = match first {
         Some(chunk) => Box::pin(futures_util::stream::once(async move { Ok(chunk) }).chain(rest)),
@@ -82,6 +151,7 @@ fn build(resp: reqwest::Response, first: Option<Bytes>) -> HttpResponse {
         inner,
         sse,
         state: State::Streaming,
+        tap: Some(tap),
     };
     match length {
         Some(len) if !sse => out.body(SizedStream::new(len, body)),
@@ -101,6 +171,7 @@ struct Relay {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     sse: bool,
     state: State,
+    tap: Option<UsageTap>,
 }
 
 impl Stream for Relay {
@@ -117,7 +188,12 @@ impl Stream for Relay {
         }
         match self.inner.as_mut().poll_next(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(tap) = self.tap.as_mut() {
+                    tap.on_chunk(&chunk);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
             Poll::Ready(None) => {
                 self.state = State::Done;
                 Poll::Ready(None)

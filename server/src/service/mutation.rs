@@ -2,15 +2,17 @@
 //! one `BEGIN IMMEDIATE` transaction ([`crate::db::begin_write`]).
 
 use chrono::{DateTime, Utc};
-use entity::{projects, tokens};
+use entity::{audit_events, projects, tokens, usage_records};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter,
 };
 use uuid::Uuid;
 
+use crate::actors::audit_writer::AuditEvent;
 use crate::db::begin_write;
+use crate::usage::UsageRow;
 
 pub struct Mutation;
 
@@ -86,6 +88,61 @@ impl Mutation {
                 .filter(tokens::Column::Id.eq(*id))
                 .exec(&txn)
                 .await?;
+        }
+        txn.commit().await
+    }
+}
+
+impl Mutation {
+    /// One audit-writer batch, in one transaction.
+    pub async fn insert_records(
+        db: &DatabaseConnection,
+        audits: &[AuditEvent],
+        usage: &[UsageRow],
+    ) -> Result<(), DbErr> {
+        let txn = begin_write(db).await?;
+        for chunk in audits.chunks(200) {
+            audit_events::Entity::insert_many(chunk.iter().map(|e| audit_events::ActiveModel {
+                id: Set(e.id),
+                timestamp: Set(e.timestamp),
+                action: Set(e.action.to_owned()),
+                actor: Set(e.actor.clone()),
+                client_ip: Set(e.client_ip.clone()),
+                project_id: Set(e.project_id),
+                token_id: Set(e.token_id),
+                token_hint: Set(e.token_hint.clone()),
+                request_id: Set(e.request_id.clone()),
+                result: Set(e.result.as_str().to_owned()),
+                details: Set(e.details.clone()),
+            }))
+            .exec(&txn)
+            .await?;
+        }
+        for chunk in usage.chunks(200) {
+            usage_records::Entity::insert_many(chunk.iter().map(|u| {
+                let r = &u.record;
+                let t = u.tokens.unwrap_or_default();
+                usage_records::ActiveModel {
+                    id: Set(r.id),
+                    timestamp: Set(r.timestamp),
+                    request_id: Set(r.request_id.clone()),
+                    project_id: Set(r.project_id),
+                    token_id: Set(r.token_id),
+                    model: Set(r.model.clone()),
+                    provider: Set(r.provider.clone()),
+                    endpoint: Set(r.endpoint.clone()),
+                    status: Set(i32::from(r.status)),
+                    streamed: Set(r.streamed),
+                    prompt_tokens: Set(t.prompt_tokens),
+                    completion_tokens: Set(t.completion_tokens),
+                    total_tokens: Set(t.total_tokens),
+                    latency_ms: Set(r.latency_ms),
+                    ttfb_ms: Set(r.ttfb_ms),
+                    client_closed: Set(r.client_closed),
+                }
+            }))
+            .exec(&txn)
+            .await?;
         }
         txn.commit().await
     }

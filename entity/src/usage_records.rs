@@ -1,0 +1,29 @@
+use sea_orm::entity::prelude::*;
+
+/// One proxied request. Token counts are `None` when the upstream reported none.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "usage_records")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub timestamp: DateTimeUtc,
+    pub request_id: String,
+    pub project_id: Uuid,
+    pub token_id: Uuid,
+    pub model: Option<String>,
+    pub provider: String,
+    pub endpoint: String,
+    pub status: i32,
+    pub streamed: bool,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub client_closed: bool,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,343 @@
+//! `AuditWriter`: the fourth actor of SPEC §1. It owns the audit trail and the
+//! per-request usage records.
+//!
+//! Producers (management handlers, the proxy) put records on a bounded channel with
+//! [`AuditSink::record`]: a free slot costs one `try_send`; a full buffer makes the
+//! producer wait for room (counted in `waited`), so nothing is ever dropped. The
+//! actor drains the channel in batches (`audit.batch_size`, or whatever arrived
+//! within `audit.flush_interval`), appends the audit events to `audit.file` as JSON
+//! lines and writes the batch to the database in one transaction. A failed database
+//! write is retried with backoff until it succeeds; the batch is held meanwhile and
+//! the channel fills, pushing back on producers instead of losing records.
+//!
+//! Shutdown: [`AuditWriter::drain`] closes the channel after the HTTP server has
+//! drained, writes everything still queued, and returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::service::mutation::Mutation;
+
+// === Records ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditResult {
+    Success,
+    Failure,
+    Denied,
+    Error,
+}
+
+impl AuditResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Denied => "denied",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One audit event, exactly the SPEC §3 shape. Built only from ids, hints and
+/// non-secret fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub action: &'static str,
+    pub actor: String,
+    pub client_ip: Option<String>,
+    pub project_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    pub token_hint: Option<String>,
+    pub request_id: Option<String>,
+    pub result: AuditResult,
+    pub details: serde_json::Value,
+}
+
+/// One proxied request. The raw tail of the response body rides along so token
+/// counts are parsed on the writer's thread, not on the request path.
+#[derive(Debug, Clone)]
+pub struct UsageRecord {
+    pub id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub request_id: String,
+    pub project_id: Uuid,
+    pub token_id: Uuid,
+    pub model: Option<String>,
+    pub provider: String,
+    pub endpoint: String,
+    pub status: u16,
+    pub streamed: bool,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub client_closed: bool,
+    /// Non-streamed: the whole body (if small enough). Streamed: the last chunks.
+    pub body_tail: Vec<Bytes>,
+}
+
+#[derive(Debug)]
+pub enum Record {
+    Audit(Box<AuditEvent>),
+    Usage(Box<UsageRecord>),
+}
+
+// === Sink (producer side) ===
+
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Record>,
+    waited: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// Queues a record; waits for room when the buffer is full, never drops.
+    pub async fn record(&self, record: Record) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                self.waited.fetch_add(1, Ordering::Relaxed);
+                if self.tx.send(record).await.is_err() {
+                    tracing::error!("audit writer is closed; record not written");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer is closed; record not written");
+            }
+        }
+    }
+
+    /// For contexts that cannot await (a response body's `Drop`): a full buffer
+    /// hands the record to a task that waits for room.
+    pub fn record_now(&self, record: Record) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                self.waited.fetch_add(1, Ordering::Relaxed);
+                let tx = self.tx.clone();
+                // Owned by the audit pipeline: the only way to wait without dropping.
+                #[allow(clippy::disallowed_methods)]
+                actix_rt::spawn(async move {
+                    if tx.send(record).await.is_err() {
+                        tracing::error!("audit writer is closed; record not written");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer is closed; record not written");
+            }
+        }
+    }
+
+    /// How many times a producer had to wait for buffer room.
+    pub fn waited(&self) -> u64 {
+        self.waited.load(Ordering::Relaxed)
+    }
+
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+// === Actor ===
+
+pub struct AuditSettings {
+    pub file: Option<PathBuf>,
+    pub store_in_db: bool,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub buffer: usize,
+}
+
+pub struct AuditWriter {
+    db: DatabaseConnection,
+    settings: Arc<AuditSettings>,
+    rx: Option<mpsc::Receiver<Record>>,
+    close: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Handle kept by the server: the sink for producers and the drain switch.
+pub struct AuditHandle {
+    pub sink: AuditSink,
+    close: oneshot::Sender<()>,
+    done: oneshot::Receiver<()>,
+}
+
+impl AuditWriter {
+    pub fn start(db: DatabaseConnection, settings: AuditSettings) -> std::io::Result<AuditHandle> {
+        if let Some(path) = &settings.file {
+            prepare_private_file(path)?;
+        }
+        let (tx, rx) = mpsc::channel(settings.buffer.max(1));
+        let (done_tx, done_rx) = oneshot::channel();
+        let (close_tx, close_rx) = oneshot::channel();
+        let actor = AuditWriter {
+            db,
+            settings: Arc::new(settings),
+            rx: Some(rx),
+            close: Some(close_rx),
+            done: Some(done_tx),
+        };
+        let arbiter = Arbiter::new();
+        AuditWriter::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        Ok(AuditHandle {
+            sink: AuditSink {
+                tx,
+                waited: Arc::new(AtomicU64::new(0)),
+            },
+            close: close_tx,
+            done: done_rx,
+        })
+    }
+}
+
+impl AuditHandle {
+    /// Stops accepting records, writes everything queued, then returns.
+    pub async fn drain(self, timeout: Duration) {
+        let AuditHandle { sink, close, done } = self;
+        drop(sink);
+        let _ = close.send(());
+        if tokio::time::timeout(timeout, done).await.is_err() {
+            tracing::error!("audit writer did not finish draining in time");
+        }
+    }
+}
+
+impl Actor for AuditWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (Some(rx), Some(close), Some(done)) =
+            (self.rx.take(), self.close.take(), self.done.take())
+        else {
+            return;
+        };
+        let db = self.db.clone();
+        let settings = Arc::clone(&self.settings);
+        ctx.spawn(run(rx, close, db, settings, done).into_actor(self));
+    }
+}
+
+/// The writer's loop: batch, write, repeat; after `close`, drain and finish.
+async fn run(
+    mut rx: mpsc::Receiver<Record>,
+    mut close: oneshot::Receiver<()>,
+    db: DatabaseConnection,
+    settings: Arc<AuditSettings>,
+    done: oneshot::Sender<()>,
+) {
+    let mut batch = Vec::with_capacity(settings.batch_size);
+    let mut closing = false;
+    loop {
+        let ended = tokio::select! {
+            biased;
+            _ = &mut close, if !closing => {
+                // Refuse new records; everything already queued is still received.
+                rx.close();
+                closing = true;
+                false
+            }
+            got = tokio::time::timeout(settings.flush_interval, rx.recv_many(&mut batch, settings.batch_size)) => {
+                matches!(got, Ok(0))
+            }
+        };
+        // Fill the batch with whatever else is already queued.
+        while batch.len() < settings.batch_size {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            write_batch(&db, &settings, std::mem::take(&mut batch)).await;
+        }
+        if ended {
+            break;
+        }
+    }
+    let _ = done.send(());
+}
+
+/// Writes one batch: JSONL first (audit events only), then the database, retried
+/// until it succeeds.
+async fn write_batch(db: &DatabaseConnection, settings: &AuditSettings, batch: Vec<Record>) {
+    let mut audits = Vec::new();
+    let mut usage = Vec::new();
+    for r in batch {
+        match r {
+            Record::Audit(a) => audits.push(*a),
+            Record::Usage(u) => usage.push(crate::usage::finish(*u)),
+        }
+    }
+    if let Some(path) = &settings.file
+        && !audits.is_empty()
+        && let Err(e) = append_jsonl(path, &audits).await
+    {
+        tracing::error!(error = %e, path = %path.display(), "cannot append to the audit file");
+    }
+    if !settings.store_in_db {
+        audits.clear();
+    }
+    if audits.is_empty() && usage.is_empty() {
+        return;
+    }
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match Mutation::insert_records(db, &audits, &usage).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, audits = audits.len(), usage = usage.len(), "writing audit batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn append_jsonl(path: &Path, events: &[AuditEvent]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(events.len() * 256);
+    for e in events {
+        serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    f.write_all(&buf).await?;
+    f.flush().await
+}
+
+fn prepare_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    Ok(())
+}
