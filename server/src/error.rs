@@ -79,6 +79,23 @@ impl ProxyError {
         }
     }
 
+    /// Policy refusals, audited as `proxy.denied` (malformed requests and upstream
+    /// failures are not denials).
+    pub fn is_denial(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingApiKey
+                | Self::InvalidApiKey
+                | Self::TokenExpired
+                | Self::TokenRevoked
+                | Self::TokenInactive
+                | Self::ProjectInactive
+                | Self::ModelNotAllowed(_)
+                | Self::IpNotAllowed
+                | Self::QuotaExceeded(_)
+        )
+    }
+
     fn error_type(&self) -> &'static str {
         match self.status_code().as_u16() {
             401 => "authentication_error",

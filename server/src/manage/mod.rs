@@ -1,10 +1,12 @@
 //! `/manage/*`: the operator API (SPEC §3). Every route sits behind [`require_auth`];
 //! writes go to the `TokenRegistry` actor, reads straight to the database.
 
+pub mod audit;
 mod body;
 mod list;
 mod projects;
 mod tokens;
+mod usage;
 mod views;
 
 use actix_web::body::MessageBody;
@@ -64,6 +66,16 @@ pub fn scope() -> actix_web::Scope<
         .service(
             web::resource("/tokens/{id}/rotate")
                 .post(tokens::rotate)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/audit")
+                .get(audit::list)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/usage")
+                .get(usage::summary)
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found))

@@ -3,6 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use super::audit::{self, Subject, Who};
 use super::body::{Body, read_limited};
 use super::list::ListParams;
 use super::views::{ListView, ProjectView};
@@ -45,59 +46,97 @@ pub async fn get(
 }
 
 pub async fn create(
+    req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ManageError> {
-    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
-    let mut b = Body::parse(&bytes)?;
-    let name = b.required_string("name", NAME_MAX);
-    let new = NewProject {
-        name: name.unwrap_or_default(),
-        description: b.string("description", DESCRIPTION_MAX).value(),
-        upstream_api_key: b
-            .string("upstream_api_key", UPSTREAM_KEY_MAX)
-            .value()
-            .map(Secret::new),
-        allowed_models: b.models("allowed_models").value().unwrap_or_default(),
-        allowed_cidrs: b.cidrs("allowed_cidrs").value().unwrap_or_default(),
-        rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).value(),
-    };
-    b.finish()?;
-    let project = state.registry.ask(CreateProject(new)).await?;
-    Ok(HttpResponse::Created().json(ProjectView::from(&project)))
+    let who = Who::of(&req, &state);
+    let out = async {
+        let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+        let mut b = Body::parse(&bytes)?;
+        let name = b.required_string("name", NAME_MAX);
+        let new = NewProject {
+            name: name.unwrap_or_default(),
+            description: b.string("description", DESCRIPTION_MAX).value(),
+            upstream_api_key: b
+                .string("upstream_api_key", UPSTREAM_KEY_MAX)
+                .value()
+                .map(Secret::new),
+            allowed_models: b.models("allowed_models").value().unwrap_or_default(),
+            allowed_cidrs: b.cidrs("allowed_cidrs").value().unwrap_or_default(),
+            rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).value(),
+        };
+        b.finish()?;
+        state.registry.ask(CreateProject(new)).await
+    }
+    .await;
+    audit::record(
+        &state,
+        &who,
+        "project.create",
+        &out,
+        Subject::default(),
+        |p| Subject {
+            project_id: Some(p.id),
+            details: json!({ "after": ProjectView::from(p) }),
+            ..Default::default()
+        },
+    )
+    .await;
+    Ok(HttpResponse::Created().json(ProjectView::from(&out?)))
 }
 
 pub async fn update(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ManageError> {
+    let who = Who::of(&req, &state);
     let id = project_id(&path)?;
-    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
-    let mut b = Body::parse(&bytes)?;
-    let name = b.string("name", NAME_MAX);
-    if name == super::body::Field::Null {
-        b.error("name", "cannot be null");
+    let before = Query::project(&state.db, id.0)
+        .await?
+        .map(|p| ProjectView::from(&p));
+    let out = async {
+        let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+        let mut b = Body::parse(&bytes)?;
+        let name = b.string("name", NAME_MAX);
+        if name == super::body::Field::Null {
+            b.error("name", "cannot be null");
+        }
+        let is_active = b.bool("is_active");
+        if is_active == super::body::Field::Null {
+            b.error("is_active", "cannot be null");
+        }
+        let patch = ProjectPatch {
+            name: name.value(),
+            description: b.string("description", DESCRIPTION_MAX).patch(),
+            is_active: is_active.value(),
+            upstream_api_key: b
+                .string("upstream_api_key", UPSTREAM_KEY_MAX)
+                .patch()
+                .map(|k| k.map(Secret::new)),
+            allowed_models: nullable_list(b.models("allowed_models")),
+            allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
+            rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).patch(),
+        };
+        b.finish()?;
+        state.registry.ask(UpdateProject(id, patch)).await
     }
-    let is_active = b.bool("is_active");
-    if is_active == super::body::Field::Null {
-        b.error("is_active", "cannot be null");
-    }
-    let patch = ProjectPatch {
-        name: name.value(),
-        description: b.string("description", DESCRIPTION_MAX).patch(),
-        is_active: is_active.value(),
-        upstream_api_key: b
-            .string("upstream_api_key", UPSTREAM_KEY_MAX)
-            .patch()
-            .map(|k| k.map(Secret::new)),
-        allowed_models: nullable_list(b.models("allowed_models")),
-        allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
-        rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).patch(),
+    .await;
+    let on_error = Subject {
+        project_id: Some(id.0),
+        ..Default::default()
     };
-    b.finish()?;
-    let project = state.registry.ask(UpdateProject(id, patch)).await?;
-    Ok(HttpResponse::Ok().json(ProjectView::from(&project)))
+    audit::record(&state, &who, "project.update", &out, on_error, |p| {
+        Subject {
+            project_id: Some(p.id),
+            details: json!({ "before": before, "after": ProjectView::from(p) }),
+            ..Default::default()
+        }
+    })
+    .await;
+    Ok(HttpResponse::Ok().json(ProjectView::from(&out?)))
 }
 
 /// `null` on a list resets it to "no restriction" (`[]`).
@@ -106,19 +145,51 @@ pub fn nullable_list<T>(f: super::body::Field<Vec<T>>) -> Option<Vec<T>> {
 }
 
 pub async fn delete(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ManageError> {
+    let who = Who::of(&req, &state);
     let id = project_id(&path)?;
-    state.registry.ask(DeleteProject(id)).await?;
+    let out = state.registry.ask(DeleteProject(id)).await;
+    let subject = || Subject {
+        project_id: Some(id.0),
+        ..Default::default()
+    };
+    audit::record(&state, &who, "project.delete", &out, subject(), |n| {
+        Subject {
+            details: json!({ "revoked_tokens": n }),
+            ..subject()
+        }
+    })
+    .await;
+    out?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn revoke_tokens(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ManageError> {
+    let who = Who::of(&req, &state);
     let id = project_id(&path)?;
-    let revoked = state.registry.ask(RevokeProjectTokens(id)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "revoked": revoked })))
+    let out = state.registry.ask(RevokeProjectTokens(id)).await;
+    let subject = || Subject {
+        project_id: Some(id.0),
+        ..Default::default()
+    };
+    audit::record(
+        &state,
+        &who,
+        "project.tokens_revoke",
+        &out,
+        subject(),
+        |n| Subject {
+            details: json!({ "revoked": n }),
+            ..subject()
+        },
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(json!({ "revoked": out? })))
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 
+use super::audit::{self, Subject, Who};
 use super::body::{Body, Field, read_limited};
 use super::list::ListParams;
 use super::projects::{NAME_MAX, RPM_MAX, nullable_list};
@@ -70,9 +72,34 @@ pub async fn get(
 }
 
 pub async fn create(
+    req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ManageError> {
+    let who = Who::of(&req, &state);
+    let out = create_token(&state, payload).await;
+    audit::record(
+        &state,
+        &who,
+        "token.create",
+        &out,
+        Subject::default(),
+        |t| token_subject(&t.model, json!({ "after": view(&state, &t.model) })),
+    )
+    .await;
+    Ok(HttpResponse::Created().json(with_secret(&state, &out?)))
+}
+
+fn token_subject(t: &entity::tokens::Model, details: serde_json::Value) -> Subject {
+    Subject {
+        project_id: Some(t.project_id),
+        token_id: Some(t.id),
+        token_hint: Some(t.token_hint.clone()),
+        details,
+    }
+}
+
+async fn create_token(state: &AppState, payload: web::Payload) -> Result<IssuedToken, ManageError> {
     let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
     let mut b = Body::parse(&bytes)?;
     let project_id = match b.string("project_id", 64) {
@@ -91,7 +118,7 @@ pub async fn create(
         }
     };
     let now = crate::time::now();
-    let expires_at = expiry(&mut b, &state, now);
+    let expires_at = expiry(&mut b, state, now);
     let new = NewToken {
         project_id: project_id.unwrap_or_default(),
         name: b.string("name", NAME_MAX).value(),
@@ -102,8 +129,7 @@ pub async fn create(
         allowed_cidrs: b.cidrs("allowed_cidrs").value().unwrap_or_default(),
     };
     b.finish()?;
-    let issued = state.registry.ask(CreateToken(new)).await?;
-    Ok(HttpResponse::Created().json(with_secret(&state, &issued)))
+    state.registry.ask(CreateToken(new)).await
 }
 
 /// `expires_in_seconds` or `expires_at` (not both), default `tokens.default_ttl`,
@@ -147,58 +173,112 @@ fn expiry(b: &mut Body, state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 pub async fn update(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ManageError> {
+    let who = Who::of(&req, &state);
     let id = token_id(&path)?;
-    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
-    let mut b = Body::parse(&bytes)?;
-    let is_active = b.bool("is_active");
-    if is_active == Field::Null {
-        b.error("is_active", "cannot be null");
+    let before = Query::token(&state.db, id.0).await?;
+    let out = async {
+        let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+        let mut b = Body::parse(&bytes)?;
+        let is_active = b.bool("is_active");
+        if is_active == Field::Null {
+            b.error("is_active", "cannot be null");
+        }
+        let expires_at = b.timestamp("expires_at");
+        if expires_at == Field::Null {
+            b.error("expires_at", "cannot be null; tokens always expire");
+        }
+        let patch = TokenPatch {
+            name: b.string("name", NAME_MAX).patch(),
+            is_active: is_active.value(),
+            expires_at: expires_at.value(),
+            max_requests: b.int("max_requests", 1, MAX_REQUESTS_MAX).patch(),
+            rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).patch(),
+            allowed_models: nullable_list(b.models("allowed_models")),
+            allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
+        };
+        b.finish()?;
+        state.registry.ask(UpdateToken(id, patch)).await
     }
-    let expires_at = b.timestamp("expires_at");
-    if expires_at == Field::Null {
-        b.error("expires_at", "cannot be null; tokens always expire");
-    }
-    let patch = TokenPatch {
-        name: b.string("name", NAME_MAX).patch(),
-        is_active: is_active.value(),
-        expires_at: expires_at.value(),
-        max_requests: b.int("max_requests", 1, MAX_REQUESTS_MAX).patch(),
-        rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).patch(),
-        allowed_models: nullable_list(b.models("allowed_models")),
-        allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
-    };
-    b.finish()?;
-    let token = state.registry.ask(UpdateToken(id, patch)).await?;
-    Ok(HttpResponse::Ok().json(view(&state, &token)))
+    .await;
+    let on_error = before.as_ref().map_or_else(
+        || Subject {
+            token_id: Some(id.0),
+            ..Default::default()
+        },
+        |t| token_subject(t, json!({})),
+    );
+    let before_view = before.as_ref().map(|t| view(&state, t));
+    audit::record(&state, &who, "token.update", &out, on_error, |t| {
+        token_subject(
+            t,
+            json!({ "before": before_view, "after": view(&state, t) }),
+        )
+    })
+    .await;
+    Ok(HttpResponse::Ok().json(view(&state, &out?)))
 }
 
 pub async fn revoke(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ManageError> {
+    let who = Who::of(&req, &state);
     let id = token_id(&path)?;
-    state.registry.ask(RevokeToken(id)).await?;
+    let out = state.registry.ask(RevokeToken(id)).await;
+    let current = Query::token(&state.db, id.0).await.ok().flatten();
+    let subject = || {
+        current.as_ref().map_or_else(
+            || Subject {
+                token_id: Some(id.0),
+                ..Default::default()
+            },
+            |t| token_subject(t, json!({})),
+        )
+    };
+    audit::record(&state, &who, "token.revoke", &out, subject(), |()| {
+        subject()
+    })
+    .await;
+    out?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn rotate(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ManageError> {
+    let who = Who::of(&req, &state);
     let id = token_id(&path)?;
-    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
-    let mut b = Body::parse(&bytes)?;
-    let grace = b
-        .int("grace_seconds", 0, MAX_GRACE_SECONDS)
-        .value()
-        .unwrap_or(0);
-    b.finish()?;
-    let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
-    let issued = state.registry.ask(RotateToken { id, grace }).await?;
-    Ok(HttpResponse::Ok().json(with_secret(&state, &issued)))
+    let out = async {
+        let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+        let mut b = Body::parse(&bytes)?;
+        let grace = b
+            .int("grace_seconds", 0, MAX_GRACE_SECONDS)
+            .value()
+            .unwrap_or(0);
+        b.finish()?;
+        let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+        state.registry.ask(RotateToken { id, grace }).await
+    }
+    .await;
+    let on_error = Subject {
+        token_id: Some(id.0),
+        ..Default::default()
+    };
+    audit::record(&state, &who, "token.rotate", &out, on_error, |t| {
+        token_subject(
+            &t.model,
+            json!({ "previous_valid_until": t.model.previous_valid_until }),
+        )
+    })
+    .await;
+    Ok(HttpResponse::Ok().json(with_secret(&state, &out?)))
 }

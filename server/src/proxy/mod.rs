@@ -34,6 +34,44 @@ async fn forward(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ProxyError> {
+    let mut seen = None;
+    let out = admit_and_forward(&req, payload, &state, &mut seen).await;
+    if let Err(e) = &out
+        && e.is_denial()
+    {
+        audit_denial(&req, &state, e, seen.as_ref()).await;
+    }
+    out
+}
+
+/// `proxy.denied` with the reason code and whatever identity was established.
+pub(crate) async fn audit_denial(
+    req: &HttpRequest,
+    state: &AppState,
+    e: &ProxyError,
+    seen: Option<&crate::actors::token_registry::Resolved>,
+) {
+    use crate::manage::audit::{AuditResult, Subject, Who, record_as};
+    let mut who = Who::of(req, state);
+    who.actor = seen.map_or_else(
+        || "anonymous".to_owned(),
+        |r| format!("token:{}", r.token.id),
+    );
+    let subject = Subject {
+        project_id: seen.map(|r| r.project.id.0),
+        token_id: seen.map(|r| r.token.id.0),
+        token_hint: seen.map(|r| r.token.hint.clone()),
+        details: serde_json::json!({ "reason": e.code(), "path": req.path() }),
+    };
+    record_as(state, &who, "proxy.denied", AuditResult::Denied, subject).await;
+}
+
+async fn admit_and_forward(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    seen: &mut Option<crate::actors::token_registry::Resolved>,
+) -> Result<HttpResponse, ProxyError> {
     let path = req.path();
     let tail = path.strip_prefix("/v1").unwrap_or(path);
     if req.method() != actix_web::http::Method::POST
@@ -48,6 +86,7 @@ async fn forward(
     let started = tokio::time::Instant::now();
     let now = crate::time::now();
     let resolved = auth::resolve(&req, &state.registry.cache, now)?;
+    *seen = Some(resolved.clone());
     let ip = crate::net::client_ip(&req, &state.trusted_proxies);
     if !ip_allowed(&resolved, ip) {
         return Err(ProxyError::IpNotAllowed);

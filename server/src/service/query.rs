@@ -1,8 +1,11 @@
 //! Read-only queries. All take `&DatabaseConnection` and return `Result<_, DbErr>`.
 
-use entity::{projects, tokens};
+use chrono::{DateTime, Utc};
+use entity::{audit_events, projects, tokens, usage_records};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use uuid::Uuid;
 
@@ -83,5 +86,120 @@ impl Query {
     /// Liveness probe for `/ready`.
     pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
         db.ping().await
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub project_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    pub result: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+pub struct UsageFilter {
+    pub project_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Day,
+    Model,
+    Token,
+}
+
+#[derive(Debug, FromQueryResult)]
+pub struct UsageBucket {
+    pub key: Option<String>,
+    pub requests: i64,
+    pub errors: i64,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+}
+
+impl Query {
+    /// Newest first; the cursor is the last id of the previous page.
+    pub async fn audit_events(
+        db: &DatabaseConnection,
+        f: &AuditFilter,
+        page: Page,
+    ) -> Result<Paged<audit_events::Model>, DbErr> {
+        use audit_events::Column as C;
+        let mut q = audit_events::Entity::find();
+        if let Some(v) = &f.action {
+            q = q.filter(C::Action.eq(v.as_str()));
+        }
+        if let Some(v) = &f.actor {
+            q = q.filter(C::Actor.eq(v.as_str()));
+        }
+        if let Some(v) = f.project_id {
+            q = q.filter(C::ProjectId.eq(v));
+        }
+        if let Some(v) = f.token_id {
+            q = q.filter(C::TokenId.eq(v));
+        }
+        if let Some(v) = &f.result {
+            q = q.filter(C::Result.eq(v.as_str()));
+        }
+        if let Some(v) = f.since {
+            q = q.filter(C::Timestamp.gte(v));
+        }
+        if let Some(v) = f.until {
+            q = q.filter(C::Timestamp.lt(v));
+        }
+        if let Some(after) = page.after {
+            q = q.filter(C::Id.lt(after));
+        }
+        let rows = q.order_by_desc(C::Id).limit(page.limit + 1).all(db).await?;
+        Ok(Paged::from_overfetch(rows, page.limit, |e| e.id))
+    }
+
+    /// Aggregates usage records. Keys: `YYYY-MM-DD`, the model name, or the token id
+    /// (SQLite expressions; PostgreSQL gets its own when it is supported).
+    pub async fn usage(
+        db: &DatabaseConnection,
+        f: &UsageFilter,
+        group: UsageGroup,
+    ) -> Result<Vec<UsageBucket>, DbErr> {
+        use usage_records::Column as C;
+        let key = match group {
+            UsageGroup::Day => Expr::cust("substr(timestamp, 1, 10)"),
+            UsageGroup::Model => Expr::cust("model"),
+            UsageGroup::Token => Expr::cust("lower(hex(token_id))"),
+        };
+        let mut q = usage_records::Entity::find()
+            .select_only()
+            .column_as(key.clone(), "key")
+            .column_as(Expr::cust("COUNT(*)"), "requests")
+            .column_as(
+                Expr::cust("COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0)"),
+                "errors",
+            )
+            .column_as(Expr::cust("SUM(prompt_tokens)"), "prompt_tokens")
+            .column_as(Expr::cust("SUM(completion_tokens)"), "completion_tokens");
+        if let Some(v) = f.project_id {
+            q = q.filter(C::ProjectId.eq(v));
+        }
+        if let Some(v) = f.token_id {
+            q = q.filter(C::TokenId.eq(v));
+        }
+        if let Some(v) = f.since {
+            q = q.filter(C::Timestamp.gte(v));
+        }
+        if let Some(v) = f.until {
+            q = q.filter(C::Timestamp.lt(v));
+        }
+        q.group_by(key.clone())
+            .order_by_asc(key)
+            .into_model::<UsageBucket>()
+            .all(db)
+            .await
     }
 }
