@@ -85,15 +85,15 @@ async fn admit_and_forward(
     }
     let started = tokio::time::Instant::now();
     let now = crate::time::now();
-    let resolved = auth::resolve(&req, &state.registry.cache, now)?;
+    let resolved = auth::resolve(req, &state.registry.cache, now)?;
     *seen = Some(resolved.clone());
-    let ip = crate::net::client_ip(&req, &state.trusted_proxies);
+    let ip = crate::net::client_ip(req, &state.trusted_proxies);
     if !ip_allowed(&resolved, ip) {
         return Err(ProxyError::IpNotAllowed);
     }
     let limit = state.config.server.max_body_bytes.0;
-    let bytes = body::read_limited(&req, payload, limit).await?;
-    let peek = body::peek(&req, &bytes)?;
+    let bytes = body::read_limited(req, payload, limit).await?;
+    let peek = body::peek(req, &bytes)?;
     let restricted =
         !resolved.token.allowed_models.is_empty() || !resolved.project.allowed_models.is_empty();
     let model = match (&peek.model, body::requires_model(tail) || restricted) {
@@ -145,7 +145,7 @@ async fn admit_and_forward(
         },
     );
     let sent = upstream::send(
-        &req,
+        req,
         provider,
         tail,
         upstream_key,
