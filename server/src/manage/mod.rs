@@ -108,6 +108,19 @@ async fn require_auth(
             path = req.path(),
             "management request rejected: bad credentials"
         );
+        let who = audit::Who::of(req.request(), state);
+        let subject = audit::Subject {
+            details: serde_json::json!({ "method": req.method().as_str(), "path": req.path() }),
+            ..Default::default()
+        };
+        audit::record_as(
+            state,
+            &who,
+            "auth.failure",
+            audit::AuditResult::Denied,
+            subject,
+        )
+        .await;
         return Ok(req
             .into_response(ManageError::Unauthorized.error_response())
             .map_into_right_body());

@@ -219,10 +219,14 @@ impl Stream for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if self.state == State::Streaming {
-            tracing::debug!(
-                "client went away before the response ended; upstream request cancelled"
-            );
+        let completed = self.state != State::Streaming;
+        if let Some(tap) = self.tap.take() {
+            if !completed && tap.length.is_none_or(|l| tap.sent < l) {
+                tracing::debug!(
+                    "client went away before the response ended; upstream request cancelled"
+                );
+            }
+            tap.finish(completed);
         }
     }
 }

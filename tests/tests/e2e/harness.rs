@@ -222,6 +222,9 @@ impl GatewayBuilder {
         if !has("tokens:") {
             yaml.push_str("tokens: { usage_flush_interval: 200ms }\n");
         }
+        if !has("audit:") {
+            yaml.push_str("audit: { flush_interval: 50ms }\n");
+        }
         if !has("logging:") {
             yaml.push_str("logging: { level: \"palisade=debug,info\", format: json }\n");
         }
@@ -326,6 +329,22 @@ impl Gateway {
         self.url = url;
     }
 
+    /// Polls `GET path` until `done(body)` holds (audit records are written in
+    /// batches, shortly after the action).
+    pub async fn wait_for(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            let (status, body) = self.manage("GET", path, None).await;
+            assert_eq!(status, 200, "{body}");
+            if done(&body) {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("condition not met for {path}: {last}");
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("data/palisade.db")
     }
@@ -419,9 +438,14 @@ pub async fn setup() -> (Mock, Gateway, String) {
     (mock, gw, token)
 }
 
+/// One shared client: building one loads the system's root certificates, which
+/// costs milliseconds.
 pub fn client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     init();
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    CLIENT
+        .get_or_init(|| reqwest::Client::builder().no_proxy().build().unwrap())
+        .clone()
 }
 
 pub fn chat_body(model: &str) -> Value {

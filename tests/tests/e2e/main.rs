@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod audit_trail;
 mod bad_input;
 mod manage_projects;
 mod manage_tokens;
@@ -14,3 +15,4 @@ mod proxy_policy;
 mod proxy_streaming;
 mod python_sdk;
 mod secrets;
+mod usage_records;

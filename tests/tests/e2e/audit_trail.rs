@@ -1,0 +1,229 @@
+//! The audit trail (SPEC §3): one event per management action, denials, filters,
+//! pagination, and the JSON-lines copy.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Mock, assert_manage_error, chat_body, client, gateway, setup};
+
+fn events(body: &Value) -> &Vec<Value> {
+    body["data"].as_array().unwrap()
+}
+
+#[tokio::test]
+async fn audit_each_management_action_records_exactly_one_event() {
+    let mock = Mock::start("up");
+    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let p = gw
+        .create_project(json!({"name": "audited", "upstream_api_key": "sk-never-logged"}))
+        .await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    gw.manage(
+        "PATCH",
+        &format!("/manage/projects/{pid}"),
+        Some(json!({"description": "d"})),
+    )
+    .await;
+    let (tid, _) = gw.create_token(&pid, json!({"name": "t"})).await;
+    gw.manage(
+        "PATCH",
+        &format!("/manage/tokens/{tid}"),
+        Some(json!({"max_requests": 9})),
+    )
+    .await;
+    gw.manage(
+        "POST",
+        &format!("/manage/tokens/{tid}/rotate"),
+        Some(json!({"grace_seconds": 5})),
+    )
+    .await;
+    gw.manage("DELETE", &format!("/manage/tokens/{tid}"), None)
+        .await;
+    gw.manage(
+        "POST",
+        &format!("/manage/projects/{pid}/tokens/revoke"),
+        None,
+    )
+    .await;
+    gw.manage("DELETE", &format!("/manage/projects/{pid}"), None)
+        .await;
+
+    let expected = [
+        ("project.create", true),
+        ("project.update", true),
+        ("token.create", false),
+        ("token.update", false),
+        ("token.rotate", false),
+        ("token.revoke", false),
+        ("project.tokens_revoke", true),
+        ("project.delete", true),
+    ];
+    let all = gw
+        .wait_for("/manage/audit?limit=500", |b| {
+            events(b).len() >= expected.len()
+        })
+        .await;
+    assert_eq!(events(&all).len(), expected.len(), "{all}");
+    // Newest first.
+    let actions: Vec<&str> = events(&all)
+        .iter()
+        .rev()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        expected.iter().map(|(a, _)| *a).collect::<Vec<_>>()
+    );
+    for e in events(&all) {
+        assert_eq!(e["actor"], "management-token", "{e}");
+        assert_eq!(e["result"], "success", "{e}");
+        assert_eq!(e["project_id"], pid.as_str(), "{e}");
+        assert_eq!(e["client_ip"], "127.0.0.1", "{e}");
+        assert!(e["request_id"].is_string(), "{e}");
+        let is_token_action = e["action"].as_str().unwrap().starts_with("token.");
+        if is_token_action {
+            assert_eq!(e["token_id"], tid.as_str(), "{e}");
+            assert!(e["token_hint"].as_str().unwrap().contains("****"), "{e}");
+        }
+    }
+    let update = events(&all)
+        .iter()
+        .find(|e| e["action"] == "project.update")
+        .unwrap();
+    assert_eq!(update["details"]["before"]["description"], Value::Null);
+    assert_eq!(update["details"]["after"]["description"], "d");
+    assert!(!all.to_string().contains("sk-never-logged"));
+
+    // The JSON-lines file holds the same events.
+    let file = std::fs::read_to_string(gw.dir.path().join("data/audit.jsonl")).unwrap();
+    let ids: Vec<String> = file
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for e in events(&all) {
+        assert!(
+            ids.contains(&e["id"].as_str().unwrap().to_owned()),
+            "{e} missing from the file"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(gw.dir.path().join("data/audit.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn audit_failures_denials_filters_and_pages() {
+    let (_mock, gw, t) = setup().await;
+    // A failed action is still one event, with result failure.
+    gw.create_project(json!({"name": "dup"})).await;
+    let (status, body) = gw
+        .manage("POST", "/manage/projects", Some(json!({"name": "dup"})))
+        .await;
+    assert_manage_error(status, &body, 409, "conflict");
+    // Bad management credentials.
+    client()
+        .get(format!("{}/manage/projects", gw.url))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    // Proxy denials: unknown key and a model outside the allowlist.
+    gw.chat("tok-unknown", chat_body("gpt-4o-mini")).await;
+    let (_, tid, limited) = gw
+        .project_and_token(json!({}), json!({"allowed_models": ["gpt-4o"]}))
+        .await;
+    gw.chat(&limited, chat_body("gpt-4o-mini")).await;
+    assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+
+    let failed = gw
+        .wait_for("/manage/audit?action=project.create&result=failure", |b| {
+            !events(b).is_empty()
+        })
+        .await;
+    assert_eq!(events(&failed).len(), 1);
+    assert_eq!(events(&failed)[0]["details"]["error"], "conflict");
+    let auth = gw
+        .wait_for("/manage/audit?action=auth.failure", |b| {
+            !events(b).is_empty()
+        })
+        .await;
+    assert_eq!(events(&auth)[0]["result"], "denied");
+    let denied = gw
+        .wait_for("/manage/audit?action=proxy.denied", |b| {
+            events(b).len() >= 2
+        })
+        .await;
+    let reasons: Vec<&str> = events(&denied)
+        .iter()
+        .map(|e| e["details"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vec!["model_not_allowed", "invalid_api_key"]);
+    let by_token = gw
+        .wait_for(
+            &format!("/manage/audit?action=proxy.denied&token_id={tid}"),
+            |b| !events(b).is_empty(),
+        )
+        .await;
+    assert_eq!(events(&by_token).len(), 1);
+    assert!(
+        events(&by_token)[0]["token_hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("tok-")
+    );
+
+    // Pagination, newest first, no overlaps.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = gw
+            .manage("GET", &format!("/manage/audit?limit=2{cursor}"), None)
+            .await;
+        seen.extend(
+            events(&page)
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    sorted.dedup();
+    assert_eq!(seen, sorted);
+    let since = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, none) = gw
+        .manage(
+            "GET",
+            &format!("/manage/audit?since={}", urlencode(&since)),
+            None,
+        )
+        .await;
+    assert!(events(&none).is_empty());
+    for bad in [
+        "action=nope",
+        "result=maybe",
+        "since=yesterday",
+        "token_id=x",
+    ] {
+        let (status, body) = gw
+            .manage("GET", &format!("/manage/audit?{bad}"), None)
+            .await;
+        assert_manage_error(status, &body, 422, "validation_failed");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}

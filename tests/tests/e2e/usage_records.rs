@@ -1,0 +1,124 @@
+//! Usage records: one per admitted request, token counts from the upstream's
+//! `usage`, aggregates, and no loss across a SIGTERM.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Mock, chat_body, gateway, setup};
+
+fn rows(v: &Value) -> &Vec<Value> {
+    v["data"].as_array().unwrap()
+}
+
+#[tokio::test]
+async fn usage_counts_tokens_and_aggregates() {
+    let (_mock, gw, t) = setup().await;
+    assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+    // Streamed with include_usage: the usage chunk is counted.
+    let resp = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(&t)
+        .header("x-mock-chunks", "3")
+        .json(&json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "a b"}]}))
+        .send()
+        .await
+        .unwrap();
+    resp.bytes().await.unwrap();
+    // An upstream error is still a usage record, with an error status.
+    gw.post("/v1/chat/completions")
+        .bearer_auth(&t)
+        .header("x-mock-status", "500")
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+
+    let by_model = gw
+        .wait_for("/manage/usage?group_by=model", |b| {
+            rows(b)
+                .iter()
+                .map(|r| r["requests"].as_i64().unwrap())
+                .sum::<i64>()
+                >= 3
+        })
+        .await;
+    let model = |m: &str| {
+        rows(&by_model)
+            .iter()
+            .find(|r| r["key"] == m)
+            .unwrap()
+            .clone()
+    };
+    let mini = model("gpt-4o-mini");
+    assert_eq!(mini["requests"], 1);
+    assert_eq!(mini["errors"], 0);
+    assert_eq!(mini["prompt_tokens"], 2);
+    assert_eq!(mini["completion_tokens"], 4);
+    let four = model("gpt-4o");
+    assert_eq!(four["requests"], 2);
+    assert_eq!(four["errors"], 1);
+    assert_eq!(four["completion_tokens"], 3);
+
+    let (_, by_day) = gw.manage("GET", "/manage/usage?group_by=day", None).await;
+    assert_eq!(rows(&by_day).len(), 1);
+    assert_eq!(
+        rows(&by_day)[0]["key"],
+        chrono::Utc::now().format("%Y-%m-%d").to_string()
+    );
+    assert_eq!(rows(&by_day)[0]["requests"], 3);
+    let (_, by_token) = gw.manage("GET", "/manage/usage?group_by=token", None).await;
+    assert_eq!(rows(&by_token).len(), 1);
+    assert!(uuid::Uuid::parse_str(rows(&by_token)[0]["key"].as_str().unwrap()).is_ok());
+    let (status, _) = gw.manage("GET", "/manage/usage?group_by=week", None).await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test]
+async fn usage_streams_without_usage_record_unknown_tokens() {
+    let (_mock, gw, t) = setup().await;
+    let resp = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(&t)
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    resp.bytes().await.unwrap();
+    let body = gw
+        .wait_for("/manage/usage?group_by=model", |b| !rows(b).is_empty())
+        .await;
+    assert_eq!(rows(&body)[0]["requests"], 1);
+    assert_eq!(
+        rows(&body)[0]["prompt_tokens"],
+        Value::Null,
+        "unknown is null, not zero"
+    );
+}
+
+#[tokio::test]
+async fn usage_no_record_is_lost_across_sigterm() {
+    let mock = Mock::start("up");
+    let mut gw = gateway()
+        .provider(&mock, "[\"*\"]")
+        // A small buffer and slow flushes: producers must wait, and nothing may drop.
+        .yaml("audit: { flush_interval: 1s, batch_size: 300, buffer: 256 }")
+        .start();
+    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    const N: usize = 5000;
+    use futures_util::StreamExt;
+    let statuses: Vec<u16> = futures_util::stream::iter(0..N)
+        .map(|_| {
+            let req = gw
+                .post("/v1/chat/completions")
+                .bearer_auth(&t)
+                .json(&chat_body("gpt-4o-mini"));
+            async move { req.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    // SIGTERM right after the last response, then count after a restart.
+    gw.restart();
+    let (_, body) = gw.manage("GET", "/manage/usage?group_by=day", None).await;
+    assert_eq!(rows(&body)[0]["requests"], N as i64, "{body}");
+}
