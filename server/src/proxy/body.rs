@@ -41,12 +41,15 @@ pub async fn read_limited(
 #[derive(Debug, Default)]
 pub struct Peek {
     pub model: Option<String>,
+    pub stream: bool,
 }
 
 #[derive(Deserialize)]
 struct JsonPeek<'a> {
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
 }
 
 /// Endpoints whose OpenAI contract requires a `model`.
@@ -63,6 +66,7 @@ pub fn peek(req: &HttpRequest, body: &[u8]) -> Result<Peek, ProxyError> {
     if content_type.len() >= 19 && content_type[..19].eq_ignore_ascii_case("multipart/form-data") {
         return Ok(Peek {
             model: boundary(content_type).and_then(|b| multipart_field(body, b, "model")),
+            stream: false,
         });
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -73,6 +77,7 @@ pub fn peek(req: &HttpRequest, body: &[u8]) -> Result<Peek, ProxyError> {
         serde_json::from_slice(body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
     Ok(Peek {
         model: p.model.map(Cow::into_owned),
+        stream: p.stream.unwrap_or(false),
     })
 }
 

@@ -12,6 +12,7 @@
 mod auth;
 mod body;
 mod models;
+mod sse;
 mod stream;
 mod upstream;
 
@@ -110,6 +111,15 @@ async fn admit_and_forward(
         .providers
         .route(model)
         .ok_or_else(|| ProxyError::ModelNotFound(model.unwrap_or_default().to_owned()))?;
+    // Streamed chat completions are accounted through the usage chunk; ask for it
+    // and hide it again when the client did not.
+    let (bytes, strip_usage) = match (tail, peek.stream) {
+        ("/chat/completions", true) => match sse::request_usage(&bytes)? {
+            Some(rewritten) => (rewritten, true),
+            None => (bytes, false),
+        },
+        _ => (bytes, false),
+    };
     state.registry.cache.try_consume(&resolved.token, now)?;
     let request_id = req.extensions().get::<RequestId>().cloned();
     let upstream_key = match &resolved.project.upstream_api_key {
@@ -156,7 +166,7 @@ async fn admit_and_forward(
         Ok(r) => r,
         Err(e) => return Err(failed(tap, e)),
     };
-    stream::relay(response, provider.first_byte_timeout, tap)
+    stream::relay(response, provider.first_byte_timeout, tap, strip_usage)
         .await
         .map_err(|(e, tap)| failed(tap, e))
 }

@@ -43,13 +43,14 @@ pub async fn relay(
     resp: reqwest::Response,
     first_byte: std::time::Duration,
     tap: UsageTap,
+    strip_usage: bool,
 ) -> Result<HttpResponse, (crate::error::ProxyError, UsageTap)> {
     let is_sse = resp
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !is_sse {
-        return Ok(build(resp, None, tap));
+        return Ok(build(resp, None, tap, strip_usage));
     }
     let mut resp = resp;
     match tokio::time::timeout(first_byte, resp.chunk()).await {
@@ -58,7 +59,7 @@ pub async fn relay(
             crate::error::ProxyError::UpstreamError(crate::providers::without_url(&e)),
             tap,
         )),
-        Ok(Ok(first)) => Ok(build(resp, first, tap)),
+        Ok(Ok(first)) => Ok(build(resp, first, tap, strip_usage)),
     }
 }
 
@@ -121,7 +122,12 @@ impl UsageTap {
     }
 }
 
-fn build(resp: reqwest::Response, first: Option<Bytes>, mut tap: UsageTap) -> HttpResponse {
+fn build(
+    resp: reqwest::Response,
+    first: Option<Bytes>,
+    mut tap: UsageTap,
+    strip_usage: bool,
+) -> HttpResponse {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
     let mut sse = false;
@@ -151,6 +157,7 @@ fn build(resp: reqwest::Response, first: Option<Bytes>, mut tap: UsageTap) -> Ht
         inner,
         sse,
         state: State::Streaming,
+        stripper: (sse && strip_usage).then(super::sse::UsageStripper::default),
         tap: Some(tap),
     };
     match length {
@@ -172,6 +179,8 @@ struct Relay {
     sse: bool,
     state: State,
     tap: Option<UsageTap>,
+    /// Set when Palisade added `include_usage` the client did not ask for.
+    stripper: Option<super::sse::UsageStripper>,
 }
 
 impl Stream for Relay {
@@ -186,31 +195,48 @@ impl Stream for Relay {
             }
             State::Streaming => {}
         }
-        match self.inner.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(tap) = self.tap.as_mut() {
-                    tap.on_chunk(&chunk);
+        loop {
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let this = &mut *self;
+                    if let Some(tap) = this.tap.as_mut() {
+                        tap.on_chunk(&chunk);
+                    }
+                    let Some(stripper) = this.stripper.as_mut() else {
+                        return Poll::Ready(Some(Ok(chunk)));
+                    };
+                    let out = stripper.push(&chunk);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                    // Only part of a frame so far: wait for its end.
                 }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(None) => {
-                self.state = State::Done;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let reason = if e.is_timeout() {
-                    "upstream_timeout"
-                } else {
-                    "upstream_error"
-                };
-                tracing::warn!(reason, error = %crate::providers::without_url(&e), "upstream failed mid-response");
-                if self.sse {
-                    self.state = State::Ending;
-                    Poll::Ready(Some(Ok(sse_error(reason))))
-                } else {
+                Poll::Ready(None) => {
                     self.state = State::Done;
-                    Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(reason))))
+                    let rest = self
+                        .stripper
+                        .as_mut()
+                        .map(super::sse::UsageStripper::finish);
+                    return match rest {
+                        Some(rest) if !rest.is_empty() => Poll::Ready(Some(Ok(rest))),
+                        _ => Poll::Ready(None),
+                    };
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let reason = if e.is_timeout() {
+                        "upstream_timeout"
+                    } else {
+                        "upstream_error"
+                    };
+                    tracing::warn!(reason, error = %crate::providers::without_url(&e), "upstream failed mid-response");
+                    return if self.sse {
+                        self.state = State::Ending;
+                        Poll::Ready(Some(Ok(sse_error(reason))))
+                    } else {
+                        self.state = State::Done;
+                        Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(reason))))
+                    };
                 }
             }
         }

@@ -73,12 +73,14 @@ async fn usage_counts_tokens_and_aggregates() {
 }
 
 #[tokio::test]
+/// A stream whose upstream reports no usage (legacy completions here) is
+/// recorded with unknown token counts.
 async fn usage_streams_without_usage_record_unknown_tokens() {
     let (_mock, gw, t) = setup().await;
     let resp = gw
-        .post("/v1/chat/completions")
+        .post("/v1/completions")
         .bearer_auth(&t)
-        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "prompt": "hi"}))
         .send()
         .await
         .unwrap();
@@ -121,4 +123,61 @@ async fn usage_no_record_is_lost_across_sigterm() {
     gw.restart();
     let (_, body) = gw.manage("GET", "/manage/usage?group_by=day", None).await;
     assert_eq!(rows(&body)[0]["requests"], N as i64, "{body}");
+}
+
+#[tokio::test]
+async fn usage_streams_are_accounted_without_changing_what_the_client_sees() {
+    let (mock, gw, t) = setup().await;
+    let fetch = |req: reqwest::RequestBuilder, include: bool| async move {
+        let mut body = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "one two three"}]});
+        if include {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        req.header("x-mock-chunks", "6")
+            .header("x-mock-fixed", "1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    };
+    let direct = |include| {
+        fetch(
+            crate::harness::client().post(format!("{}/chat/completions", mock.base_url())),
+            include,
+        )
+    };
+    let plain_direct = direct(false).await;
+    let plain_via = fetch(gw.post("/v1/chat/completions").bearer_auth(&t), false).await;
+    assert_eq!(
+        String::from_utf8_lossy(&plain_via),
+        String::from_utf8_lossy(&plain_direct)
+    );
+    assert!(!String::from_utf8_lossy(&plain_via).contains("usage"));
+    // Upstream was asked for usage all the same.
+    let sent: Value =
+        serde_json::from_str(mock.last_request().await["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+
+    let with_direct = direct(true).await;
+    let with_via = fetch(gw.post("/v1/chat/completions").bearer_auth(&t), true).await;
+    assert_eq!(
+        String::from_utf8_lossy(&with_via),
+        String::from_utf8_lossy(&with_direct)
+    );
+    assert!(String::from_utf8_lossy(&with_via).contains("\"usage\":{"));
+
+    let body = gw
+        .wait_for("/manage/usage?group_by=model", |b| {
+            rows(b).first().is_some_and(|r| r["requests"] == 2)
+        })
+        .await;
+    let r = &rows(&body)[0];
+    assert_eq!(
+        r["prompt_tokens"], 6,
+        "3 words in each of the two streams: {body}"
+    );
+    assert_eq!(r["completion_tokens"], 12, "{body}");
 }
