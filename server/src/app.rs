@@ -47,6 +47,8 @@ pub struct AppState {
     pub providers: Arc<Providers>,
     pub allowed_paths: Vec<String>,
     pub trusted_proxies: CidrList,
+    /// `usage.enabled`: whether proxied requests leave usage records.
+    pub usage_enabled: bool,
 }
 
 impl Registry {
@@ -96,6 +98,8 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             batch_size: usize::try_from(config.audit.batch_size).unwrap_or(usize::MAX),
             flush_interval: config.audit.flush_interval.0,
             buffer: usize::try_from(config.audit.buffer).unwrap_or(usize::MAX),
+            audit_retention: retention(config.audit.retention_days),
+            usage_retention: retention(config.usage.retention_days),
         },
     )
     .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;
@@ -114,6 +118,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         providers: Arc::clone(&providers),
         allowed_paths: config.proxy.allowed_paths.clone(),
         trusted_proxies: CidrList::new(config.server.trusted_proxies.clone()),
+        usage_enabled: config.usage.enabled,
     });
 
     // Background work owned by the server: glob providers' model lists.
@@ -179,6 +184,10 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         .await;
     tracing::info!("audit records written");
     Ok(())
+}
+
+fn retention(days: u64) -> Option<chrono::Duration> {
+    (days > 0).then(|| chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400)))
 }
 
 async fn wait_for_shutdown_signal() {

@@ -160,7 +160,15 @@ pub struct AuditSettings {
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub buffer: usize,
+    /// `None` keeps rows forever.
+    pub audit_retention: Option<chrono::Duration>,
+    pub usage_retention: Option<chrono::Duration>,
 }
+
+/// How often old rows are looked for, and how many go per delete statement, so a
+/// large purge never holds the write lock for long.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+const RETENTION_BATCH: u64 = 1000;
 
 pub struct AuditWriter {
     db: DatabaseConnection,
@@ -242,7 +250,12 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(settings.batch_size);
     let mut closing = false;
+    let mut next_retention = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_retention {
+            next_retention += RETENTION_EVERY;
+            purge_expired(&db, &settings).await;
+        }
         let ended = tokio::select! {
             biased;
             _ = &mut close, if !closing => {
@@ -303,6 +316,33 @@ async fn write_batch(db: &DatabaseConnection, settings: &AuditSettings, batch: V
                 tracing::error!(error = %e, audits = audits.len(), usage = usage.len(), "writing audit batch failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Deletes rows past their retention, in small batches.
+async fn purge_expired(db: &DatabaseConnection, settings: &AuditSettings) {
+    let now = crate::time::now();
+    for (table, keep) in [
+        (
+            crate::service::mutation::Table::AuditEvents,
+            settings.audit_retention,
+        ),
+        (
+            crate::service::mutation::Table::UsageRecords,
+            settings.usage_retention,
+        ),
+    ] {
+        let Some(keep) = keep else { continue };
+        loop {
+            match Mutation::delete_older_than(db, table, now - keep, RETENTION_BATCH).await {
+                Ok(n) if n < RETENTION_BATCH => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => {
+                    tracing::error!(error = %e, "retention purge failed; will retry");
+                    break;
+                }
             }
         }
     }

@@ -77,6 +77,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub retry: RetryConfig,
     pub audit: AuditConfig,
+    pub usage: UsageConfig,
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
     pub providers: Vec<ProviderConfig>,
@@ -263,6 +264,28 @@ pub struct AuditConfig {
     /// Records queued before producers have to wait (never dropped).
     #[serde(deserialize_with = "units::de_u64")]
     pub buffer: u64,
+    /// Audit events older than this many days are deleted; 0 keeps them forever.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub retention_days: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Record one usage row per proxied request.
+    pub enabled: bool,
+    /// Usage rows older than this many days are deleted; 0 keeps them forever.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub retention_days: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention_days: 0,
+        }
+    }
 }
 
 impl Default for AuditConfig {
@@ -273,6 +296,7 @@ impl Default for AuditConfig {
             batch_size: 500,
             flush_interval: HumanDuration::millis(200),
             buffer: 8192,
+            retention_days: 0,
         }
     }
 }

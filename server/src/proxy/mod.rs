@@ -131,7 +131,7 @@ async fn admit_and_forward(
         Some(k) => k,
         None => &provider.api_key,
     };
-    let tap = stream::UsageTap::new(
+    let mut tap = stream::UsageTap::new(
         state.audit.clone(),
         started,
         UsageRecord {
@@ -154,6 +154,7 @@ async fn admit_and_forward(
             body_tail: Vec::new(),
         },
     );
+    tap.enabled = state.usage_enabled;
     let sent = upstream::send(
         req,
         provider,

@@ -67,6 +67,8 @@ pub async fn relay(
 /// body is dropped (finished, failed or abandoned by the client). It only keeps
 /// references to chunks (`Bytes` clones); parsing happens on the audit writer.
 pub struct UsageTap {
+    /// `usage.enabled`; a disabled tap files nothing.
+    pub enabled: bool,
     pub sink: AuditSink,
     pub started: Instant,
     pub record: UsageRecord,
@@ -80,6 +82,7 @@ pub struct UsageTap {
 impl UsageTap {
     pub fn new(sink: AuditSink, started: Instant, record: UsageRecord) -> Self {
         Self {
+            enabled: true,
             sink,
             started,
             record,
@@ -92,6 +95,9 @@ impl UsageTap {
     }
 
     fn on_chunk(&mut self, chunk: &Bytes) {
+        if !self.enabled {
+            return;
+        }
         if self.ttfb.is_none() {
             self.ttfb = Some(self.started.elapsed());
         }
@@ -113,6 +119,9 @@ impl UsageTap {
 
     /// Files the record; `completed` is whether the client got the whole body.
     pub fn finish(mut self, completed: bool) {
+        if !self.enabled {
+            return;
+        }
         let completed = completed || self.length.is_some_and(|l| self.sent >= l);
         self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
         self.record.ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1e3);

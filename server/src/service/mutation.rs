@@ -148,6 +148,41 @@ impl Mutation {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    AuditEvents,
+    UsageRecords,
+}
+
+impl Mutation {
+    /// Deletes at most `limit` rows older than `cutoff`; returns how many went.
+    pub async fn delete_older_than(
+        db: &DatabaseConnection,
+        table: Table,
+        cutoff: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<u64, DbErr> {
+        // `DELETE … LIMIT` is not portable; delete by the ids of the oldest rows.
+        let sql = match table {
+            Table::AuditEvents => {
+                "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE timestamp < $1 ORDER BY timestamp LIMIT $2)"
+            }
+            Table::UsageRecords => {
+                "DELETE FROM usage_records WHERE id IN (SELECT id FROM usage_records WHERE timestamp < $1 ORDER BY timestamp LIMIT $2)"
+            }
+        };
+        let stmt = sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [
+                cutoff.into(),
+                i64::try_from(limit).unwrap_or(i64::MAX).into(),
+            ],
+        );
+        Ok(db.execute_raw(stmt).await?.rows_affected())
+    }
+}
+
 async fn revoke_tokens_of<C: ConnectionTrait>(
     db: &C,
     project: Uuid,
@@ -161,4 +196,61 @@ async fn revoke_tokens_of<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(res.rows_affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::audit_writer::AuditResult;
+    use sea_orm::{Database, PaginatorTrait};
+
+    fn event(at: DateTime<Utc>) -> AuditEvent {
+        AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            timestamp: at,
+            action: "project.create",
+            actor: "t".into(),
+            client_ip: None,
+            project_id: None,
+            token_id: None,
+            token_hint: None,
+            request_id: None,
+            result: AuditResult::Success,
+            details: serde_json::json!({}),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn retention_deletes_only_old_rows_in_batches() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let now = crate::time::now();
+        let old: Vec<_> = (0..5)
+            .map(|i| event(now - chrono::Duration::days(40 + i)))
+            .collect();
+        let new: Vec<_> = (0..3).map(|_| event(now)).collect();
+        Mutation::insert_records(&db, &[old, new].concat(), &[])
+            .await
+            .unwrap();
+        let cutoff = now - chrono::Duration::days(30);
+        assert_eq!(
+            Mutation::delete_older_than(&db, Table::AuditEvents, cutoff, 2)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            Mutation::delete_older_than(&db, Table::AuditEvents, cutoff, 10)
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            Mutation::delete_older_than(&db, Table::AuditEvents, cutoff, 10)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(audit_events::Entity::find().count(&db).await.unwrap(), 3);
+    }
 }

@@ -93,6 +93,11 @@ async fn secrets_never_reach_logs_or_the_database() {
         db_bytes.extend(wal);
     }
     let db = String::from_utf8_lossy(&db_bytes);
+    let audit_file = std::fs::read_to_string(gw.dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        audit_file.lines().count() >= 5,
+        "audit file too short: {audit_file}"
+    );
     for s in &secrets {
         assert!(
             !logs.contains(s.as_str()),

@@ -181,3 +181,21 @@ async fn usage_streams_are_accounted_without_changing_what_the_client_sees() {
     );
     assert_eq!(r["completion_tokens"], 12, "{body}");
 }
+
+#[tokio::test]
+async fn usage_disabled_records_nothing_but_audit_goes_on() {
+    let mock = Mock::start("up");
+    let gw = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml("usage: { enabled: false }")
+        .start();
+    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+    gw.chat("tok-bad", chat_body("gpt-4o-mini")).await;
+    gw.wait_for("/manage/audit?action=proxy.denied", |b| {
+        !b["data"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let (_, body) = gw.manage("GET", "/manage/usage", None).await;
+    assert!(rows(&body).is_empty(), "{body}");
+}
