@@ -118,14 +118,26 @@ pub fn spawn_mock(cpu: Option<usize>) -> Result<Proc, String> {
 
 pub const BENCH_MANAGEMENT_TOKEN: &str = "bench-management-token-0123456789abcdef";
 
-pub fn spawn_palisade(cpu: Option<usize>, dir: &Path, mock_url: &str) -> Result<Proc, String> {
+/// `extra` is appended to the config (e.g. to switch audit and usage off).
+pub fn spawn_palisade(
+    cpu: Option<usize>,
+    dir: &Path,
+    mock_url: &str,
+    extra: &str,
+) -> Result<Proc, String> {
+    let audit = if extra.contains("audit:") {
+        String::new()
+    } else {
+        format!("audit: {{ file: \"{}/audit.jsonl\" }}\n", dir.display())
+    };
     let config = format!(
         "server: {{ listen: \"127.0.0.1:0\", workers: 1 }}\n\
          database: {{ url: \"sqlite://{}/palisade.db?mode=rwc\" }}\n\
          auth: {{ management_token: \"{BENCH_MANAGEMENT_TOKEN}\" }}\n\
          logging: {{ level: info, format: json }}\n\
+         {audit}{extra}\
          providers:\n  - {{ name: mock, base_url: \"{mock_url}/v1\", api_key: \"sk-bench\", models: [\"gpt-4o-mini\", \"gpt-4o\"] }}\n",
-        dir.display()
+        dir.display(),
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;

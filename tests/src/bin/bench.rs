@@ -53,6 +53,10 @@ struct Args {
     /// Also measure nginx as a one-worker reverse proxy (the floor).
     #[arg(long)]
     nginx: bool,
+    /// Also measure a second Palisade with audit and usage recording off, to show
+    /// what they cost on the request path.
+    #[arg(long)]
+    audit_off: bool,
     /// Another OpenAI-compatible gateway in front of the same mock: NAME=URL[,KEY]
     /// (URL is its `/v1` base). The mock's address is printed at start.
     #[arg(long = "compare")]
@@ -100,7 +104,15 @@ fn main() -> Result<(), String> {
     println!("mock upstream at {}/v1", mock.url);
     let palisade = match &args.gateway_url {
         Some(_) => None,
-        None => Some(procs::spawn_palisade(gw_cpu, dir.path(), &mock.url)?),
+        None => Some(procs::spawn_palisade(gw_cpu, dir.path(), &mock.url, "")?),
+    };
+    let quiet_dir = dir.path().join("no-audit");
+    let quiet = if args.audit_off {
+        std::fs::create_dir_all(&quiet_dir).map_err(|e| e.to_string())?;
+        let off = "usage: { enabled: false }\naudit: { file: \"\", store_in_db: false }\n";
+        Some(procs::spawn_palisade(gw_cpu, &quiet_dir, &mock.url, off)?)
+    } else {
+        None
     };
     let nginx_dir = dir.path().join("nginx");
     let nginx = if args.nginx {
@@ -113,7 +125,7 @@ fn main() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(run(args, placement, mock, palisade, nginx))
+    rt.block_on(run(args, placement, mock, palisade, quiet, nginx))
 }
 
 async fn setup_token(client: &reqwest::Client, base: &str) -> Result<String, String> {
@@ -168,6 +180,7 @@ async fn run(
     placement: String,
     mock: procs::Proc,
     palisade: Option<procs::Proc>,
+    quiet: Option<procs::Proc>,
     nginx: Option<procs::Proc>,
 ) -> Result<(), String> {
     let client = load::client();
@@ -193,6 +206,14 @@ async fn run(
             key: args.token.clone(),
         }),
         (None, None) => {}
+    }
+    if let Some(q) = &quiet {
+        let token = setup_token(&client, &q.url).await?;
+        gateways.push(Target {
+            name: "palisade-audit-off".into(),
+            base: format!("{}/v1", q.url),
+            key: Some(token),
+        });
     }
     if let Some(n) = &nginx {
         gateways.push(Target {
@@ -380,7 +401,7 @@ async fn run(
     std::fs::write(args.out.join("bench.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("bench.svg"), report::svg(&report)).map_err(|e| e.to_string())?;
     println!("written to {}/bench.{{md,json,svg}}", args.out.display());
-    drop((mock, palisade, nginx));
+    drop((mock, palisade, quiet, nginx));
     Ok(())
 }
 

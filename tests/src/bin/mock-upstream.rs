@@ -428,6 +428,10 @@ fn stream(
         .cut_after
         .map(|k| usize::try_from(k + 1).unwrap_or(usize::MAX));
     let delay = Duration::from_millis(plan.chunk_delay_ms);
+    // Role frame, content frames and the finishing frame are paced.
+    let paced = usize::try_from(plan.chunks)
+        .unwrap_or(usize::MAX)
+        .saturating_add(2);
     let guard = StreamGuard {
         mock: Arc::clone(mock),
         finished: false,
@@ -449,7 +453,9 @@ fn stream(
                 }
                 return None;
             }
-            if i > 0 && !delay.is_zero() {
+            // Content frames are spaced; the usage chunk and `[DONE]` follow the
+            // last one at once, as OpenAI sends them.
+            if i > 0 && i < paced && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             let chunk = frames[i].clone();
