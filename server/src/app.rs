@@ -100,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             buffer: usize::try_from(config.audit.buffer).unwrap_or(usize::MAX),
             audit_retention: retention(config.audit.retention_days),
             usage_retention: retention(config.usage.retention_days),
+            database: Some(config.database.clone()),
         },
     )
     .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;

@@ -22,6 +22,23 @@ use crate::config::{DatabaseConfig, InitError};
 
 /// Opens the pool (creating the data directory `0700` and the file `0600` first).
 pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, InitError> {
+    open(cfg, None).await
+}
+
+/// A one-connection pool of its own for a background writer, or `None` for an
+/// in-memory database (where another connection would be another database).
+///
+/// SQLite serialises writers anyway, and sqlx runs each connection on a thread
+/// spawned by whoever opens it: opened from a low-priority thread, the connection's
+/// thread inherits that priority (see `actors::audit_writer`).
+pub async fn connect_dedicated(
+    cfg: &DatabaseConfig,
+) -> Option<Result<DatabaseConnection, InitError>> {
+    sqlite_file_path(cfg.url.expose())?;
+    Some(open(cfg, Some(1)).await)
+}
+
+async fn open(cfg: &DatabaseConfig, size: Option<u32>) -> Result<DatabaseConnection, InitError> {
     let url = cfg.url.expose();
     let memory = url.contains(":memory:") || url.contains("mode=memory");
     if let Some(path) = sqlite_file_path(url) {
@@ -29,11 +46,11 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, InitErr
     }
     let busy = cfg.busy_timeout.0;
     let mut opts = ConnectOptions::new(url.to_owned());
-    opts.max_connections(if memory {
+    opts.max_connections(match size {
         // Every connection to `:memory:` is its own empty database.
-        1
-    } else {
-        u32::try_from(cfg.max_connections).unwrap_or(u32::MAX)
+        _ if memory => 1,
+        Some(n) => n,
+        None => u32::try_from(cfg.max_connections).unwrap_or(u32::MAX),
     })
     .min_connections(1)
     .acquire_timeout(Duration::from_secs(10))

@@ -3,7 +3,10 @@
 //!
 //! Producers (management handlers, the proxy) put records on a bounded channel with
 //! [`AuditSink::record`]: a free slot costs one `try_send`; a full buffer makes the
-//! producer wait for room (counted in `waited`), so nothing is ever dropped. The
+//! producer wait for room (counted in `waited`), so nothing is ever dropped. A
+//! proxied request reserves its usage record's slot at admission
+//! ([`AuditSink::reserve`]), so `audit.buffer` also bounds how many proxied
+//! requests can be in flight before admission waits for the writer. The
 //! actor drains the channel in batches (`audit.batch_size`, or whatever arrived
 //! within `audit.flush_interval`), appends the audit events to `audit.file` as JSON
 //! lines and writes the batch to the database in one transaction. A failed database
@@ -120,24 +123,21 @@ impl AuditSink {
         }
     }
 
-    /// For contexts that cannot await (a response body's `Drop`): a full buffer
-    /// hands the record to a task that waits for room.
-    pub fn record_now(&self, record: Record) {
-        match self.tx.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
+    /// Reserves the place of one usage record, waiting for room when the buffer is
+    /// full. The proxy takes it at admission and fills it when the response ends
+    /// (often in a `Drop`, which cannot wait): so a record can never be dropped,
+    /// and when the writer falls behind it is new requests that wait, not records
+    /// that vanish. `None` once the writer is closed.
+    pub async fn reserve(&self) -> Option<mpsc::OwnedPermit<Record>> {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Some(permit),
+            Err(mpsc::error::TrySendError::Full(tx)) => {
                 self.waited.fetch_add(1, Ordering::Relaxed);
-                let tx = self.tx.clone();
-                // Owned by the audit pipeline: the only way to wait without dropping.
-                #[allow(clippy::disallowed_methods)]
-                actix_rt::spawn(async move {
-                    if tx.send(record).await.is_err() {
-                        tracing::error!("audit writer is closed; record not written");
-                    }
-                });
+                tx.reserve_owned().await.ok()
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("audit writer is closed; record not written");
+                tracing::error!("audit writer is closed; usage will not be recorded");
+                None
             }
         }
     }
@@ -163,12 +163,19 @@ pub struct AuditSettings {
     /// `None` keeps rows forever.
     pub audit_retention: Option<chrono::Duration>,
     pub usage_retention: Option<chrono::Duration>,
+    /// Where the writer opens its own low-priority connection; `None` (or an
+    /// in-memory database) shares the server's pool.
+    pub database: Option<crate::config::DatabaseConfig>,
 }
 
 /// How often old rows are looked for, and how many go per delete statement, so a
 /// large purge never holds the write lock for long.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const RETENTION_BATCH: u64 = 1000;
+/// Niceness of the writer's threads (0 is normal, 19 the lowest).
+const WRITER_NICE: i32 = 10;
+/// While lingering, how often the queue is checked for a full batch.
+const LINGER_POLL: Duration = Duration::from_millis(10);
 
 pub struct AuditWriter {
     db: DatabaseConnection,
@@ -234,13 +241,48 @@ impl Actor for AuditWriter {
         else {
             return;
         };
-        let db = self.db.clone();
+        lower_thread_priority();
+        let shared = self.db.clone();
         let settings = Arc::clone(&self.settings);
-        ctx.spawn(run(rx, close, db, settings, done).into_actor(self));
+        ctx.spawn(
+            async move {
+                let db = match &settings.database {
+                    Some(cfg) => match crate::db::connect_dedicated(cfg).await {
+                        Some(Ok(db)) => db,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "audit writer uses the shared pool");
+                            shared
+                        }
+                        None => shared,
+                    },
+                    None => shared,
+                };
+                run(rx, close, db, settings, done).await;
+            }
+            .into_actor(self),
+        );
     }
 }
 
-/// The writer's loop: batch, write, repeat; after `close`, drain and finish.
+/// Records are written in the CPU time request handling leaves over: the writer's
+/// thread (and the SQLite connection thread it opens, which inherits this) runs at
+/// nice [`WRITER_NICE`]. On an idle machine that changes nothing; on a saturated core
+/// the proxy wins every contended time slice, and the bounded buffer (backpressure,
+/// never loss) is what eventually slows producers if the writer falls behind.
+fn lower_thread_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), WRITER_NICE) {
+        tracing::debug!(error = %e, "cannot lower the audit writer's priority");
+    }
+}
+
+/// The writer's loop: wait for a first record, linger up to `flush_interval` so a
+/// batch can form (cut short when `batch_size` records are already queued), write,
+/// repeat; after `close`, drain and finish.
+///
+/// Lingering matters more than it looks: woken on every record, the writer would
+/// commit one-row transactions and context-switch once per request, which on a
+/// busy core costs the proxy more than the rows themselves.
 async fn run(
     mut rx: mpsc::Receiver<Record>,
     mut close: oneshot::Receiver<()>,
@@ -249,6 +291,9 @@ async fn run(
     done: oneshot::Sender<()>,
 ) {
     let mut batch = Vec::with_capacity(settings.batch_size);
+    // Stop lingering at a full batch, or once half the buffer is taken, so
+    // producers never wait on a writer that is only biding its time.
+    let full = settings.batch_size.min(rx.max_capacity() / 2).max(1);
     let mut closing = false;
     let mut next_retention = tokio::time::Instant::now();
     loop {
@@ -256,19 +301,44 @@ async fn run(
             next_retention += RETENTION_EVERY;
             purge_expired(&db, &settings).await;
         }
-        let ended = tokio::select! {
-            biased;
-            _ = &mut close, if !closing => {
-                // Refuse new records; everything already queued is still received.
-                rx.close();
-                closing = true;
-                false
+        // A full batch already waiting is written at once; otherwise wait for the
+        // first record, then let the rest of the batch gather.
+        if rx.len() < full {
+            let first = tokio::select! {
+                biased;
+                _ = &mut close, if !closing => {
+                    // Refuse new records; everything already queued is still received.
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+                got = rx.recv() => got,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            if !closing {
+                let linger = tokio::time::sleep(settings.flush_interval);
+                tokio::pin!(linger);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = &mut close, if !closing => {
+                            rx.close();
+                            closing = true;
+                            break;
+                        }
+                        () = &mut linger => break,
+                        // Polls the queue length coarsely instead of being woken
+                        // per record.
+                        () = tokio::time::sleep(LINGER_POLL) => {
+                            if rx.len() + batch.len() >= full {
+                                break;
+                            }
+                        }
+                    }
+                }
             }
-            got = tokio::time::timeout(settings.flush_interval, rx.recv_many(&mut batch, settings.batch_size)) => {
-                matches!(got, Ok(0))
-            }
-        };
-        // Fill the batch with whatever else is already queued.
+        }
         while batch.len() < settings.batch_size {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
@@ -277,9 +347,6 @@ async fn run(
         }
         if !batch.is_empty() {
             write_batch(&db, &settings, std::mem::take(&mut batch)).await;
-        }
-        if ended {
-            break;
         }
     }
     let _ = done.send(());

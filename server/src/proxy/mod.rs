@@ -120,8 +120,6 @@ async fn admit_and_forward(
         },
         _ => (bytes, false),
     };
-    state.registry.cache.try_consume(&resolved.token, now)?;
-    let request_id = req.extensions().get::<RequestId>().cloned();
     let upstream_key = match &resolved.project.upstream_api_key {
         Some(k) if k.is_empty() => {
             return Err(ProxyError::Unavailable(
@@ -131,8 +129,15 @@ async fn admit_and_forward(
         Some(k) => k,
         None => &provider.api_key,
     };
-    let mut tap = stream::UsageTap::new(
-        state.audit.clone(),
+    state.registry.cache.try_consume(&resolved.token, now)?;
+    // Admitted: reserve the usage record's place now, so it can always be filed.
+    let slot = match state.usage_enabled {
+        true => state.audit.reserve().await,
+        false => None,
+    };
+    let request_id = req.extensions().get::<RequestId>().cloned();
+    let tap = stream::UsageTap::new(
+        slot,
         started,
         UsageRecord {
             id: uuid::Uuid::now_v7(),
@@ -154,7 +159,6 @@ async fn admit_and_forward(
             body_tail: Vec::new(),
         },
     );
-    tap.enabled = state.usage_enabled;
     let sent = upstream::send(
         req,
         provider,

@@ -20,7 +20,9 @@ use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use crate::actors::audit_writer::{AuditSink, Record, UsageRecord};
+use tokio::sync::mpsc::OwnedPermit;
+
+use crate::actors::audit_writer::{Record, UsageRecord};
 
 /// Response headers that belong to the upstream hop, not to our client.
 const HOP_BY_HOP: &[&str] = &[
@@ -67,9 +69,9 @@ pub async fn relay(
 /// body is dropped (finished, failed or abandoned by the client). It only keeps
 /// references to chunks (`Bytes` clones); parsing happens on the audit writer.
 pub struct UsageTap {
-    /// `usage.enabled`; a disabled tap files nothing.
-    pub enabled: bool,
-    pub sink: AuditSink,
+    /// The record's reserved place in the audit buffer; `None` (usage disabled)
+    /// files nothing.
+    slot: Option<OwnedPermit<Record>>,
     pub started: Instant,
     pub record: UsageRecord,
     ttfb: Option<Duration>,
@@ -80,10 +82,9 @@ pub struct UsageTap {
 }
 
 impl UsageTap {
-    pub fn new(sink: AuditSink, started: Instant, record: UsageRecord) -> Self {
+    pub fn new(slot: Option<OwnedPermit<Record>>, started: Instant, record: UsageRecord) -> Self {
         Self {
-            enabled: true,
-            sink,
+            slot,
             started,
             record,
             ttfb: None,
@@ -95,7 +96,7 @@ impl UsageTap {
     }
 
     fn on_chunk(&mut self, chunk: &Bytes) {
-        if !self.enabled {
+        if self.slot.is_none() {
             return;
         }
         if self.ttfb.is_none() {
@@ -119,15 +120,15 @@ impl UsageTap {
 
     /// Files the record; `completed` is whether the client got the whole body.
     pub fn finish(mut self, completed: bool) {
-        if !self.enabled {
+        let Some(slot) = self.slot.take() else {
             return;
-        }
+        };
         let completed = completed || self.length.is_some_and(|l| self.sent >= l);
         self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
         self.record.ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1e3);
         self.record.client_closed = !completed;
         self.record.body_tail = self.tail.into_iter().collect();
-        self.sink.record_now(Record::Usage(Box::new(self.record)));
+        slot.send(Record::Usage(Box::new(self.record)));
     }
 }
 

@@ -115,7 +115,7 @@ impl Mutation {
                 result: Set(e.result.as_str().to_owned()),
                 details: Set(e.details.clone()),
             }))
-            .exec(&txn)
+            .exec_without_returning(&txn)
             .await?;
         }
         for chunk in usage.chunks(200) {
@@ -141,7 +141,7 @@ impl Mutation {
                     client_closed: Set(r.client_closed),
                 }
             }))
-            .exec(&txn)
+            .exec_without_returning(&txn)
             .await?;
         }
         txn.commit().await
