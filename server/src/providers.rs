@@ -210,6 +210,8 @@ mod tests {
             priority,
             weight: 1,
             timeouts: ProviderTimeouts::default(),
+            health_check: Default::default(),
+            circuit_breaker: Default::default(),
         }
     }
 

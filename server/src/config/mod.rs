@@ -4,6 +4,7 @@
 //! `Config::unimplemented_settings` names those so start-up can warn when one is set.
 
 mod env;
+mod providers;
 pub mod units;
 mod validate;
 
@@ -13,6 +14,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+pub use self::providers::{
+    BreakerConfig, HealthCheckConfig, ProviderConfig, ProviderTimeouts, RetryConfig,
+};
 pub use self::units::{ByteSize, HumanDuration};
 use crate::secret::Secret;
 
@@ -46,9 +50,6 @@ pub const DEFAULT_DB_BUSY_TIMEOUT: HumanDuration = HumanDuration::secs(5);
 pub const DEFAULT_TOKEN_TTL: HumanDuration = HumanDuration::secs(30 * 86_400);
 pub const DEFAULT_TOKEN_MAX_TTL: HumanDuration = HumanDuration::secs(365 * 86_400);
 pub const DEFAULT_USAGE_FLUSH_INTERVAL: HumanDuration = HumanDuration::secs(1);
-pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(5);
-pub const DEFAULT_FIRST_BYTE_TIMEOUT: HumanDuration = HumanDuration::secs(60);
-pub const DEFAULT_IDLE_TIMEOUT: HumanDuration = HumanDuration::secs(120);
 pub const DEFAULT_MODELS_REFRESH: HumanDuration = HumanDuration::secs(300);
 /// The proxy paths SPEC §2 serves by default (relative to `/v1`).
 pub const DEFAULT_ALLOWED_PATHS: &[&str] = &[
@@ -230,27 +231,6 @@ impl Default for QueueConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    #[serde(deserialize_with = "units::de_u64")]
-    pub max_attempts: u64,
-    pub initial_delay: HumanDuration,
-    pub max_delay: HumanDuration,
-    pub multiplier: f64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            initial_delay: HumanDuration::millis(100),
-            max_delay: HumanDuration::secs(5),
-            multiplier: 2.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// JSON-lines copy of every audit event (`0600`); `""` disables it.
     pub file: String,
@@ -329,52 +309,6 @@ impl Default for LoggingConfig {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub base_url: String,
-    #[serde(default)]
-    pub api_key: Secret,
-    /// Exact model names and `*` globs this provider serves.
-    #[serde(default = "default_models")]
-    pub models: Vec<String>,
-    #[serde(default)]
-    pub priority: i64,
-    #[serde(default = "default_weight", deserialize_with = "units::de_u64")]
-    pub weight: u64,
-    #[serde(default)]
-    pub timeouts: ProviderTimeouts,
-}
-
-fn default_models() -> Vec<String> {
-    vec!["*".to_owned()]
-}
-
-fn default_weight() -> u64 {
-    1
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProviderTimeouts {
-    pub connect: HumanDuration,
-    /// Until the upstream's response headers arrive.
-    pub first_byte: HumanDuration,
-    /// Longest silence between two body chunks (streams have no total timeout).
-    pub idle: HumanDuration,
-}
-
-impl Default for ProviderTimeouts {
-    fn default() -> Self {
-        Self {
-            connect: DEFAULT_CONNECT_TIMEOUT,
-            first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
-            idle: DEFAULT_IDLE_TIMEOUT,
-        }
-    }
 }
 
 fn serialize_db_url<S: serde::Serializer>(url: &Secret, s: S) -> Result<S::Ok, S::Error> {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use url::Url;
 
-use super::{Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN, QueueConfig, RetryConfig};
+use super::{Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN, QueueConfig};
 
 impl Config {
     /// Every problem, each prefixed with its key path.
@@ -125,6 +125,43 @@ impl Config {
                     errors.push(format!("{at}.timeouts.{name}: must be positive"));
                 }
             }
+            let h = &p.health_check;
+            if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+                errors.push(format!(
+                    "{at}.health_check: interval and timeout must be positive"
+                ));
+            }
+            if !h.path.starts_with('/') {
+                errors.push(format!(
+                    "{at}.health_check.path: must start with / (it is appended to base_url)"
+                ));
+            }
+            let b = &p.circuit_breaker;
+            if b.failure_threshold == 0 || b.half_open_max_requests == 0 {
+                errors.push(format!(
+                    "{at}.circuit_breaker: failure_threshold and half_open_max_requests must be at least 1"
+                ));
+            }
+            if b.cooldown.0.is_zero() {
+                errors.push(format!("{at}.circuit_breaker.cooldown: must be positive"));
+            }
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 || r.max_attempts > 10 {
+            errors.push("retry.max_attempts: must be 1 to 10".to_owned());
+        }
+        if !(r.multiplier.is_finite() && r.multiplier >= 1.0) {
+            errors.push("retry.multiplier: must be at least 1.0".to_owned());
+        }
+        if r.initial_delay > r.max_delay {
+            errors.push("retry.initial_delay: must not exceed retry.max_delay".to_owned());
+        }
+        for (i, s) in r.retry_on.iter().enumerate() {
+            if !(*s == 408 || *s == 429 || (500..=599).contains(s)) {
+                errors.push(format!(
+                    "retry.retry_on[{i}]: {s} is not retryable (only 408, 429 and 5xx are)"
+                ));
+            }
         }
         errors
     }
@@ -141,9 +178,6 @@ impl Config {
         }
         if self.queue != QueueConfig::default() {
             out.push("queue");
-        }
-        if self.retry != RetryConfig::default() {
-            out.push("retry");
         }
         if self.metrics.token.is_some() {
             out.push("metrics.token");

@@ -4,6 +4,7 @@
 
 pub mod mutation;
 pub mod query;
+mod usage_rows;
 
 /// A page request: at most `limit` rows with id greater than `after`.
 #[derive(Debug, Clone, Copy)]

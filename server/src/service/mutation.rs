@@ -16,6 +16,9 @@ use crate::usage::UsageRow;
 
 pub struct Mutation;
 
+/// Usage rows per SQLite statement (each statement binds one JSON document).
+const USAGE_ROWS_PER_STATEMENT: usize = 1000;
+
 impl Mutation {
     pub async fn insert_project(
         db: &DatabaseConnection,
@@ -118,31 +121,19 @@ impl Mutation {
             .exec_without_returning(&txn)
             .await?;
         }
-        for chunk in usage.chunks(200) {
-            usage_records::Entity::insert_many(chunk.iter().map(|u| {
-                let r = &u.record;
-                let t = u.tokens.unwrap_or_default();
-                usage_records::ActiveModel {
-                    id: Set(r.id),
-                    timestamp: Set(r.timestamp),
-                    request_id: Set(r.request_id.clone()),
-                    project_id: Set(r.project_id),
-                    token_id: Set(r.token_id),
-                    model: Set(r.model.clone()),
-                    provider: Set(r.provider.clone()),
-                    endpoint: Set(r.endpoint.clone()),
-                    status: Set(i32::from(r.status)),
-                    streamed: Set(r.streamed),
-                    prompt_tokens: Set(t.prompt_tokens),
-                    completion_tokens: Set(t.completion_tokens),
-                    total_tokens: Set(t.total_tokens),
-                    latency_ms: Set(r.latency_ms),
-                    ttfb_ms: Set(r.ttfb_ms),
-                    client_closed: Set(r.client_closed),
-                }
-            }))
-            .exec_without_returning(&txn)
-            .await?;
+        if txn.get_database_backend() == sea_orm::DbBackend::Sqlite {
+            for chunk in usage.chunks(USAGE_ROWS_PER_STATEMENT) {
+                txn.execute_raw(super::usage_rows::sqlite_insert(chunk))
+                    .await?;
+            }
+        } else {
+            for chunk in usage.chunks(200) {
+                usage_records::Entity::insert_many(
+                    chunk.iter().map(super::usage_rows::active_model),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+            }
         }
         txn.commit().await
     }

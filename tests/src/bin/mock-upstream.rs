@@ -14,7 +14,9 @@
 //! | `x-mock-fixed: 1` | | fixed ids and timestamps, so outputs compare byte for byte |
 //!
 //! Observation and control (not under `/v1`): `GET /_mock/stats`, `GET /_mock/requests`,
-//! `GET /_mock/last`, `POST /_mock/reset`, `POST /_mock/fail-next {"count","status"}`.
+//! `GET /_mock/last`, `POST /_mock/reset`,
+//! `POST /_mock/fail-next {"count","status","hang","retry_after"}` (this instance
+//! only: the next `count` completion-style requests answer `status`, or hang).
 
 // The one stdout line is the port handshake the test harness reads.
 #![allow(clippy::print_stdout)]
@@ -61,7 +63,17 @@ struct Stats {
     seq: AtomicU64,
     by_path: Mutex<BTreeMap<String, u64>>,
     log: Mutex<VecDeque<Value>>,
-    fail_next: Mutex<(u64, u16)>,
+    fail_next: Mutex<FailNext>,
+}
+
+/// `POST /_mock/fail-next`: how the next `count` completion requests misbehave.
+#[derive(Default, Clone)]
+struct FailNext {
+    count: u64,
+    status: u16,
+    /// Never answer instead of answering `status`.
+    hang: bool,
+    retry_after: Option<String>,
 }
 
 struct Mock {
@@ -161,11 +173,17 @@ impl Plan {
         let mut status = header_u64(req, "x-mock-status")
             .or_else(|| by_model_num("mock-error-"))
             .and_then(|c| u16::try_from(c).ok());
+        let mut hang = false;
+        let mut retry_after = None;
         {
             let mut fail = lock(&mock.stats.fail_next);
-            if fail.0 > 0 {
-                fail.0 -= 1;
-                status = Some(fail.1);
+            if fail.count > 0 {
+                fail.count -= 1;
+                hang = fail.hang;
+                retry_after.clone_from(&fail.retry_after);
+                if !hang {
+                    status = Some(fail.status);
+                }
             }
         }
         Plan {
@@ -173,8 +191,11 @@ impl Plan {
                 .or_else(|| by_model_num("mock-slow-"))
                 .unwrap_or(0),
             status,
-            retry_after: header(req, "x-mock-retry-after").unwrap_or("1").to_owned(),
-            hang: header(req, "x-mock-hang").is_some_and(|v| v == "1") || model == "mock-hang",
+            retry_after: retry_after
+                .unwrap_or_else(|| header(req, "x-mock-retry-after").unwrap_or("1").to_owned()),
+            hang: hang
+                || header(req, "x-mock-hang").is_some_and(|v| v == "1")
+                || model == "mock-hang",
             chunks: header_u64(req, "x-mock-chunks").unwrap_or(5),
             chunk_delay_ms: header_u64(req, "x-mock-chunk-delay-ms").unwrap_or(0),
             cut_after: header_u64(req, "x-mock-cut-after")
@@ -504,17 +525,20 @@ async fn reset(mock: Shared) -> HttpResponse {
     }
     lock(&s.by_path).clear();
     lock(&s.log).clear();
-    *lock(&s.fail_next) = (0, 0);
+    *lock(&s.fail_next) = FailNext::default();
     HttpResponse::NoContent().finish()
 }
 
 async fn fail_next(mock: Shared, body: web::Json<Value>) -> HttpResponse {
-    let count = body["count"].as_u64().unwrap_or(1);
-    let status = body["status"]
-        .as_u64()
-        .and_then(|s| u16::try_from(s).ok())
-        .unwrap_or(500);
-    *lock(&mock.stats.fail_next) = (count, status);
+    *lock(&mock.stats.fail_next) = FailNext {
+        count: body["count"].as_u64().unwrap_or(1),
+        status: body["status"]
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(500),
+        hang: body["hang"].as_bool().unwrap_or(false),
+        retry_after: body["retry_after"].as_str().map(str::to_owned),
+    };
     HttpResponse::NoContent().finish()
 }
 
