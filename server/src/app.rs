@@ -30,6 +30,7 @@ use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
 use crate::actors::audit_writer::{AuditSettings, AuditSink, AuditWriter};
+use crate::actors::provider_supervisor::ProviderSupervisor;
 use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
 use crate::config::{Config, InitError};
 use crate::crypto::KeyCipher;
@@ -45,6 +46,9 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub registry: Registry,
     pub providers: Arc<Providers>,
+    /// Receives attempt outcomes (fire-and-forget); routing reads provider status
+    /// directly.
+    pub supervisor: actix::Addr<ProviderSupervisor>,
     pub allowed_paths: Vec<String>,
     pub trusted_proxies: CidrList,
     /// `usage.enabled`: whether proxied requests leave usage records.
@@ -117,6 +121,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         db: conn,
         registry: registry.clone(),
         providers: Arc::clone(&providers),
+        supervisor: ProviderSupervisor::start(Arc::clone(&providers)),
         allowed_paths: config.proxy.allowed_paths.clone(),
         trusted_proxies: CidrList::new(config.server.trusted_proxies.clone()),
         usage_enabled: config.usage.enabled,

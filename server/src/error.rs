@@ -54,6 +54,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("The gateway is not ready to serve requests.")]
     Unavailable(String),
+    /// Every provider serving the model has its circuit breaker open or fails its
+    /// health check; `retry_after` is when the first one is worth trying again.
+    #[error("No healthy provider serves the model `{model}` right now.")]
+    NoHealthyProvider { model: String, retry_after: u64 },
 }
 
 impl ProxyError {
@@ -76,6 +80,16 @@ impl ProxyError {
             Self::UpstreamError(_) => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Unavailable(_) => "service_unavailable",
+            Self::NoHealthyProvider { .. } => "no_healthy_provider",
+        }
+    }
+
+    /// What an operator should read about a failed upstream attempt.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::UpstreamError(d) | Self::Unavailable(d) => d.clone(),
+            Self::UpstreamTimeout => "first-byte timeout".to_owned(),
+            other => other.code().to_owned(),
         }
     }
 
@@ -125,7 +139,9 @@ impl ResponseError for ProxyError {
             Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamError(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::NoHealthyProvider { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -142,8 +158,14 @@ impl ResponseError for ProxyError {
             ),
         }
         let mut resp = HttpResponse::build(status);
-        if matches!(self, Self::Unavailable(_)) {
-            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        match self {
+            Self::Unavailable(_) => {
+                resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            Self::NoHealthyProvider { retry_after, .. } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after.max(&1).to_string()));
+            }
+            _ => {}
         }
         resp.json(json!({
             "error": {

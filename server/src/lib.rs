@@ -8,11 +8,16 @@
 //! | `GET /v1/models` | `proxy/models.rs` |
 //! | `/manage/projects…` | `manage/projects.rs` |
 //! | `/manage/tokens…` | `manage/tokens.rs` |
+//! | `GET /manage/audit` | `manage/audit.rs` |
+//! | `GET /manage/usage` | `manage/usage.rs` |
+//! | `GET /manage/providers` | `manage/providers.rs` |
 //! | `GET /health`, `GET /ready` | [`ops`] |
 //!
-//! Routing and middleware order: [`app`]. State and its single writer:
-//! [`actors::token_registry`]. Database access: [`service`]. Errors and their
-//! envelopes: [`error`].
+//! Routing and middleware order: [`app`]. State and its single writers:
+//! [`actors::token_registry`] (projects, tokens), [`actors::provider_supervisor`]
+//! (breakers, health checks), [`actors::audit_writer`] (audit trail, usage).
+//! Retries and failover: `proxy/attempts.rs`; routing: [`providers::routing`].
+//! Database access: [`service`]. Errors and their envelopes: [`error`].
 
 pub mod actors;
 pub mod app;

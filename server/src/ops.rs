@@ -13,9 +13,9 @@ pub async fn health() -> HttpResponse {
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let db = Query::ping(&state.db).await.is_ok();
-    // Circuit breakers arrive with the ProviderSupervisor; until then a configured
-    // provider counts as not open.
-    let providers = !state.providers.all().is_empty();
+    // At least one provider healthy with its breaker not open (half-open counts:
+    // it is about to be probed).
+    let providers = state.providers.any_usable();
     let body = json!({
         "status": if db && providers { "ready" } else { "unavailable" },
         "checks": { "database": db, "providers": providers },

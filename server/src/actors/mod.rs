@@ -2,4 +2,5 @@
 //! arbiter thread so a slow database write never stalls an HTTP worker.
 
 pub mod audit_writer;
+pub mod provider_supervisor;
 pub mod token_registry;

@@ -5,6 +5,7 @@ pub mod audit;
 mod body;
 mod list;
 mod projects;
+mod providers;
 mod tokens;
 mod usage;
 mod views;
@@ -76,6 +77,11 @@ pub fn scope() -> actix_web::Scope<
         .service(
             web::resource("/usage")
                 .get(usage::summary)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/providers")
+                .get(providers::list)
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found))

@@ -5,10 +5,14 @@
 //! 2. credential → token + project from the registry cache (no mailbox, no DB);
 //! 3. client IP against token, then project CIDR lists;
 //! 4. body read with the size limit, `model`/`stream` peeked without a full parse;
-//! 5. model allowlists (token ∩ project), then a provider that serves the model;
+//! 5. model allowlists (token ∩ project), then the candidate providers for the
+//!    model (breakers and health checks consulted lock-free);
 //! 6. lifetime quota: atomic check-and-increment;
-//! 7. forward ([`upstream`]) and stream the answer back ([`stream`]).
+//! 7. forward to the candidates in order, with retries and failover before the
+//!    first byte ([`attempts`], [`upstream`]), and stream the answer back
+//!    ([`stream`]).
 
+mod attempts;
 mod auth;
 mod body;
 mod models;
@@ -107,10 +111,7 @@ async fn admit_and_forward(
     {
         return Err(ProxyError::ModelNotAllowed(m.to_owned()));
     }
-    let provider = state
-        .providers
-        .route(model)
-        .ok_or_else(|| ProxyError::ModelNotFound(model.unwrap_or_default().to_owned()))?;
+    let candidates = state.providers.candidates(model)?;
     // Streamed chat completions are accounted through the usage chunk; ask for it
     // and hide it again when the client did not.
     let (bytes, strip_usage) = match (tail, peek.stream) {
@@ -120,14 +121,13 @@ async fn admit_and_forward(
         },
         _ => (bytes, false),
     };
-    let upstream_key = match &resolved.project.upstream_api_key {
+    let project_key = match &resolved.project.upstream_api_key {
         Some(k) if k.is_empty() => {
             return Err(ProxyError::Unavailable(
                 "project upstream key cannot be decrypted".into(),
             ));
         }
-        Some(k) => k,
-        None => &provider.api_key,
+        other => other.as_ref(),
     };
     state.registry.cache.try_consume(&resolved.token, now)?;
     // Admitted: reserve the usage record's place now, so it can always be filed.
@@ -149,7 +149,7 @@ async fn admit_and_forward(
             project_id: resolved.project.id.0,
             token_id: resolved.token.id.0,
             model: model.map(str::to_owned),
-            provider: provider.name.clone(),
+            provider: String::new(),
             endpoint: tail.to_owned(),
             status: 0,
             streamed: false,
@@ -159,21 +159,21 @@ async fn admit_and_forward(
             body_tail: Vec::new(),
         },
     );
-    let sent = upstream::send(
-        req,
-        provider,
-        tail,
-        upstream_key,
-        request_id.as_ref(),
-        bytes,
-    );
-    let response = match sent.await {
-        Ok(r) => r,
-        Err(e) => return Err(failed(tap, e)),
-    };
-    stream::relay(response, provider.first_byte_timeout, tap, strip_usage)
-        .await
-        .map_err(|(e, tap)| failed(tap, e))
+    attempts::forward(
+        attempts::Plan {
+            req,
+            state,
+            candidates: &candidates,
+            tail,
+            project_key,
+            request_id: request_id.as_ref(),
+            body: bytes,
+            strip_usage,
+        },
+        tap,
+    )
+    .await
+    .map_err(|(e, tap)| failed(tap, e))
 }
 
 /// An admitted request that got no upstream response still leaves a usage record.

@@ -79,6 +79,24 @@ pub struct UsageTap {
     length: Option<u64>,
     keep_all: bool,
     tail: VecDeque<Bytes>,
+    /// Counts this request against the provider that answers it until the body ends.
+    in_flight: Option<InFlight>,
+}
+
+/// One request in flight at a provider (`/manage/providers` `in_flight`).
+pub struct InFlight(std::sync::Arc<crate::providers::Provider>);
+
+impl InFlight {
+    pub fn new(provider: &std::sync::Arc<crate::providers::Provider>) -> Self {
+        provider.status.enter();
+        Self(std::sync::Arc::clone(provider))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.status.leave();
+    }
 }
 
 impl UsageTap {
@@ -92,7 +110,13 @@ impl UsageTap {
             length: None,
             keep_all: true,
             tail: VecDeque::new(),
+            in_flight: None,
         }
+    }
+
+    /// Replaces the provider this request counts against (a new attempt).
+    pub fn hold(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
     }
 
     fn on_chunk(&mut self, chunk: &Bytes) {

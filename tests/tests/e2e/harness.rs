@@ -122,6 +122,27 @@ impl Mock {
         self.stats().await["by_path"][path].as_u64().unwrap_or(0)
     }
 
+    /// `POST /_mock/fail-next`: `{"count","status","hang","retry_after"}`.
+    pub async fn fail_next(&self, plan: Value) {
+        let resp = client()
+            .post(format!("{}/_mock/fail-next", self.url))
+            .json(&plan)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+
+    /// Clears counters, the request log and any pending failures.
+    pub async fn reset(&self) {
+        let resp = client()
+            .post(format!("{}/_mock/reset", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+
     pub async fn last_request(&self) -> Value {
         client()
             .get(format!("{}/_mock/last", self.url))

@@ -8,6 +8,7 @@ mod harness;
 
 mod audit_trail;
 mod bad_input;
+mod failover;
 mod manage_projects;
 mod manage_tokens;
 mod proxy_forwarding;

@@ -127,16 +127,19 @@ async fn forwarding_upstream_client_errors_pass_through_unchanged() {
         text,
         r#"{"error":{"message":"mock bad request","type":"invalid_request_error","param":null,"code":"mock_bad_request"}}"#
     );
+    // 429 is retryable: retried (after its Retry-After), and when every attempt
+    // is rate limited the client gets 502 `upstream_error` (SPEC §2).
     let resp = gw
         .post("/v1/chat/completions")
         .bearer_auth(&t)
         .header("x-mock-status", "429")
+        .header("x-mock-retry-after", "0")
         .json(&chat_body("gpt-4o-mini"))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["retry-after"], "1");
+    let (status, body) = error_of(resp).await;
+    assert_proxy_error(status, &body, 502, "upstream_error");
 }
 
 #[tokio::test]
@@ -187,8 +190,9 @@ async fn forwarding_other_endpoints_reach_the_upstream() {
 async fn forwarding_unreachable_and_hanging_upstreams_map_to_502_and_504() {
     let hanging = Mock::start("hang");
     let gw = gateway()
-        .provider_yaml("{ name: down, base_url: \"http://127.0.0.1:9/v1\", models: [\"down-*\"], timeouts: { connect: 1s, first_byte: 1s, idle: 1s } }")
-        .provider_yaml(&format!("{{ name: hang, base_url: \"{}\", models: [\"*\"], timeouts: {{ connect: 1s, first_byte: 500ms, idle: 1s }} }}", hanging.base_url()))
+        // No health check: the down provider must be tried (and fail), not skipped.
+        .provider_yaml("{ name: down, base_url: \"http://127.0.0.1:9/v1\", models: [\"down-*\"], timeouts: { connect: 1s, first_byte: 1s, idle: 1s }, health_check: { enabled: false } }")
+        .provider_yaml(&format!("{{ name: hang, base_url: \"{}\", models: [\"gpt-*\"], timeouts: {{ connect: 1s, first_byte: 500ms, idle: 1s }} }}", hanging.base_url()))
         .start();
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let (status, body) = error_of(gw.chat(&t, chat_body("down-model")).await).await;

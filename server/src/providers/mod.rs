@@ -1,19 +1,24 @@
-//! Configured upstream providers and model routing.
+//! Configured upstream providers: clients, live status and model routing.
 //!
 //! Each provider gets its own pooled reqwest client (one HTTP stack, rustls with
 //! ring) because connect and idle timeouts are per-client settings in reqwest; the
-//! first-byte timeout is applied per request by the proxy. Providers are ordered by
-//! `priority` (lower first); failover across them arrives with the
-//! `ProviderSupervisor`.
+//! first-byte timeout is applied per request by the proxy. Which provider a request
+//! tries, in which order, is [`routing`]; breaker and health state live in
+//! [`status`] and are moved by the `ProviderSupervisor` actor.
+
+pub mod routing;
+pub mod status;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::config::{ProviderConfig, ProviderTimeouts};
+use crate::config::{BreakerConfig, HealthCheckConfig, ProviderConfig, ProviderTimeouts};
 use crate::policy::glob_match;
 use crate::secret::Secret;
 
 pub struct Provider {
+    /// Position in [`Providers::all`]; the supervisor's messages name providers by it.
+    pub index: usize,
     pub name: String,
     /// Without a trailing slash; the proxy appends the path after `/v1`.
     pub base_url: String,
@@ -22,8 +27,12 @@ pub struct Provider {
     pub api_key: Secret,
     pub patterns: Vec<String>,
     pub priority: i64,
+    pub weight: u64,
     pub first_byte_timeout: Duration,
+    pub health_check: HealthCheckConfig,
+    pub breaker: BreakerConfig,
     pub client: reqwest::Client,
+    pub status: status::ProviderStatus,
     /// For providers with a glob: the ids their `GET /models` last returned.
     discovered: RwLock<Arc<Vec<String>>>,
 }
@@ -56,6 +65,30 @@ impl Provider {
         self.patterns.iter().any(|p| p.contains('*'))
     }
 
+    /// Whether the periodic health check is the `GET /models` listing itself.
+    pub fn health_check_lists_models(&self) -> bool {
+        self.health_check.enabled && self.health_check.path == "/models"
+    }
+
+    /// Remembers the ids of a `GET /models` answer; false if it is not one.
+    pub(crate) fn learn_models(&self, body: &[u8]) -> bool {
+        #[derive(serde::Deserialize)]
+        struct List {
+            data: Vec<Item>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            id: String,
+        }
+        match serde_json::from_slice::<List>(body) {
+            Ok(list) => {
+                self.set_discovered(list.data.into_iter().map(|i| i.id).collect());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Model ids to advertise in `GET /v1/models`.
     pub fn advertised_models(&self) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -70,7 +103,7 @@ impl Provider {
         out
     }
 
-    fn set_discovered(&self, models: Vec<String>) {
+    pub(crate) fn set_discovered(&self, models: Vec<String>) {
         if let Ok(mut d) = self.discovered.write() {
             *d = Arc::new(models);
         }
@@ -93,19 +126,10 @@ impl Provider {
             .bytes()
             .await
             .map_err(|e| format!("body: {}", without_url(&e)))?;
-        #[derive(serde::Deserialize)]
-        struct List {
-            data: Vec<Item>,
+        if !self.learn_models(&body) {
+            return Err("not a model list".to_owned());
         }
-        #[derive(serde::Deserialize)]
-        struct Item {
-            id: String,
-        }
-        let list: List =
-            serde_json::from_slice(&body).map_err(|e| format!("not a model list: {e}"))?;
-        let ids: Vec<String> = list.data.into_iter().map(|i| i.id).collect();
-        let n = ids.len();
-        self.set_discovered(ids);
+        let n = self.discovered.read().map(|d| d.len()).unwrap_or_default();
         Ok(n)
     }
 }
@@ -137,31 +161,34 @@ impl Providers {
                 let base_url = c.base_url.trim_end_matches('/').to_owned();
                 let base = reqwest::Url::parse(&base_url)
                     .map_err(|e| format!("providers.{}.base_url: {e}", c.name))?;
-                Ok(Arc::new(Provider {
+                Ok(Provider {
+                    index: 0,
                     name: c.name.clone(),
                     base_url,
                     base,
                     api_key: c.api_key.clone(),
                     patterns: c.models.clone(),
                     priority: c.priority,
+                    weight: c.weight.max(1),
                     first_byte_timeout: c.timeouts.first_byte.0,
+                    health_check: c.health_check.clone(),
+                    breaker: c.circuit_breaker.clone(),
+                    status: status::ProviderStatus::default(),
                     client: build_client(&c.timeouts).map_err(|e| {
                         format!("providers.{}: cannot build HTTP client: {e}", c.name)
                     })?,
                     discovered: RwLock::new(Arc::new(Vec::new())),
-                }))
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        // Stable: equal priorities keep their configured order.
         list.sort_by_key(|p| p.priority);
+        let list = list
+            .into_iter()
+            .enumerate()
+            .map(|(index, p)| Arc::new(Provider { index, ..p }))
+            .collect();
         Ok(Self { list })
-    }
-
-    /// The provider for a model: the first, by priority, whose list serves it.
-    pub fn route(&self, model: Option<&str>) -> Option<&Arc<Provider>> {
-        match model {
-            Some(m) => self.list.iter().find(|p| p.serves(m)),
-            None => self.list.first(),
-        }
     }
 
     pub fn all(&self) -> &[Arc<Provider>] {
@@ -182,12 +209,17 @@ fn build_client(t: &ProviderTimeouts) -> Result<reqwest::Client, reqwest::Error>
         .build()
 }
 
-/// Refreshes glob providers' model lists now and then every `interval`.
+/// Refreshes glob providers' model lists now and then every `interval`, for those
+/// whose health check does not already ask `GET /models`.
 pub async fn refresh_models_forever(providers: Arc<Providers>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        for p in providers.all().iter().filter(|p| p.has_glob()) {
+        for p in providers
+            .all()
+            .iter()
+            .filter(|p| p.has_glob() && !p.health_check_lists_models())
+        {
             match p.discover_models().await {
                 Ok(n) => tracing::debug!(provider = %p.name, models = n, "refreshed model list"),
                 Err(e) => tracing::warn!(provider = %p.name, error = %e, "cannot list models"),
@@ -228,18 +260,5 @@ mod tests {
             p.url_for("/embeddings", "a=1&b=2").as_str(),
             "http://h:1/openai/v1/embeddings?a=1&b=2"
         );
-    }
-
-    #[test]
-    fn routes_by_priority_and_pattern() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ps = Providers::from_config(&[
-            provider("http://b/v1", &["*"], 5),
-            provider("http://a/v1", &["gpt-*"], 1),
-        ])
-        .unwrap();
-        assert_eq!(ps.route(Some("gpt-4o")).unwrap().name, "p1");
-        assert_eq!(ps.route(Some("claude")).unwrap().name, "p5");
-        assert_eq!(ps.route(None).unwrap().name, "p1");
     }
 }

@@ -1,0 +1,245 @@
+//! `ProviderSupervisor`: owns every provider's circuit breaker and health state
+//! (SPEC §1).
+//!
+//! Messages: [`Outcome`] (fire-and-forget `do_send` from the proxy after each
+//! attempt's verdict), plus its own timers: `HalfOpen` when a cooldown ends and one
+//! health check per provider every `health_check.interval`.
+//!
+//! Request handlers never wait on this actor: they read the state it publishes in
+//! each provider's lock-free [`ProviderStatus`](crate::providers::status) and
+//! report outcomes afterwards. Breaker:
+//! closed → open after `failure_threshold` consecutive retryable failures →
+//! half-open after `cooldown` (admits `half_open_max_requests` probes) → closed once
+//! they all succeed, or open again on the first probe that fails.
+//! Health checks only ever `GET {base_url}{health_check.path}` (default `/models`,
+//! no token cost) and set the `healthy` flag; routing skips unhealthy providers.
+//! Unhealthy means no answer within `health_check.timeout`, or a 5xx.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::providers::status::BreakerState;
+use crate::providers::{Providers, without_url};
+
+/// What one attempt against a provider came to.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The provider answered with something other than a retryable failure.
+    Success,
+    /// A retryable failure: connection error, first-byte timeout, retryable status.
+    Failure(String),
+}
+
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Outcome {
+    pub provider: usize,
+    pub verdict: Verdict,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HalfOpen {
+    provider: usize,
+    generation: u64,
+}
+
+pub struct ProviderSupervisor {
+    providers: Arc<Providers>,
+    /// Bumped each time a breaker opens, so a stale cooldown timer does nothing.
+    generation: Vec<u64>,
+    /// Successful probes since the breaker went half-open.
+    probe_successes: Vec<u64>,
+    /// A health check still running is not started again.
+    checking: Vec<bool>,
+    /// Health checks get their own small client: they must not borrow (or keep
+    /// alive) the request path's pooled connections.
+    health_clients: Vec<Option<reqwest::Client>>,
+}
+
+impl ProviderSupervisor {
+    /// Starts the actor on its own arbiter thread.
+    pub fn start(providers: Arc<Providers>) -> Addr<Self> {
+        let n = providers.all().len();
+        let health_clients = providers
+            .all()
+            .iter()
+            .map(|p| {
+                p.health_check.enabled.then(|| {
+                    reqwest::Client::builder()
+                        .connect_timeout(p.health_check.timeout.0)
+                        .pool_max_idle_per_host(1)
+                        .redirect(reqwest::redirect::Policy::none())
+                        .no_proxy()
+                        .build()
+                        .ok()
+                })?
+            })
+            .collect();
+        let actor = Self {
+            providers,
+            generation: vec![0; n],
+            probe_successes: vec![0; n],
+            checking: vec![false; n],
+            health_clients,
+        };
+        let arbiter = Arbiter::new();
+        Self::start_in_arbiter(&arbiter.handle(), move |_| actor)
+    }
+
+    fn open(&mut self, i: usize, ctx: &mut Context<Self>, why: &str) {
+        let p = &self.providers.all()[i];
+        let cooldown = p.breaker.cooldown.0;
+        self.generation[i] += 1;
+        let until =
+            now_ms().saturating_add(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX));
+        p.status.set_state(BreakerState::Open, until, 0);
+        tracing::warn!(provider = %p.name, reason = %why, cooldown_ms = cooldown.as_millis() as u64, "circuit breaker opened");
+        let generation = self.generation[i];
+        ctx.notify_later(
+            HalfOpen {
+                provider: i,
+                generation,
+            },
+            cooldown,
+        );
+    }
+
+    fn close(&mut self, i: usize) {
+        let p = &self.providers.all()[i];
+        p.status.set_state(BreakerState::Closed, 0, 0);
+        p.status.set_failures(0);
+        tracing::info!(provider = %p.name, "circuit breaker closed");
+    }
+
+    fn check(&mut self, i: usize, ctx: &mut Context<Self>) {
+        let Some(client) = self.health_clients[i].clone() else {
+            return;
+        };
+        if std::mem::replace(&mut self.checking[i], true) {
+            return;
+        }
+        let p = Arc::clone(&self.providers.all()[i]);
+        let probe = async move {
+            let mut req = client.get(format!("{}{}", p.base_url, p.health_check.path));
+            if !p.api_key.is_empty() {
+                req = req.bearer_auth(p.api_key.expose());
+            }
+            let call = async {
+                let resp = req.send().await.map_err(|e| without_url(&e))?;
+                let status = resp.status();
+                let body = resp.bytes().await.map_err(|e| without_url(&e))?;
+                // Any answer below 500 proves the provider is up: a 404 from one
+                // that lacks `/models` or a 401 for a bad key must not take it out
+                // of rotation (requests would show those errors as they are).
+                if status.is_server_error() {
+                    Err(format!("status {}", status.as_u16()))
+                } else {
+                    Ok((status.is_success(), body))
+                }
+            };
+            let result = match tokio::time::timeout(p.health_check.timeout.0, call).await {
+                Ok(r) => r,
+                Err(_) => Err("timed out".to_owned()),
+            };
+            (p, result)
+        };
+        ctx.spawn(probe.into_actor(self).map(move |(p, result), act, _| {
+            act.checking[i] = false;
+            let now = crate::time::now();
+            match result {
+                Ok((listed, body)) => {
+                    if !p.status.healthy() {
+                        tracing::info!(provider = %p.name, "health check passes again");
+                    }
+                    p.status.set_healthy(true);
+                    if listed && p.has_glob() && p.health_check_lists_models() {
+                        p.learn_models(&body);
+                    }
+                    p.status.note(|d| d.last_check_at = Some(now));
+                }
+                Err(e) => {
+                    if p.status.healthy() {
+                        tracing::warn!(provider = %p.name, error = %e, "health check failed");
+                    }
+                    p.status.set_healthy(false);
+                    p.status.note(|d| {
+                        d.last_check_at = Some(now);
+                        d.last_error = Some(format!("health check: {e}"));
+                    });
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for ProviderSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let providers = Arc::clone(&self.providers);
+        for (i, p) in providers.all().iter().enumerate() {
+            if !p.health_check.enabled {
+                continue;
+            }
+            self.check(i, ctx);
+            ctx.run_interval(p.health_check.interval.0, move |act, ctx| act.check(i, ctx));
+        }
+    }
+}
+
+impl Handler<Outcome> for ProviderSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outcome, ctx: &mut Self::Context) {
+        let i = msg.provider;
+        let Some(p) = self.providers.all().get(i).cloned() else {
+            return;
+        };
+        let status = &p.status;
+        match msg.verdict {
+            Verdict::Success => {
+                status.set_failures(0);
+                if status.state() == BreakerState::HalfOpen {
+                    self.probe_successes[i] += 1;
+                    if self.probe_successes[i] >= p.breaker.half_open_max_requests {
+                        self.close(i);
+                    }
+                }
+            }
+            Verdict::Failure(error) => {
+                let failures = status.consecutive_failures() + 1;
+                status.set_failures(failures);
+                match status.state() {
+                    BreakerState::Closed if failures >= p.breaker.failure_threshold => {
+                        self.open(i, ctx, &error);
+                    }
+                    BreakerState::HalfOpen => self.open(i, ctx, &error),
+                    _ => {}
+                }
+                status.note(|d| d.last_error = Some(error));
+            }
+        }
+    }
+}
+
+impl Handler<HalfOpen> for ProviderSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HalfOpen, _: &mut Self::Context) {
+        let i = msg.provider;
+        let p = &self.providers.all()[i];
+        if msg.generation != self.generation[i] || p.status.state() != BreakerState::Open {
+            return;
+        }
+        self.probe_successes[i] = 0;
+        p.status
+            .set_state(BreakerState::HalfOpen, 0, p.breaker.half_open_max_requests);
+        tracing::info!(provider = %p.name, "circuit breaker half-open: probing");
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::time::now().timestamp_millis().max(0).unsigned_abs()
+}

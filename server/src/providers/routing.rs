@@ -1,0 +1,154 @@
+//! Which providers a request tries, in which order.
+//!
+//! Candidates are the providers whose `models` serve the model, skipping those whose
+//! breaker is open or whose health check fails; by `priority` (lower first), and
+//! among equal priorities in a weighted random order (each provider's chance of
+//! going first is its share of the group's weight). Reads only the lock-free
+//! [`super::status`]: no mailbox, no lock.
+
+use std::sync::Arc;
+
+use rand::Rng;
+
+use super::status::BreakerState;
+use super::{Provider, Providers};
+use crate::error::ProxyError;
+
+impl Providers {
+    /// The ordered candidates for `model` (`None`: endpoints without a model).
+    pub fn candidates(&self, model: Option<&str>) -> Result<Vec<Arc<Provider>>, ProxyError> {
+        let serving: Vec<&Arc<Provider>> = self
+            .all()
+            .iter()
+            .filter(|p| model.is_none_or(|m| p.serves(m)))
+            .collect();
+        if serving.is_empty() {
+            return Err(ProxyError::ModelNotFound(
+                model.unwrap_or_default().to_owned(),
+            ));
+        }
+        let usable: Vec<&Arc<Provider>> = serving
+            .iter()
+            .copied()
+            .filter(|p| p.status.usable())
+            .collect();
+        if usable.is_empty() {
+            return Err(ProxyError::NoHealthyProvider {
+                model: model.unwrap_or_default().to_owned(),
+                retry_after: retry_after(&serving),
+            });
+        }
+        Ok(weighted_order(&usable, &mut rand::rng()))
+    }
+
+    /// `/ready`: at least one provider is healthy with a breaker that is not open.
+    pub fn any_usable(&self) -> bool {
+        self.all().iter().any(|p| p.status.usable())
+    }
+}
+
+/// Seconds until the first of these providers is worth trying again.
+fn retry_after(providers: &[&Arc<Provider>]) -> u64 {
+    let now = crate::time::now().timestamp_millis().max(0).unsigned_abs();
+    providers
+        .iter()
+        .map(|p| {
+            if p.status.state() == BreakerState::Open {
+                p.status.open_until_ms().saturating_sub(now).div_ceil(1000)
+            } else {
+                p.health_check.interval.0.as_secs()
+            }
+        })
+        .min()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Priority groups in order; inside a group, weighted sampling without replacement
+/// (Efraimidis–Spirakis: sort by `-ln(u) / weight`).
+fn weighted_order(list: &[&Arc<Provider>], rng: &mut impl Rng) -> Vec<Arc<Provider>> {
+    let mut keyed: Vec<(i64, f64, &Arc<Provider>)> = list
+        .iter()
+        .map(|p| {
+            let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            // Weights are at least 1 (validated), so the key is finite.
+            (p.priority, -u.ln() / p.weight as f64, *p)
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    keyed.into_iter().map(|(_, _, p)| Arc::clone(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ProviderConfig, ProviderTimeouts};
+    use crate::secret::Secret;
+
+    fn provider(name: &str, models: &[&str], priority: i64, weight: u64) -> ProviderConfig {
+        ProviderConfig {
+            name: name.to_owned(),
+            base_url: "http://h/v1".to_owned(),
+            api_key: Secret::default(),
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            priority,
+            weight,
+            timeouts: ProviderTimeouts::default(),
+            health_check: Default::default(),
+            circuit_breaker: Default::default(),
+        }
+    }
+
+    fn names(ps: &[Arc<Provider>]) -> Vec<&str> {
+        ps.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn routing_orders_by_priority_and_pattern() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ps =
+            Providers::from_config(&[provider("b", &["*"], 5, 1), provider("a", &["gpt-*"], 1, 1)])
+                .unwrap();
+        assert_eq!(names(&ps.candidates(Some("gpt-4o")).unwrap()), ["a", "b"]);
+        assert_eq!(names(&ps.candidates(Some("claude")).unwrap()), ["b"]);
+        assert_eq!(names(&ps.candidates(None).unwrap()), ["a", "b"]);
+        let only_gpt = Providers::from_config(&[provider("a", &["gpt-*"], 1, 1)]).unwrap();
+        assert!(matches!(
+            only_gpt.candidates(Some("claude")),
+            Err(ProxyError::ModelNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn routing_skips_open_and_unhealthy_then_reports_when_to_retry() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ps =
+            Providers::from_config(&[provider("a", &["*"], 0, 1), provider("b", &["*"], 1, 1)])
+                .unwrap();
+        let now = crate::time::now().timestamp_millis().unsigned_abs();
+        ps.all()[0]
+            .status
+            .set_state(BreakerState::Open, now + 4_500, 0);
+        assert_eq!(names(&ps.candidates(Some("m")).unwrap()), ["b"]);
+        ps.all()[1].status.set_healthy(false);
+        match ps.candidates(Some("m")) {
+            Err(ProxyError::NoHealthyProvider { retry_after, .. }) => assert_eq!(retry_after, 5),
+            other => panic!("{other:?}"),
+        }
+        assert!(!ps.any_usable());
+    }
+
+    #[test]
+    fn routing_weights_share_first_place() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ps =
+            Providers::from_config(&[provider("a", &["*"], 0, 3), provider("b", &["*"], 0, 1)])
+                .unwrap();
+        let list: Vec<&Arc<Provider>> = ps.all().iter().collect();
+        let mut rng = rand::rng();
+        let firsts = (0..20_000)
+            .filter(|_| weighted_order(&list, &mut rng)[0].name == "a")
+            .count();
+        assert!((14_000..16_000).contains(&firsts), "{firsts}");
+    }
+}

@@ -1,0 +1,167 @@
+//! The live state of one provider, shared lock-free between request handlers and
+//! the `ProviderSupervisor`.
+//!
+//! Ownership: the supervisor alone moves the breaker (`state`, `consecutive_failures`,
+//! `open_until_ms`), the health flag and the diagnostics. Handlers only read them,
+//! take half-open probe permits with a compare-and-swap, and count `in_flight`.
+//! That is the "published routing snapshot": no lock and no mailbox on the request
+//! path.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+}
+
+/// What `/manage/providers` shows besides the counters.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnostics {
+    pub last_error: Option<String>,
+    pub last_check_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+pub struct ProviderStatus {
+    state: AtomicU8,
+    healthy: AtomicBool,
+    consecutive_failures: AtomicU64,
+    /// Unix milliseconds when an open breaker turns half-open.
+    open_until_ms: AtomicU64,
+    probes_left: AtomicU64,
+    in_flight: AtomicU64,
+    diagnostics: Mutex<Diagnostics>,
+}
+
+impl Default for ProviderStatus {
+    fn default() -> Self {
+        Self {
+            state: AtomicU8::new(BreakerState::Closed.to_u8()),
+            // Optimistic until the first health check says otherwise.
+            healthy: AtomicBool::new(true),
+            consecutive_failures: AtomicU64::new(0),
+            open_until_ms: AtomicU64::new(0),
+            probes_left: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            diagnostics: Mutex::new(Diagnostics::default()),
+        }
+    }
+}
+
+impl ProviderStatus {
+    // --- read by anyone ---
+
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Worth routing to: healthy and the breaker not open.
+    pub fn usable(&self) -> bool {
+        self.healthy() && self.state() != BreakerState::Open
+    }
+
+    pub fn consecutive_failures(&self) -> u64 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    pub fn open_until_ms(&self) -> u64 {
+        self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn diagnostics(&self) -> Diagnostics {
+        self.diagnostics
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    // --- request handlers ---
+
+    /// Takes a half-open probe permit; always true when the breaker is closed.
+    pub fn try_admit(&self) -> bool {
+        match self.state() {
+            BreakerState::Closed => true,
+            BreakerState::Open => false,
+            BreakerState::HalfOpen => self
+                .probes_left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+
+    /// Gives back a probe permit whose attempt ended without a verdict.
+    pub fn return_probe(&self) {
+        if self.state() == BreakerState::HalfOpen {
+            self.probes_left.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn enter(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    // --- the supervisor only ---
+
+    pub(crate) fn set_state(&self, state: BreakerState, open_until_ms: u64, probes: u64) {
+        self.probes_left.store(probes, Ordering::Release);
+        self.open_until_ms.store(open_until_ms, Ordering::Relaxed);
+        self.state.store(state.to_u8(), Ordering::Release);
+    }
+
+    pub(crate) fn set_failures(&self, n: u64) {
+        self.consecutive_failures.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Release);
+    }
+
+    pub(crate) fn note(&self, f: impl FnOnce(&mut Diagnostics)) {
+        if let Ok(mut d) = self.diagnostics.lock() {
+            f(&mut d);
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Attempts, retries and failover, all before the first byte reaches the client.
+//!
+//! The candidates come ordered from routing. Attempt *n* goes to candidate
+//! *n mod len*: the very first retryable failure moves on to the next provider at
+//! once (no waiting, no breaker needed); only a provider tried again within the same
+//! request is waited for: exponential backoff with full jitter, or the upstream's
+//! `Retry-After` (`retry-after-ms`), both capped at `retry.max_delay`. At most
+//! `retry.max_attempts` attempts in all; the body is replayed byte for byte.
+//!
+//! Retryable: connection errors, the first-byte timeout (for SSE: until the first
+//! chunk), and statuses in `retry.retry_on`. Anything else, 4xx included, is the
+//! answer and is passed through. When every attempt failed: 504 `upstream_timeout`
+//! if the last one timed out, else 502 `upstream_error`. Each verdict goes to the
+//! `ProviderSupervisor` with a fire-and-forget message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
+use rand::Rng;
+
+use super::stream::{self, InFlight, UsageTap};
+use super::upstream;
+use crate::actors::provider_supervisor::{Outcome, Verdict};
+use crate::app::AppState;
+use crate::config::RetryConfig;
+use crate::error::ProxyError;
+use crate::providers::Provider;
+use crate::providers::status::BreakerState;
+use crate::request_id::RequestId;
+use crate::secret::Secret;
+
+/// Everything an attempt needs besides the usage tap.
+pub struct Plan<'a> {
+    pub req: &'a HttpRequest,
+    pub state: &'a AppState,
+    pub candidates: &'a [Arc<Provider>],
+    pub tail: &'a str,
+    /// The project's own upstream key, which replaces every provider's key.
+    pub project_key: Option<&'a Secret>,
+    pub request_id: Option<&'a RequestId>,
+    pub body: Bytes,
+    pub strip_usage: bool,
+}
+
+pub async fn forward(
+    plan: Plan<'_>,
+    mut tap: UsageTap,
+) -> Result<HttpResponse, (ProxyError, UsageTap)> {
+    let retry = &plan.state.config.retry;
+    let max_attempts = usize::try_from(retry.max_attempts).unwrap_or(1).max(1);
+    let n = plan.candidates.len();
+    let mut tried = vec![false; n];
+    let mut backoffs = 0u32;
+    let mut hint: Option<Duration> = None;
+    // Only left standing if every candidate was half-open with its probes taken.
+    let mut last = ProxyError::NoHealthyProvider {
+        model: tap.record.model.clone().unwrap_or_default(),
+        retry_after: 1,
+    };
+    for attempt in 0..max_attempts {
+        let provider = &plan.candidates[attempt % n];
+        if std::mem::replace(&mut tried[attempt % n], true) {
+            let wait = hint.take().map_or_else(
+                || full_jitter(retry, backoffs),
+                |d| d.min(retry.max_delay.0),
+            );
+            backoffs += 1;
+            tokio::time::sleep(wait).await;
+        }
+        hint = None;
+        let Some(verdict) = Attempt::start(plan.state, provider) else {
+            // Half-open and its probes are taken: let another request probe it.
+            continue;
+        };
+        tap.record.provider.clone_from(&provider.name);
+        tap.hold(InFlight::new(provider));
+        let key = plan.project_key.unwrap_or(&provider.api_key);
+        let sent = upstream::send(
+            plan.req,
+            provider,
+            plan.tail,
+            key,
+            plan.request_id,
+            plan.body.clone(),
+        )
+        .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                verdict.failure(e.detail());
+                last = e;
+                continue;
+            }
+        };
+        let status = resp.status().as_u16();
+        if retry.retry_on.contains(&status) {
+            hint = retry_after(resp.headers());
+            verdict.failure(format!("status {status}"));
+            last =
+                ProxyError::UpstreamError(format!("provider {} answered {status}", provider.name));
+            continue;
+        }
+        match stream::relay(resp, provider.first_byte_timeout, tap, plan.strip_usage).await {
+            Ok(response) => {
+                verdict.success();
+                return Ok(response);
+            }
+            Err((e, back)) => {
+                tap = back;
+                verdict.failure(e.detail());
+                last = e;
+            }
+        }
+    }
+    Err((last, tap))
+}
+
+/// One attempt's verdict, owed to the supervisor. Dropped without one (the client
+/// left while we waited), it only gives back a half-open probe permit.
+struct Attempt<'a> {
+    state: &'a AppState,
+    provider: &'a Arc<Provider>,
+    probe: bool,
+    done: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(state: &'a AppState, provider: &'a Arc<Provider>) -> Option<Self> {
+        let probe = provider.status.state() == BreakerState::HalfOpen;
+        provider.status.try_admit().then_some(Self {
+            state,
+            provider,
+            probe,
+            done: false,
+        })
+    }
+
+    fn success(mut self) {
+        self.report(Verdict::Success);
+    }
+
+    fn failure(mut self, why: String) {
+        self.report(Verdict::Failure(why));
+    }
+
+    fn report(&mut self, verdict: Verdict) {
+        self.done = true;
+        self.state.supervisor.do_send(Outcome {
+            provider: self.provider.index,
+            verdict,
+        });
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.probe {
+            self.provider.status.return_probe();
+        }
+    }
+}
+
+/// A random wait in `[0, min(max_delay, initial · multiplier^n)]`.
+fn full_jitter(retry: &RetryConfig, n: u32) -> Duration {
+    let exp = i32::try_from(n).unwrap_or(i32::MAX);
+    let cap = (retry.initial_delay.0.as_secs_f64() * retry.multiplier.powi(exp))
+        .min(retry.max_delay.0.as_secs_f64());
+    Duration::from_secs_f64(rand::rng().random_range(0.0..=cap.max(0.0)))
+}
+
+/// `retry-after-ms` (OpenAI) or `retry-after` in seconds; HTTP dates are ignored.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    get("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| get("retry-after").map(Duration::from_secs_f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+
+    #[test]
+    fn backoff_is_capped_full_jitter() {
+        let retry = RetryConfig {
+            initial_delay: HumanDuration::millis(100),
+            max_delay: HumanDuration::millis(300),
+            ..RetryConfig::default()
+        };
+        for n in 0..6 {
+            let cap = (0.1 * 2f64.powi(n)).min(0.3);
+            for _ in 0..200 {
+                let d = full_jitter(&retry, u32::try_from(n).unwrap()).as_secs_f64();
+                assert!((0.0..=cap + 1e-9).contains(&d), "n={n} d={d}");
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_milliseconds() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "250".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        h.insert("retry-after-ms", "soon".parse().unwrap());
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+}
