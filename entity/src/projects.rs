@@ -17,6 +17,8 @@ pub struct Model {
     /// JSON array of CIDRs; empty = any address.
     pub allowed_cidrs: Json,
     pub rate_limit_rpm: Option<i64>,
+    /// JSON array of provider names tried in this order; empty = by priority.
+    pub providers: Json,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub deleted_at: Option<DateTimeUtc>,

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_projects;
 mod m20261123_000002_create_tokens;
 mod m20261123_000003_create_audit_and_usage;
+mod m20261126_000001_add_project_providers;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_projects::Migration),
             Box::new(m20261123_000002_create_tokens::Migration),
             Box::new(m20261123_000003_create_audit_and_usage::Migration),
+            Box::new(m20261126_000001_add_project_providers::Migration),
         ]
     }
 }

@@ -178,6 +178,30 @@ impl Body {
         })
     }
 
+    /// Configured provider names, each at most once, in the caller's order.
+    pub fn providers(&mut self, key: &str, known: &[&str]) -> Field<Vec<String>> {
+        self.take(key, |v| {
+            let items = v.as_array().ok_or("must be an array of provider names")?;
+            let mut out: Vec<String> = Vec::with_capacity(items.len());
+            for item in items {
+                let name = item
+                    .as_str()
+                    .ok_or_else(|| "every entry must be a provider name".to_owned())?;
+                if !known.contains(&name) {
+                    return Err(format!(
+                        "{name:?} is not a configured provider (known: {})",
+                        known.join(", ")
+                    ));
+                }
+                if out.iter().any(|n| n == name) {
+                    return Err(format!("{name:?} is listed twice"));
+                }
+                out.push(name.to_owned());
+            }
+            Ok(out)
+        })
+    }
+
     pub fn cidrs(&mut self, key: &str) -> Field<Vec<IpNet>> {
         self.take(key, |v| {
             let items = v.as_array().ok_or("must be an array of CIDR ranges")?;

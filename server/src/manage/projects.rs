@@ -65,6 +65,10 @@ pub async fn create(
             allowed_models: b.models("allowed_models").value().unwrap_or_default(),
             allowed_cidrs: b.cidrs("allowed_cidrs").value().unwrap_or_default(),
             rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).value(),
+            providers: b
+                .providers("providers", &state.providers.names())
+                .value()
+                .unwrap_or_default(),
         };
         b.finish()?;
         state.registry.ask(CreateProject(new)).await
@@ -119,6 +123,7 @@ pub async fn update(
             allowed_models: nullable_list(b.models("allowed_models")),
             allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
             rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).patch(),
+            providers: nullable_list(b.providers("providers", &state.providers.names())),
         };
         b.finish()?;
         state.registry.ask(UpdateProject(id, patch)).await

@@ -21,6 +21,8 @@ pub struct ProjectView {
     pub allowed_models: Vec<String>,
     pub allowed_cidrs: Vec<String>,
     pub rate_limit_rpm: Option<i64>,
+    /// Provider names tried in this order; `[]` routes by priority and weight.
+    pub providers: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -36,6 +38,7 @@ impl From<&projects::Model> for ProjectView {
             allowed_models: read_list(&p.allowed_models, "allowed_models"),
             allowed_cidrs: read_list(&p.allowed_cidrs, "allowed_cidrs"),
             rate_limit_rpm: p.rate_limit_rpm,
+            providers: read_list(&p.providers, "providers"),
             created_at: p.created_at,
             updated_at: p.updated_at,
         }

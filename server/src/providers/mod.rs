@@ -194,6 +194,10 @@ impl Providers {
     pub fn all(&self) -> &[Arc<Provider>] {
         &self.list
     }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.list.iter().map(|p| p.name.as_str()).collect()
+    }
 }
 
 fn build_client(t: &ProviderTimeouts) -> Result<reqwest::Client, reqwest::Error> {

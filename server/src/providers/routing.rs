@@ -3,8 +3,9 @@
 //! Candidates are the providers whose `models` serve the model, skipping those whose
 //! breaker is open or whose health check fails; by `priority` (lower first), and
 //! among equal priorities in a weighted random order (each provider's chance of
-//! going first is its share of the group's weight). Reads only the lock-free
-//! [`super::status`]: no mailbox, no lock.
+//! going first is its share of the group's weight). A project that pins providers
+//! gets exactly those, in its order. Reads only the lock-free [`super::status`]:
+//! no mailbox, no lock.
 
 use std::sync::Arc;
 
@@ -15,13 +16,23 @@ use super::{Provider, Providers};
 use crate::error::ProxyError;
 
 impl Providers {
-    /// The ordered candidates for `model` (`None`: endpoints without a model).
-    pub fn candidates(&self, model: Option<&str>) -> Result<Vec<Arc<Provider>>, ProxyError> {
-        let serving: Vec<&Arc<Provider>> = self
-            .all()
-            .iter()
-            .filter(|p| model.is_none_or(|m| p.serves(m)))
-            .collect();
+    /// The ordered candidates for `model` (`None`: endpoints without a model);
+    /// `pinned` is the project's provider list (empty: all, by priority).
+    pub fn candidates(
+        &self,
+        model: Option<&str>,
+        pinned: &[String],
+    ) -> Result<Vec<Arc<Provider>>, ProxyError> {
+        let serves = |p: &&Arc<Provider>| model.is_none_or(|m| p.serves(m));
+        let serving: Vec<&Arc<Provider>> = if pinned.is_empty() {
+            self.all().iter().filter(serves).collect()
+        } else {
+            pinned
+                .iter()
+                .filter_map(|name| self.all().iter().find(|p| &p.name == name))
+                .filter(serves)
+                .collect()
+        };
         if serving.is_empty() {
             return Err(ProxyError::ModelNotFound(
                 model.unwrap_or_default().to_owned(),
@@ -38,7 +49,11 @@ impl Providers {
                 retry_after: retry_after(&serving),
             });
         }
-        Ok(weighted_order(&usable, &mut rand::rng()))
+        if pinned.is_empty() {
+            Ok(weighted_order(&usable, &mut rand::rng()))
+        } else {
+            Ok(usable.into_iter().cloned().collect())
+        }
     }
 
     /// `/ready`: at least one provider is healthy with a breaker that is not open.
@@ -109,12 +124,25 @@ mod tests {
         let ps =
             Providers::from_config(&[provider("b", &["*"], 5, 1), provider("a", &["gpt-*"], 1, 1)])
                 .unwrap();
-        assert_eq!(names(&ps.candidates(Some("gpt-4o")).unwrap()), ["a", "b"]);
-        assert_eq!(names(&ps.candidates(Some("claude")).unwrap()), ["b"]);
-        assert_eq!(names(&ps.candidates(None).unwrap()), ["a", "b"]);
+        assert_eq!(
+            names(&ps.candidates(Some("gpt-4o"), &[]).unwrap()),
+            ["a", "b"]
+        );
+        assert_eq!(names(&ps.candidates(Some("claude"), &[]).unwrap()), ["b"]);
+        assert_eq!(names(&ps.candidates(None, &[]).unwrap()), ["a", "b"]);
+        // A pin overrides priority, and only pinned providers are tried.
+        let pin = ["b".to_owned(), "a".to_owned()];
+        assert_eq!(
+            names(&ps.candidates(Some("gpt-4o"), &pin).unwrap()),
+            ["b", "a"]
+        );
+        assert!(matches!(
+            ps.candidates(Some("claude"), &pin[1..]),
+            Err(ProxyError::ModelNotFound(_))
+        ));
         let only_gpt = Providers::from_config(&[provider("a", &["gpt-*"], 1, 1)]).unwrap();
         assert!(matches!(
-            only_gpt.candidates(Some("claude")),
+            only_gpt.candidates(Some("claude"), &[]),
             Err(ProxyError::ModelNotFound(_))
         ));
     }
@@ -129,9 +157,9 @@ mod tests {
         ps.all()[0]
             .status
             .set_state(BreakerState::Open, now + 4_500, 0);
-        assert_eq!(names(&ps.candidates(Some("m")).unwrap()), ["b"]);
+        assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["b"]);
         ps.all()[1].status.set_healthy(false);
-        match ps.candidates(Some("m")) {
+        match ps.candidates(Some("m"), &[]) {
             Err(ProxyError::NoHealthyProvider { retry_after, .. }) => assert_eq!(retry_after, 5),
             other => panic!("{other:?}"),
         }

@@ -111,7 +111,9 @@ async fn admit_and_forward(
     {
         return Err(ProxyError::ModelNotAllowed(m.to_owned()));
     }
-    let candidates = state.providers.candidates(model)?;
+    let candidates = state
+        .providers
+        .candidates(model, &resolved.project.providers)?;
     // Streamed chat completions are accounted through the usage chunk; ask for it
     // and hide it again when the client did not.
     let (bytes, strip_usage) = match (tail, peek.stream) {

@@ -345,3 +345,84 @@ async fn health_checks_use_the_configured_path_and_interval_only() {
     let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
     assert_eq!(answered_by(resp).await, "checked");
 }
+
+#[tokio::test]
+async fn failover_connection_cut_before_headers_moves_on() {
+    // A "provider" that accepts, reads the request and hangs up without a word.
+    let cutter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = cutter.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut sock, _)) = cutter.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+        }
+    });
+    let b = Mock::start("secondary");
+    let gw = gateway()
+        .provider_yaml(&format!(
+            "{{ name: cutter, base_url: \"http://{addr}/v1\", priority: 0, {NO_HEALTH} }}"
+        ))
+        .provider_yaml(&entry(&b, &format!("priority: 1, {NO_HEALTH}")))
+        .start();
+    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
+    assert_eq!(answered_by(resp).await, "secondary");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let p = provider(&gw, "cutter").await;
+    assert_eq!(p["consecutive_failures"], 1, "{p}");
+}
+
+#[tokio::test]
+async fn routing_project_pin_overrides_priority_and_is_validated() {
+    let (a, b, gw, _) = pair(NO_HEALTH, NO_HEALTH).await;
+    let (status, body) = gw
+        .manage(
+            "POST",
+            "/manage/projects",
+            Some(json!({"name": "pinned", "providers": ["secondary", "primary"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["providers"], json!(["secondary", "primary"]));
+    let pid = body["id"].as_str().unwrap().to_owned();
+    let (_, t) = gw.create_token(&pid, json!({})).await;
+    let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
+    assert_eq!(answered_by(resp).await, "secondary");
+    // The pinned order is also the failover order.
+    b.fail_next(json!({"count": 1, "status": 502})).await;
+    let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
+    assert_eq!(answered_by(resp).await, "primary");
+    // Pinning only the primary keeps the secondary out entirely.
+    let (status, body) = gw
+        .manage(
+            "PATCH",
+            &format!("/manage/projects/{pid}"),
+            Some(json!({"providers": ["primary"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    a.fail_next(json!({"count": 3, "status": 500})).await;
+    let (status, body) = error_of(gw.chat(&t, chat_body("gpt-4o-mini")).await).await;
+    assert_proxy_error(status, &body, 502, "upstream_error");
+    assert_eq!(b.count(CHAT).await, 2);
+    // Unknown or repeated names are refused.
+    for bad in [
+        json!(["nope"]),
+        json!(["primary", "primary"]),
+        json!("primary"),
+    ] {
+        let (status, body) = gw
+            .manage(
+                "PATCH",
+                &format!("/manage/projects/{pid}"),
+                Some(json!({ "providers": bad })),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"]["fields"]["providers"].is_string(), "{body}");
+    }
+}

@@ -13,6 +13,7 @@ const PROJECT_FIELDS: &[&str] = &[
     "allowed_models",
     "allowed_cidrs",
     "rate_limit_rpm",
+    "providers",
     "created_at",
     "updated_at",
 ];

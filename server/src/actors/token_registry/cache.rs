@@ -31,6 +31,8 @@ pub struct ProjectState {
     pub allowed_models: ModelList,
     pub allowed_cidrs: CidrList,
     pub rate_limit_rpm: Option<i64>,
+    /// Pinned provider names, in order; empty = route by priority.
+    pub providers: Arc<[String]>,
 }
 
 #[derive(Debug)]
@@ -303,6 +305,7 @@ mod tests {
             allowed_models: ModelList::default(),
             allowed_cidrs: CidrList::default(),
             rate_limit_rpm: None,
+            providers: Arc::from([]),
         }
     }
 

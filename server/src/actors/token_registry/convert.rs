@@ -53,6 +53,7 @@ pub fn project_state(p: &projects::Model, cipher: Option<&KeyCipher>) -> Project
         allowed_models: ModelList::new(read_list(&p.allowed_models, "allowed_models")),
         allowed_cidrs: CidrList::new(read_list::<IpNet>(&p.allowed_cidrs, "allowed_cidrs")),
         rate_limit_rpm: p.rate_limit_rpm,
+        providers: read_list::<String>(&p.providers, "providers").into(),
     }
 }
 

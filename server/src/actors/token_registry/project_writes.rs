@@ -24,6 +24,7 @@ pub struct NewProject {
     pub allowed_models: Vec<String>,
     pub allowed_cidrs: Vec<IpNet>,
     pub rate_limit_rpm: Option<i64>,
+    pub providers: Vec<String>,
 }
 
 #[derive(Message)]
@@ -51,6 +52,7 @@ impl Handler<CreateProject> for TokenRegistry {
                 allowed_models: Set(json_list(&p.allowed_models)),
                 allowed_cidrs: Set(json_list(&p.allowed_cidrs)),
                 rate_limit_rpm: Set(p.rate_limit_rpm),
+                providers: Set(json_list(&p.providers)),
                 created_at: Set(at),
                 updated_at: Set(at),
                 deleted_at: Set(None),
@@ -87,6 +89,8 @@ pub struct ProjectPatch {
     pub allowed_models: Option<Vec<String>>,
     pub allowed_cidrs: Option<Vec<IpNet>>,
     pub rate_limit_rpm: Option<Option<i64>>,
+    /// `Some([])` unpins.
+    pub providers: Option<Vec<String>>,
 }
 
 #[derive(Message)]
@@ -128,6 +132,9 @@ impl Handler<UpdateProject> for TokenRegistry {
             }
             if let Some(v) = p.allowed_cidrs {
                 row.allowed_cidrs = Set(json_list(&v));
+            }
+            if let Some(v) = p.providers {
+                row.providers = Set(json_list(&v));
             }
             if let Some(v) = p.rate_limit_rpm {
                 row.rate_limit_rpm = Set(v);
