@@ -353,6 +353,8 @@ async fn failover_connection_cut_before_headers_moves_on() {
     let addr = cutter.local_addr().unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = std::sync::Arc::clone(&accepted);
+    // The fake provider lives as long as the test's runtime.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         while let Ok((mut sock, _)) = cutter.accept().await {
