@@ -151,10 +151,29 @@ impl UsageTap {
         self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
         self.record.ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1e3);
         self.record.client_closed = !completed;
-        self.record.body_tail = self.tail.into_iter().collect();
+        self.record.body_tail = compact(self.tail);
         slot.send(Record::Usage(Box::new(self.record)));
     }
 }
+
+/// The chunks a usage record keeps until the writer parses them. Each `Bytes` from
+/// hyper pins its whole read buffer (kilobytes, for a few hundred bytes of JSON), and
+/// records wait up to `audit.flush_interval` in the queue: a small tail is copied
+/// into one exact-size buffer so the read buffers are freed (and reused) right away.
+fn compact(tail: VecDeque<Bytes>) -> Vec<Bytes> {
+    let len: usize = tail.iter().map(Bytes::len).sum();
+    if len > COMPACT_TAIL_MAX {
+        return tail.into_iter().collect();
+    }
+    let mut out = Vec::with_capacity(len);
+    for chunk in &tail {
+        out.extend_from_slice(chunk);
+    }
+    vec![Bytes::from(out)]
+}
+
+/// Above this, copying on the request path would cost more than it saves.
+const COMPACT_TAIL_MAX: usize = 16 * 1024;
 
 fn build(
     resp: reqwest::Response,

@@ -2,7 +2,7 @@
 //! one `BEGIN IMMEDIATE` transaction ([`crate::db::begin_write`]).
 
 use chrono::{DateTime, Utc};
-use entity::{audit_events, projects, tokens, usage_records};
+use entity::{audit_events, projects, tokens};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
@@ -15,9 +15,6 @@ use crate::db::begin_write;
 use crate::usage::UsageRow;
 
 pub struct Mutation;
-
-/// Usage rows per SQLite statement (each statement binds one JSON document).
-const USAGE_ROWS_PER_STATEMENT: usize = 1000;
 
 impl Mutation {
     pub async fn insert_project(
@@ -121,19 +118,10 @@ impl Mutation {
             .exec_without_returning(&txn)
             .await?;
         }
-        if txn.get_database_backend() == sea_orm::DbBackend::Sqlite {
-            for chunk in usage.chunks(USAGE_ROWS_PER_STATEMENT) {
-                txn.execute_raw(super::usage_rows::sqlite_insert(chunk))
-                    .await?;
-            }
-        } else {
-            for chunk in usage.chunks(200) {
-                usage_records::Entity::insert_many(
-                    chunk.iter().map(super::usage_rows::active_model),
-                )
-                .exec_without_returning(&txn)
+        let backend = txn.get_database_backend();
+        for chunk in usage.chunks(super::usage_rows::ROWS_PER_STATEMENT) {
+            txn.execute_raw(super::usage_rows::insert(backend, chunk))
                 .await?;
-            }
         }
         txn.commit().await
     }

@@ -1,104 +1,103 @@
 //! Usage rows on their way into the database: the hottest write there is (one row
 //! per proxied request).
 //!
-//! On SQLite a batch is bound as ONE JSON document and expanded by `json_each`
-//! inside SQLite, instead of a SeaORM multi-row insert that builds, binds and
-//! copies sixteen values per row in Rust. The text the columns receive is exactly
-//! what sqlx would have bound (RFC 3339 timestamps with `AutoSi` fractions, UUIDs as
-//! 16-byte blobs, booleans as integers), so SeaORM reads these rows back like any
-//! other; a unit test holds the two paths to the same result.
+//! A batch goes in as multi-row `INSERT … VALUES (?,…),(…)` statements of up to
+//! [`ROWS_PER_STATEMENT`] rows with bound values: the statement text depends only on
+//! the row count, so full chunks reuse sqlx's prepared statement, and no SeaORM
+//! `ActiveModel` is built per row. Measured with `bench --audit-off` (c=64, one
+//! core): this keeps ~87–90 % of the audit-off throughput; a `json_each` variant
+//! kept ~80 % (SQLite re-parses each row object once per column), `$N` placeholders
+//! ~43 % (sqlx looks each name up linearly), and 1,000-row chunks no better than 200.
+//! The values are the same types the entity binds, so SeaORM reads these rows back
+//! like any other; a unit test holds the two paths to the same result.
 
-use chrono::SecondsFormat;
-use entity::usage_records;
-use sea_orm::ActiveValue::Set;
-use sea_orm::{DbBackend, Statement};
-use serde::Serialize;
+use std::fmt::Write;
+
+use sea_orm::{DbBackend, Statement, Value};
 
 use crate::usage::UsageRow;
 
-const SQLITE_INSERT: &str = "INSERT INTO usage_records (id, timestamp, request_id, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed) \
-SELECT unhex(value->>'id'), value->>'ts', value->>'rid', unhex(value->>'p'), unhex(value->>'t'), value->>'m', value->>'pv', value->>'e', value->>'s', value->>'st', value->>'pt', value->>'ct', value->>'tt', value->>'l', value->>'f', value->>'cc' \
-FROM json_each($1)";
+/// 16 columns × 200 rows = 3,200 bound parameters per statement.
+pub const ROWS_PER_STATEMENT: usize = 200;
+const COLUMNS: usize = 16;
+const INSERT_HEAD: &str = "INSERT INTO usage_records (id, timestamp, request_id, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed) VALUES ";
 
-#[derive(Serialize)]
-struct JsonRow<'a> {
-    id: uuid::fmt::Simple,
-    ts: String,
-    rid: &'a str,
-    p: uuid::fmt::Simple,
-    t: uuid::fmt::Simple,
-    m: Option<&'a str>,
-    pv: &'a str,
-    e: &'a str,
-    s: u16,
-    st: bool,
-    pt: Option<i64>,
-    ct: Option<i64>,
-    tt: Option<i64>,
-    l: f64,
-    f: Option<f64>,
-    cc: bool,
-}
-
-/// One `INSERT … SELECT … FROM json_each(?)` for a chunk of rows.
-pub fn sqlite_insert(rows: &[UsageRow]) -> Statement {
-    let doc: Vec<JsonRow<'_>> = rows
-        .iter()
-        .map(|u| {
-            let r = &u.record;
-            let t = u.tokens.unwrap_or_default();
-            JsonRow {
-                id: r.id.simple(),
-                ts: r.timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, false),
-                rid: &r.request_id,
-                p: r.project_id.simple(),
-                t: r.token_id.simple(),
-                m: r.model.as_deref(),
-                pv: &r.provider,
-                e: &r.endpoint,
-                s: r.status,
-                st: r.streamed,
-                pt: t.prompt_tokens,
-                ct: t.completion_tokens,
-                tt: t.total_tokens,
-                l: r.latency_ms,
-                f: r.ttfb_ms,
-                cc: r.client_closed,
+/// One multi-row insert for a chunk of at most [`ROWS_PER_STATEMENT`] rows.
+pub fn insert(backend: DbBackend, rows: &[UsageRow]) -> Statement {
+    let mut sql = String::with_capacity(INSERT_HEAD.len() + rows.len() * COLUMNS * 7);
+    sql.push_str(INSERT_HEAD);
+    let mut values: Vec<Value> = Vec::with_capacity(rows.len() * COLUMNS);
+    for (i, u) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push(',');
             }
-        })
-        .collect();
-    // Serialising plain strings, numbers and options cannot fail.
-    let json = serde_json::to_string(&doc).unwrap_or_else(|_| "[]".to_owned());
-    Statement::from_sql_and_values(DbBackend::Sqlite, SQLITE_INSERT, [json.into()])
-}
-
-/// The portable path (other backends).
-pub fn active_model(u: &UsageRow) -> usage_records::ActiveModel {
-    let r = &u.record;
-    let t = u.tokens.unwrap_or_default();
-    usage_records::ActiveModel {
-        id: Set(r.id),
-        timestamp: Set(r.timestamp),
-        request_id: Set(r.request_id.clone()),
-        project_id: Set(r.project_id),
-        token_id: Set(r.token_id),
-        model: Set(r.model.clone()),
-        provider: Set(r.provider.clone()),
-        endpoint: Set(r.endpoint.clone()),
-        status: Set(i32::from(r.status)),
-        streamed: Set(r.streamed),
-        prompt_tokens: Set(t.prompt_tokens),
-        completion_tokens: Set(t.completion_tokens),
-        total_tokens: Set(t.total_tokens),
-        latency_ms: Set(r.latency_ms),
-        ttfb_ms: Set(r.ttfb_ms),
-        client_closed: Set(r.client_closed),
+            if backend == DbBackend::Sqlite {
+                // Positional: sqlx looks `$N` names up one by one.
+                sql.push('?');
+            } else {
+                // Writing to a String cannot fail.
+                let _ = write!(sql, "${}", i * COLUMNS + c + 1);
+            }
+        }
+        sql.push(')');
+        let r = &u.record;
+        let t = u.tokens.unwrap_or_default();
+        values.extend([
+            r.id.into(),
+            r.timestamp.into(),
+            r.request_id.as_str().into(),
+            r.project_id.into(),
+            r.token_id.into(),
+            r.model.as_deref().into(),
+            r.provider.as_str().into(),
+            r.endpoint.as_str().into(),
+            i32::from(r.status).into(),
+            r.streamed.into(),
+            t.prompt_tokens.into(),
+            t.completion_tokens.into(),
+            t.total_tokens.into(),
+            r.latency_ms.into(),
+            r.ttfb_ms.into(),
+            r.client_closed.into(),
+        ]);
     }
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use entity::usage_records;
+    use sea_orm::ActiveValue::Set;
+
+    /// The SeaORM way to insert the same row; the test compares the two.
+    fn active_model(u: &UsageRow) -> usage_records::ActiveModel {
+        let r = &u.record;
+        let t = u.tokens.unwrap_or_default();
+        usage_records::ActiveModel {
+            id: Set(r.id),
+            timestamp: Set(r.timestamp),
+            request_id: Set(r.request_id.clone()),
+            project_id: Set(r.project_id),
+            token_id: Set(r.token_id),
+            model: Set(r.model.clone()),
+            provider: Set(r.provider.clone()),
+            endpoint: Set(r.endpoint.clone()),
+            status: Set(i32::from(r.status)),
+            streamed: Set(r.streamed),
+            prompt_tokens: Set(t.prompt_tokens),
+            completion_tokens: Set(t.completion_tokens),
+            total_tokens: Set(t.total_tokens),
+            latency_ms: Set(r.latency_ms),
+            ttfb_ms: Set(r.ttfb_ms),
+            client_closed: Set(r.client_closed),
+        }
+    }
     use crate::actors::audit_writer::UsageRecord;
     use crate::usage::Tokens;
     use sea_orm::{ConnectionTrait, Database, EntityTrait, QueryOrder};
@@ -126,7 +125,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn json_each_rows_read_back_like_seaorm_inserted_ones() {
+    async fn bulk_rows_read_back_like_seaorm_inserted_ones() {
         let db = Database::connect("sqlite::memory:").await.unwrap();
         crate::db::migrate(&db).await.unwrap();
         let known = Some(Tokens {
@@ -136,7 +135,7 @@ mod tests {
         });
         let a = vec![row(0, known), row(1, None), row(2, known)];
         let b = vec![row(3, None), row(4, known)];
-        db.execute_raw(sqlite_insert(&a)).await.unwrap();
+        db.execute_raw(insert(DbBackend::Sqlite, &a)).await.unwrap();
         usage_records::Entity::insert_many(b.iter().map(active_model))
             .exec_without_returning(&db)
             .await
