@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::providers::Providers;
 use crate::providers::status::BreakerState;
-use crate::providers::{Providers, without_url};
 
 /// What one attempt against a provider came to.
 #[derive(Debug)]
@@ -122,27 +122,16 @@ impl ProviderSupervisor {
         }
         let p = Arc::clone(&self.providers.all()[i]);
         let probe = async move {
-            let mut req = client.get(format!("{}{}", p.base_url, p.health_check.path));
-            if !p.api_key.is_empty() {
-                req = req.bearer_auth(p.api_key.expose());
-            }
-            let call = async {
-                let resp = req.send().await.map_err(|e| without_url(&e))?;
-                let status = resp.status();
-                let body = resp.bytes().await.map_err(|e| without_url(&e))?;
+            let result = p
+                .get(&client, &p.health_check.path, p.health_check.timeout.0)
+                .await
                 // Any answer below 500 proves the provider is up: a 404 from one
                 // that lacks `/models` or a 401 for a bad key must not take it out
                 // of rotation (requests would show those errors as they are).
-                if status.is_server_error() {
-                    Err(format!("status {}", status.as_u16()))
-                } else {
-                    Ok((status.is_success(), body))
-                }
-            };
-            let result = match tokio::time::timeout(p.health_check.timeout.0, call).await {
-                Ok(r) => r,
-                Err(_) => Err("timed out".to_owned()),
-            };
+                .and_then(|(status, body)| match status.is_server_error() {
+                    true => Err(format!("status {}", status.as_u16())),
+                    false => Ok((status.is_success(), body)),
+                });
             (p, result)
         };
         ctx.spawn(probe.into_actor(self).map(move |(p, result), act, _| {

@@ -70,8 +70,9 @@ impl Provider {
         self.health_check.enabled && self.health_check.path == "/models"
     }
 
-    /// Remembers the ids of a `GET /models` answer; false if it is not one.
-    pub(crate) fn learn_models(&self, body: &[u8]) -> bool {
+    /// Remembers the ids of a `GET /models` answer and returns how many there
+    /// are; `None` if it is not one.
+    pub(crate) fn learn_models(&self, body: &[u8]) -> Option<usize> {
         #[derive(serde::Deserialize)]
         struct List {
             data: Vec<Item>,
@@ -80,13 +81,33 @@ impl Provider {
         struct Item {
             id: String,
         }
-        match serde_json::from_slice::<List>(body) {
-            Ok(list) => {
-                self.set_discovered(list.data.into_iter().map(|i| i.id).collect());
-                true
-            }
-            Err(_) => false,
+        let list = serde_json::from_slice::<List>(body).ok()?;
+        let n = list.data.len();
+        self.set_discovered(list.data.into_iter().map(|i| i.id).collect());
+        Some(n)
+    }
+
+    /// `GET {base_url}{path}` with the provider's key, the whole answer within
+    /// `timeout`: the model listing and the health check, never a completion.
+    pub async fn get(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), String> {
+        let mut req = client.get(format!("{}{path}", self.base_url));
+        if !self.api_key.is_empty() {
+            req = req.bearer_auth(self.api_key.expose());
         }
+        let call = async {
+            let resp = req.send().await.map_err(|e| without_url(&e))?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| without_url(&e))?;
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()))
     }
 
     /// Model ids to advertise in `GET /v1/models`.
@@ -103,7 +124,7 @@ impl Provider {
         out
     }
 
-    pub(crate) fn set_discovered(&self, models: Vec<String>) {
+    fn set_discovered(&self, models: Vec<String>) {
         if let Ok(mut d) = self.discovered.write() {
             *d = Arc::new(models);
         }
@@ -111,26 +132,14 @@ impl Provider {
 
     /// Asks the provider for its model list (no token cost) and remembers it.
     pub async fn discover_models(&self) -> Result<usize, String> {
-        let mut req = self.client.get(format!("{}/models", self.base_url));
-        if !self.api_key.is_empty() {
-            req = req.bearer_auth(self.api_key.expose());
+        let (status, body) = self
+            .get(&self.client, "/models", self.first_byte_timeout)
+            .await?;
+        if !status.is_success() {
+            return Err(format!("status {status}"));
         }
-        let resp = tokio::time::timeout(self.first_byte_timeout, req.send())
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| format!("request failed: {}", without_url(&e)))?;
-        if !resp.status().is_success() {
-            return Err(format!("status {}", resp.status()));
-        }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("body: {}", without_url(&e)))?;
-        if !self.learn_models(&body) {
-            return Err("not a model list".to_owned());
-        }
-        let n = self.discovered.read().map(|d| d.len()).unwrap_or_default();
-        Ok(n)
+        self.learn_models(&body)
+            .ok_or_else(|| "not a model list".to_owned())
     }
 }
 

@@ -23,30 +23,21 @@ impl Providers {
         model: Option<&str>,
         pinned: &[String],
     ) -> Result<Vec<Arc<Provider>>, ProxyError> {
-        let serves = |p: &&Arc<Provider>| model.is_none_or(|m| p.serves(m));
-        let serving: Vec<&Arc<Provider>> = if pinned.is_empty() {
-            self.all().iter().filter(serves).collect()
-        } else {
-            pinned
-                .iter()
-                .filter_map(|name| self.all().iter().find(|p| &p.name == name))
-                .filter(serves)
-                .collect()
-        };
-        if serving.is_empty() {
-            return Err(ProxyError::ModelNotFound(
-                model.unwrap_or_default().to_owned(),
-            ));
-        }
-        let usable: Vec<&Arc<Provider>> = serving
-            .iter()
-            .copied()
+        let usable: Vec<&Arc<Provider>> = self
+            .serving(model, pinned)
             .filter(|p| p.status.usable())
             .collect();
         if usable.is_empty() {
-            return Err(ProxyError::NoHealthyProvider {
-                model: model.unwrap_or_default().to_owned(),
-                retry_after: retry_after(&serving),
+            // The error path alone looks again, to tell "nobody serves it" from
+            // "nobody serving it is usable now".
+            let serving: Vec<&Arc<Provider>> = self.serving(model, pinned).collect();
+            let model = model.unwrap_or_default().to_owned();
+            return Err(match serving.is_empty() {
+                true => ProxyError::ModelNotFound(model),
+                false => ProxyError::NoHealthyProvider {
+                    model,
+                    retry_after: retry_after(&serving),
+                },
             });
         }
         if pinned.is_empty() {
@@ -54,6 +45,23 @@ impl Providers {
         } else {
             Ok(usable.into_iter().cloned().collect())
         }
+    }
+
+    /// The providers that serve `model`: the pinned ones in pin order, else all
+    /// (sorted by priority).
+    fn serving<'a>(
+        &'a self,
+        model: Option<&'a str>,
+        pinned: &'a [String],
+    ) -> impl Iterator<Item = &'a Arc<Provider>> {
+        let all = pinned.is_empty().then(|| self.all().iter());
+        let pins = pinned
+            .iter()
+            .filter_map(|name| self.all().iter().find(|p| &p.name == name));
+        all.into_iter()
+            .flatten()
+            .chain(pins)
+            .filter(move |p| model.is_none_or(|m| p.serves(m)))
     }
 
     /// `/ready`: at least one provider is healthy with a breaker that is not open.
@@ -114,16 +122,18 @@ mod tests {
         }
     }
 
+    fn providers(configs: &[ProviderConfig]) -> Providers {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Providers::from_config(configs).unwrap()
+    }
+
     fn names(ps: &[Arc<Provider>]) -> Vec<&str> {
         ps.iter().map(|p| p.name.as_str()).collect()
     }
 
     #[test]
     fn routing_orders_by_priority_and_pattern() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ps =
-            Providers::from_config(&[provider("b", &["*"], 5, 1), provider("a", &["gpt-*"], 1, 1)])
-                .unwrap();
+        let ps = providers(&[provider("b", &["*"], 5, 1), provider("a", &["gpt-*"], 1, 1)]);
         assert_eq!(
             names(&ps.candidates(Some("gpt-4o"), &[]).unwrap()),
             ["a", "b"]
@@ -140,7 +150,7 @@ mod tests {
             ps.candidates(Some("claude"), &pin[1..]),
             Err(ProxyError::ModelNotFound(_))
         ));
-        let only_gpt = Providers::from_config(&[provider("a", &["gpt-*"], 1, 1)]).unwrap();
+        let only_gpt = providers(&[provider("a", &["gpt-*"], 1, 1)]);
         assert!(matches!(
             only_gpt.candidates(Some("claude"), &[]),
             Err(ProxyError::ModelNotFound(_))
@@ -149,10 +159,7 @@ mod tests {
 
     #[test]
     fn routing_skips_open_and_unhealthy_then_reports_when_to_retry() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ps =
-            Providers::from_config(&[provider("a", &["*"], 0, 1), provider("b", &["*"], 1, 1)])
-                .unwrap();
+        let ps = providers(&[provider("a", &["*"], 0, 1), provider("b", &["*"], 1, 1)]);
         let now = crate::time::now().timestamp_millis().unsigned_abs();
         ps.all()[0]
             .status
@@ -168,10 +175,7 @@ mod tests {
 
     #[test]
     fn routing_weights_share_first_place() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ps =
-            Providers::from_config(&[provider("a", &["*"], 0, 3), provider("b", &["*"], 0, 1)])
-                .unwrap();
+        let ps = providers(&[provider("a", &["*"], 0, 3), provider("b", &["*"], 0, 1)]);
         let list: Vec<&Arc<Provider>> = ps.all().iter().collect();
         let mut rng = rand::rng();
         let firsts = (0..20_000)

@@ -7,8 +7,8 @@
 //! That is the "published routing snapshot": no lock and no mailbox on the request
 //! path.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
@@ -135,14 +135,6 @@ impl ProviderStatus {
         }
     }
 
-    pub fn enter(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn leave(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
     // --- the supervisor only ---
 
     pub(crate) fn set_state(&self, state: BreakerState, open_until_ms: u64, probes: u64) {
@@ -163,5 +155,22 @@ impl ProviderStatus {
         if let Ok(mut d) = self.diagnostics.lock() {
             f(&mut d);
         }
+    }
+}
+
+/// One request in flight at a provider (`/manage/providers` `in_flight`), counted
+/// until the response body ends and this is dropped.
+pub struct InFlight(Arc<super::Provider>);
+
+impl InFlight {
+    pub fn new(provider: &Arc<super::Provider>) -> Self {
+        provider.status.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(provider))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.status.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -20,14 +20,14 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 use rand::Rng;
 
-use super::stream::{self, InFlight, UsageTap};
+use super::stream::{self, UsageTap};
 use super::upstream;
 use crate::actors::provider_supervisor::{Outcome, Verdict};
 use crate::app::AppState;
 use crate::config::RetryConfig;
 use crate::error::ProxyError;
 use crate::providers::Provider;
-use crate::providers::status::BreakerState;
+use crate::providers::status::{BreakerState, InFlight};
 use crate::request_id::RequestId;
 use crate::secret::Secret;
 

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio::sync::mpsc::OwnedPermit;
 
 use crate::actors::audit_writer::{Record, UsageRecord};
+use crate::providers::status::InFlight;
 
 /// Response headers that belong to the upstream hop, not to our client.
 const HOP_BY_HOP: &[&str] = &[
@@ -81,22 +82,6 @@ pub struct UsageTap {
     tail: VecDeque<Bytes>,
     /// Counts this request against the provider that answers it until the body ends.
     in_flight: Option<InFlight>,
-}
-
-/// One request in flight at a provider (`/manage/providers` `in_flight`).
-pub struct InFlight(std::sync::Arc<crate::providers::Provider>);
-
-impl InFlight {
-    pub fn new(provider: &std::sync::Arc<crate::providers::Provider>) -> Self {
-        provider.status.enter();
-        Self(std::sync::Arc::clone(provider))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.status.leave();
-    }
 }
 
 impl UsageTap {
