@@ -265,11 +265,15 @@ async fn run(
     let rate = args
         .rate
         .unwrap_or_else(|| closed.iter().map(Run::rps).fold(f64::MAX, f64::min) * 0.5);
-    let mut open: Vec<Run> = Vec::new();
-    for t in &all {
-        open.push(
-            load::open_loop(&client, t, rate, Duration::from_secs_f64(args.open_seconds)).await,
-        );
+    // Open loop at one fixed rate, interleaved in rounds like c=1: at equal offered
+    // load, latency differences are the gateway's and not a throughput artefact.
+    let open_rounds = 4;
+    let slice = Duration::from_secs_f64(args.open_seconds / f64::from(open_rounds));
+    let mut open: Vec<Run> = all.iter().map(|_| Run::default()).collect();
+    for _ in 0..open_rounds {
+        for (i, t) in all.iter().enumerate() {
+            open[i].merge(load::open_loop(&client, t, rate, slice).await);
+        }
     }
     for (t, r) in all.iter().zip(&open) {
         if let Some(e) = &r.first_error {
@@ -436,6 +440,24 @@ fn checks(
                 100.0 * p.closed_rps / n.closed_rps
             ),
             pass: p.closed_rps >= 0.5 * n.closed_rps,
+        });
+    }
+    if let Some(q) = results.iter().find(|g| g.name == "palisade-audit-off") {
+        // "Does not move": within 10 % of the recording-off p99, or 100 µs, whichever
+        // is larger (run-to-run noise on this class of machine is larger than both).
+        let same = |on: f64, off: f64| (on - off).abs() <= (0.1 * off).max(100.0);
+        out.push(Check {
+            target: "audit/usage on vs off: c=1 p99 unchanged".into(),
+            measured: format!("{} vs {}", ms(p.c1.p99), ms(q.c1.p99)),
+            pass: same(p.c1.p99, q.c1.p99),
+        });
+        out.push(Check {
+            target: format!(
+                "audit/usage on vs off: p99 at {:.0}/s unchanged",
+                p.open_rate
+            ),
+            measured: format!("{} vs {}", ms(p.open.p99), ms(q.open.p99)),
+            pass: same(p.open.p99, q.open.p99),
         });
     }
     out.push(Check {
