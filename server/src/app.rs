@@ -31,11 +31,14 @@ use tracing_actix_web::TracingLogger;
 
 use crate::actors::audit_writer::{AuditSettings, AuditSink, AuditWriter};
 use crate::actors::provider_supervisor::ProviderSupervisor;
+use crate::actors::request_queue::Admission;
 use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
 use crate::config::{Config, InitError};
 use crate::crypto::KeyCipher;
 use crate::policy::CidrList;
 use crate::providers::Providers;
+use crate::rate_limit::RpmLimits;
+use crate::rate_limit::ip::{self, AuthFailures, ClientIpKey, IpGovernor};
 use crate::telemetry::RootSpan;
 use crate::{db, manage, ops, proxy, request_id};
 
@@ -53,6 +56,12 @@ pub struct AppState {
     pub trusted_proxies: CidrList,
     /// `usage.enabled`: whether proxied requests leave usage records.
     pub usage_enabled: bool,
+    /// The `RequestQueue`: slots for forwarded requests.
+    pub admission: Admission,
+    /// Per-token and per-project requests per minute.
+    pub rpm: RpmLimits,
+    /// Failed management authentication per client IP.
+    pub auth_failures: AuthFailures,
 }
 
 impl Registry {
@@ -70,8 +79,10 @@ impl Registry {
     }
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(proxy::scope())
+/// Every route. `ip_limit` is the `/v1` per-IP limit, shared by all workers;
+/// `None` leaves it off.
+pub fn configure(cfg: &mut web::ServiceConfig, ip_limit: Option<IpGovernor>) {
+    cfg.service(proxy::scope(ip_limit))
         .service(manage::scope())
         .route("/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
@@ -115,6 +126,15 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         );
     }
 
+    let admission = Admission::start(
+        config.queue.max_in_flight,
+        config.queue.max_waiting,
+        config.queue.max_wait.0,
+    );
+    let trusted_proxies = CidrList::new(config.server.trusted_proxies.clone());
+    let ip_key = ClientIpKey::new(trusted_proxies.clone(), admission.shared_stats());
+    let limits = &config.rate_limits;
+    let ip_limit = ip::proxy_governor(limits.per_ip_rps, limits.per_ip_burst, ip_key.clone());
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         audit: audit.sink.clone(),
@@ -123,8 +143,15 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         providers: Arc::clone(&providers),
         supervisor: ProviderSupervisor::start(Arc::clone(&providers)),
         allowed_paths: config.proxy.allowed_paths.clone(),
-        trusted_proxies: CidrList::new(config.server.trusted_proxies.clone()),
+        trusted_proxies,
         usage_enabled: config.usage.enabled,
+        admission,
+        rpm: RpmLimits::new(Default::default(), limits.default_token_rpm),
+        auth_failures: AuthFailures::new(
+            limits.auth_failures_per_minute,
+            limits.auth_failures_burst,
+            ip_key,
+        ),
     });
 
     // Background work owned by the server: glob providers' model lists.
@@ -133,6 +160,8 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         Arc::clone(&providers),
         config.proxy.models_refresh_interval.0,
     ));
+    #[allow(clippy::disallowed_methods)]
+    actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limit.clone()));
 
     let mut server = HttpServer::new(move || {
         App::new()
@@ -142,8 +171,12 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             .wrap(TracingLogger::<RootSpan>::new())
             // Outer: request ids exist before any other middleware can fail.
             .wrap(from_fn(request_id::middleware))
-            .configure(configure)
+            .configure(|cfg| configure(cfg, ip_limit.clone()))
     })
+    // A client that closes its connection while its request waits (for a queue
+    // slot or the upstream's first byte) is gone: drop the handler at once, which
+    // gives back its place in line and cancels the upstream request.
+    .h1_allow_half_closed(false)
     // Nagle would hold small SSE frames back for up to 40 ms.
     .on_connect(|conn, _| {
         if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
@@ -190,6 +223,21 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         .await;
     tracing::info!("audit records written");
     Ok(())
+}
+
+/// Limiter state for clients, tokens and projects that have gone quiet is dropped
+/// once a minute; their buckets would be full again anyway.
+async fn prune_limiters_forever(state: web::Data<AppState>, ip_limit: Option<IpGovernor>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        crate::rate_limit::RateStore::prune(state.rpm.store());
+        state.auth_failures.prune();
+        if let Some(g) = &ip_limit {
+            ip::prune_governor(g);
+        }
+    }
 }
 
 fn retention(days: u64) -> Option<chrono::Duration> {

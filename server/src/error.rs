@@ -58,6 +58,23 @@ pub enum ProxyError {
     /// health check; `retry_after` is when the first one is worth trying again.
     #[error("No healthy provider serves the model `{model}` right now.")]
     NoHealthyProvider { model: String, retry_after: u64 },
+    /// A token's or project's requests-per-minute allowance is spent.
+    #[error("Rate limit of {} requests per minute reached for this {scope}; retry in {}.", state.limit, crate::rate_limit::format_reset(*retry_after))]
+    RateLimited {
+        scope: &'static str,
+        state: crate::rate_limit::RateState,
+        retry_after: std::time::Duration,
+    },
+    /// The per-client-IP limit (`rate_limits.per_ip_rps`).
+    #[error("Too many requests from this IP address; retry in {retry_after}s.")]
+    IpRateLimited { retry_after: u64 },
+    #[error("The gateway is at capacity and its waiting line is full; retry shortly.")]
+    QueueFull { retry_after: u64 },
+    #[error("The request waited {}ms for capacity without getting it; retry shortly.", waited.as_millis())]
+    QueueTimeout {
+        waited: std::time::Duration,
+        retry_after: u64,
+    },
 }
 
 impl ProxyError {
@@ -81,6 +98,9 @@ impl ProxyError {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Unavailable(_) => "service_unavailable",
             Self::NoHealthyProvider { .. } => "no_healthy_provider",
+            Self::RateLimited { .. } | Self::IpRateLimited { .. } => "rate_limit_exceeded",
+            Self::QueueFull { .. } => "queue_full",
+            Self::QueueTimeout { .. } => "queue_timeout",
         }
     }
 
@@ -107,6 +127,7 @@ impl ProxyError {
                 | Self::ModelNotAllowed(_)
                 | Self::IpNotAllowed
                 | Self::QuotaExceeded(_)
+                | Self::RateLimited { .. }
         )
     }
 
@@ -136,12 +157,15 @@ impl ResponseError for ProxyError {
             Self::InvalidJson(_) | Self::MissingModel => StatusCode::BAD_REQUEST,
             Self::UnknownEndpoint(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExceeded(_) | Self::RateLimited { .. } | Self::IpRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UpstreamError(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable(_) | Self::NoHealthyProvider { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::NoHealthyProvider { .. }
+            | Self::QueueFull { .. }
+            | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -162,8 +186,20 @@ impl ResponseError for ProxyError {
             Self::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
-            Self::NoHealthyProvider { retry_after, .. } => {
+            Self::NoHealthyProvider { retry_after, .. }
+            | Self::IpRateLimited { retry_after }
+            | Self::QueueFull { retry_after }
+            | Self::QueueTimeout { retry_after, .. } => {
                 resp.insert_header((header::RETRY_AFTER, retry_after.max(&1).to_string()));
+            }
+            Self::RateLimited {
+                state, retry_after, ..
+            } => {
+                let secs = crate::rate_limit::retry_after_secs(*retry_after);
+                resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+                for h in crate::rate_limit::headers(state) {
+                    resp.insert_header(h);
+                }
             }
             _ => {}
         }
@@ -200,6 +236,8 @@ pub enum ManageError {
     Validation(BTreeMap<String, String>),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    #[error("too many failed authentication attempts; retry in {retry_after}s")]
+    RateLimited { retry_after: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -216,6 +254,7 @@ impl ManageError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Validation(_) => "validation_failed",
             Self::Unavailable(_) => "service_unavailable",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -242,6 +281,7 @@ impl ResponseError for ManageError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -256,8 +296,14 @@ impl ResponseError for ManageError {
             _ => {}
         }
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, Self::Unavailable(_)) {
-            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        match self {
+            Self::Unavailable(_) => {
+                resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            Self::RateLimited { retry_after } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after.max(&1).to_string()));
+            }
+            _ => {}
         }
         resp.json(json!({ "error": error }))
     }

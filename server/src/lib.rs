@@ -33,6 +33,7 @@ pub mod ops;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod rate_limit;
 pub mod request_id;
 pub mod secret;
 pub mod service;

@@ -3,4 +3,5 @@
 
 pub mod audit_writer;
 pub mod provider_supervisor;
+pub mod request_queue;
 pub mod token_registry;

@@ -76,6 +76,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub proxy: ProxyConfig,
     pub queue: QueueConfig,
+    pub rate_limits: RateLimitsConfig,
     pub retry: RetryConfig,
     pub audit: AuditConfig,
     pub usage: UsageConfig,
@@ -209,14 +210,46 @@ impl Default for ProxyConfig {
     }
 }
 
+/// Admission to the upstream (the `RequestQueue` actor).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// Requests forwarded at once; 0 turns the queue off (no limit, no waiting).
     #[serde(deserialize_with = "units::de_u64")]
     pub max_in_flight: u64,
+    /// Requests allowed to wait for a slot; beyond it, 503 `queue_full`.
     #[serde(deserialize_with = "units::de_u64")]
     pub max_waiting: u64,
+    /// Longest wait for a slot; then 503 `queue_timeout`.
     pub max_wait: HumanDuration,
+}
+
+/// Per-IP, per-token and per-project limits; see `rate_limit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Requests per minute for tokens without their own `rate_limit_rpm`; null = none.
+    pub default_token_rpm: Option<u32>,
+    /// `/v1` requests per second per client IP; 0 = off.
+    pub per_ip_rps: u32,
+    /// Burst for `per_ip_rps`; 0 = one second's worth.
+    pub per_ip_burst: u32,
+    /// Failed management authentications per minute per client IP; 0 = off.
+    pub auth_failures_per_minute: u32,
+    /// Failed attempts allowed at once before the per-minute rate applies.
+    pub auth_failures_burst: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            default_token_rpm: None,
+            per_ip_rps: 0,
+            per_ip_burst: 0,
+            auth_failures_per_minute: 10,
+            auth_failures_burst: 10,
+        }
+    }
 }
 
 impl Default for QueueConfig {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use url::Url;
 
-use super::{Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN, QueueConfig};
+use super::{Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN};
 
 impl Config {
     /// Every problem, each prefixed with its key path.
@@ -77,6 +77,21 @@ impl Config {
         }
         if self.audit.flush_interval.0.is_zero() {
             errors.push("audit.flush_interval: must be positive".to_owned());
+        }
+        if self.queue.max_in_flight > 0 && self.queue.max_wait.0.is_zero() {
+            errors.push(
+                "queue.max_wait: must be positive (set queue.max_waiting: 0 to never wait)"
+                    .to_owned(),
+            );
+        }
+        let rl = &self.rate_limits;
+        if let Some(rpm) = rl.default_token_rpm
+            && !(1..=10_000_000).contains(&rpm)
+        {
+            errors.push("rate_limits.default_token_rpm: must be 1 to 10000000, or null".to_owned());
+        }
+        if rl.auth_failures_per_minute > 0 && rl.auth_failures_burst == 0 {
+            errors.push("rate_limits.auth_failures_burst: must be at least 1".to_owned());
         }
         if self.proxy.models_refresh_interval.0.is_zero() {
             errors.push("proxy.models_refresh_interval: must be positive".to_owned());
@@ -175,9 +190,6 @@ impl Config {
         }
         if !self.server.cors.allowed_origins.is_empty() {
             out.push("server.cors.allowed_origins");
-        }
-        if self.queue != QueueConfig::default() {
-            out.push("queue");
         }
         if self.metrics.token.is_some() {
             out.push("metrics.token");

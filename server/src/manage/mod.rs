@@ -6,6 +6,7 @@ mod body;
 mod list;
 mod projects;
 mod providers;
+mod queue;
 mod tokens;
 mod usage;
 mod views;
@@ -84,10 +85,17 @@ pub fn scope() -> actix_web::Scope<
                 .get(providers::list)
                 .default_service(web::to(method_not_allowed)),
         )
+        .service(
+            web::resource("/queue")
+                .get(queue::show)
+                .default_service(web::to(method_not_allowed)),
+        )
         .default_service(web::to(not_found))
 }
 
-/// `Authorization: Bearer <management token>`, compared in constant time.
+/// `Authorization: Bearer <management token>`, compared in constant time. A client
+/// IP that keeps failing is refused with 429 before its credentials are even
+/// looked at ([`crate::rate_limit::ip::AuthFailures`]).
 async fn require_auth(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -98,6 +106,13 @@ async fn require_auth(
             .into_response(err.error_response())
             .map_into_right_body());
     };
+    let ip = crate::net::client_ip(req.request(), &state.trusted_proxies);
+    if let Some(retry_after) = state.auth_failures.locked_for(ip) {
+        state.admission.stats().count_rate_limited();
+        return Ok(req
+            .into_response(ManageError::RateLimited { retry_after }.error_response())
+            .map_into_right_body());
+    }
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -127,6 +142,9 @@ async fn require_auth(
             subject,
         )
         .await;
+        // The attempt that empties the allowance is still answered 401; the
+        // lock-out starts with the next one.
+        state.auth_failures.failed(ip);
         return Ok(req
             .into_response(ManageError::Unauthorized.error_response())
             .map_into_right_body());

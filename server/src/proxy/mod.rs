@@ -7,10 +7,16 @@
 //! 4. body read with the size limit, `model`/`stream` peeked without a full parse;
 //! 5. model allowlists (token ∩ project), then the candidate providers for the
 //!    model (breakers and health checks consulted lock-free);
-//! 6. lifetime quota: atomic check-and-increment;
-//! 7. forward to the candidates in order, with retries and failover before the
+//! 6. the token's and project's requests per minute ([`crate::rate_limit`]);
+//! 7. lifetime quota: atomic check-and-increment;
+//! 8. a slot from the request queue ([`crate::actors::request_queue`]), held until
+//!    the response body ends;
+//! 9. forward to the candidates in order, with retries and failover before the
 //!    first byte ([`attempts`], [`upstream`]), and stream the answer back
 //!    ([`stream`]).
+//!
+//! Before all of this, the per-client-IP limit runs as actix-governor middleware
+//! on the scope (when `rate_limits.per_ip_rps` is set).
 
 mod attempts;
 mod auth;
@@ -26,10 +32,27 @@ use crate::actors::audit_writer::UsageRecord;
 use crate::actors::token_registry::cache::ip_allowed;
 use crate::app::AppState;
 use crate::error::ProxyError;
+use crate::rate_limit::ip::IpGovernor;
 use crate::request_id::RequestId;
 
-pub fn scope() -> actix_web::Scope {
+pub fn scope(
+    ip_limit: Option<IpGovernor>,
+) -> actix_web::Scope<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    // `Condition` needs a middleware even when it is off; that one is never called.
+    let enabled = ip_limit.is_some();
+    let governor = actix_governor::Governor::new(
+        &ip_limit.unwrap_or_else(crate::rate_limit::ip::unused_governor),
+    );
     web::scope("/v1")
+        .wrap(actix_web::middleware::Condition::new(enabled, governor))
         .route("/models", web::get().to(models::list))
         .default_service(web::to(forward))
 }
@@ -131,7 +154,13 @@ async fn admit_and_forward(
         }
         other => other.as_ref(),
     };
+    let rate = state
+        .rpm
+        .check(&resolved.token, &resolved.project)
+        .await
+        .inspect_err(|_| state.admission.stats().count_rate_limited())?;
     state.registry.cache.try_consume(&resolved.token, now)?;
+    let admission = state.admission.enter(resolved.project.id).await?;
     // Admitted: reserve the usage record's place now, so it can always be filed.
     let slot = match state.usage_enabled {
         true => state.audit.reserve().await,
@@ -160,6 +189,7 @@ async fn admit_and_forward(
             client_closed: false,
             body_tail: Vec::new(),
         },
+        admission,
     );
     attempts::forward(
         attempts::Plan {
@@ -175,6 +205,16 @@ async fn admit_and_forward(
         tap,
     )
     .await
+    .map(|mut resp| {
+        // Palisade's limit is the one this client lives under: it replaces any
+        // the provider sent.
+        if let Some(rate) = &rate {
+            for (name, value) in crate::rate_limit::headers(rate) {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+        resp
+    })
     .map_err(|(e, tap)| failed(tap, e))
 }
 

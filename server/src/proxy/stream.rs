@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio::sync::mpsc::OwnedPermit;
 
 use crate::actors::audit_writer::{Record, UsageRecord};
+use crate::actors::request_queue::Permit;
 use crate::providers::status::InFlight;
 
 /// Response headers that belong to the upstream hop, not to our client.
@@ -82,11 +83,19 @@ pub struct UsageTap {
     tail: VecDeque<Bytes>,
     /// Counts this request against the provider that answers it until the body ends.
     in_flight: Option<InFlight>,
+    /// The request queue slot, given back when the body ends or is dropped.
+    _admission: Permit,
 }
 
 impl UsageTap {
-    pub fn new(slot: Option<OwnedPermit<Record>>, started: Instant, record: UsageRecord) -> Self {
+    pub fn new(
+        slot: Option<OwnedPermit<Record>>,
+        started: Instant,
+        record: UsageRecord,
+        admission: Permit,
+    ) -> Self {
         Self {
+            _admission: admission,
             slot,
             started,
             record,

@@ -1,0 +1,159 @@
+//! Per-client-IP limits, with actix-governor.
+//!
+//! * `/v1`: `rate_limits.per_ip_rps` / `per_ip_burst`, as actix-governor
+//!   middleware on the proxy scope (health endpoints are outside it).
+//! * Management authentication: `rate_limits.auth_failures_per_minute` /
+//!   `auth_failures_burst`. Each failed attempt takes a cell from the client IP's
+//!   bucket; once it is empty, that IP is refused with 429 *before* its
+//!   credentials are checked, until a cell is back, so guessing cannot go on at
+//!   full speed.
+//!
+//! The key is the client IP as [`crate::net::client_ip`] sees it: the peer, or,
+//! behind a peer listed in `server.trusted_proxies`, the right-most untrusted
+//! `X-Forwarded-For` hop. A spoofed header from anyone else changes nothing.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use actix_governor::{
+    GovernorConfig, GovernorConfigBuilder, KeyExtractor, SimpleKeyExtractionError,
+};
+use actix_web::dev::ServiceRequest;
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
+use dashmap::DashMap;
+use governor::NotUntil;
+use governor::clock::{Clock, DefaultClock, QuantaInstant};
+use governor::middleware::NoOpMiddleware;
+
+use crate::actors::request_queue::QueueStats;
+use crate::error::ProxyError;
+use crate::policy::CidrList;
+
+/// actix-governor key: the trusted-proxy-aware client IP.
+#[derive(Clone)]
+pub struct ClientIpKey {
+    trusted: CidrList,
+    /// Where a refusal is counted (`/manage/queue` → `rejected.rate_limited`).
+    stats: Arc<QueueStats>,
+}
+
+impl ClientIpKey {
+    pub fn new(trusted: CidrList, stats: Arc<QueueStats>) -> Self {
+        Self { trusted, stats }
+    }
+}
+
+impl KeyExtractor for ClientIpKey {
+    type Key = IpAddr;
+    type KeyExtractionError = SimpleKeyExtractionError<&'static str>;
+
+    fn extract(&self, req: &ServiceRequest) -> Result<IpAddr, Self::KeyExtractionError> {
+        Ok(crate::net::client_ip(req.request(), &self.trusted))
+    }
+
+    fn exceed_rate_limit_response(
+        &self,
+        negative: &NotUntil<QuantaInstant>,
+        _response: HttpResponseBuilder,
+    ) -> HttpResponse {
+        self.stats.count_rate_limited();
+        let wait = negative.wait_time_from(DefaultClock::default().now());
+        // A fresh response in the OpenAI envelope instead of actix-governor's
+        // plain-text one (and its non-standard `x-ratelimit-after`).
+        ProxyError::IpRateLimited {
+            retry_after: super::rpm::retry_after_secs(wait),
+        }
+        .error_response()
+    }
+}
+
+pub type IpGovernor = GovernorConfig<ClientIpKey, NoOpMiddleware<QuantaInstant>>;
+
+/// The `/v1` per-IP limit; `None` when `per_ip_rps` is 0 (off). Built once and
+/// shared by every worker's middleware.
+pub fn proxy_governor(rps: u32, burst: u32, key: ClientIpKey) -> Option<IpGovernor> {
+    if rps == 0 {
+        return None;
+    }
+    GovernorConfigBuilder::default()
+        .period(Duration::from_secs(1) / rps)
+        .burst_size(if burst == 0 { rps } else { burst })
+        .key_extractor(key)
+        .finish()
+}
+
+/// A placeholder for `Condition` when the per-IP limit is off; never consulted.
+pub fn unused_governor() -> IpGovernor {
+    let key = ClientIpKey::new(CidrList::default(), Arc::default());
+    GovernorConfigBuilder::default()
+        .key_extractor(key)
+        .finish()
+        .unwrap_or_else(|| unreachable!("the default quota is valid"))
+}
+
+/// Failed management authentication per client IP.
+pub struct AuthFailures {
+    governor: Option<IpGovernor>,
+    /// IPs whose bucket ran dry, and until when they are refused.
+    locked: DashMap<IpAddr, Instant>,
+}
+
+impl AuthFailures {
+    /// `per_minute` 0 disables the limit.
+    pub fn new(per_minute: u32, burst: u32, key: ClientIpKey) -> Self {
+        let governor = (per_minute > 0)
+            .then(|| {
+                GovernorConfigBuilder::default()
+                    .period(Duration::from_secs(60) / per_minute)
+                    .burst_size(burst.max(1))
+                    .key_extractor(key)
+                    .finish()
+            })
+            .flatten();
+        Self {
+            governor,
+            locked: DashMap::new(),
+        }
+    }
+
+    /// Seconds this IP must still wait, if it is locked out.
+    pub fn locked_for(&self, ip: IpAddr) -> Option<u64> {
+        let until = *self.locked.get(&ip)?;
+        let left = until.checked_duration_since(Instant::now());
+        if left.is_none() {
+            self.locked.remove(&ip);
+        }
+        left.map(super::rpm::retry_after_secs)
+    }
+
+    /// Records a failed attempt; `Some(seconds)` when it used up the allowance.
+    pub fn failed(&self, ip: IpAddr) -> Option<u64> {
+        let limiter = self.governor.as_ref()?.limiter();
+        let negative = limiter.check_key(&ip).err()?;
+        let wait = negative.wait_time_from(DefaultClock::default().now());
+        self.locked.insert(ip, Instant::now() + wait);
+        Some(super::rpm::retry_after_secs(wait))
+    }
+
+    /// Drops state for IPs that are no longer limited (their buckets are full).
+    pub fn prune(&self) {
+        if let Some(g) = &self.governor {
+            let limiter = g.limiter();
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        let now = Instant::now();
+        self.locked.retain(|_, until| *until > now);
+    }
+}
+
+/// Forgets keys whose buckets have refilled, so limiter memory follows the number
+/// of recently active clients rather than every client ever seen.
+pub fn prune_governor(g: &IpGovernor) {
+    let limiter = g.limiter();
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+}
