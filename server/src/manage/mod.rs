@@ -142,11 +142,16 @@ async fn require_auth(
             subject,
         )
         .await;
-        // The attempt that empties the allowance is still answered 401; the
-        // lock-out starts with the next one.
-        state.auth_failures.failed(ip);
+        // A failure beyond the allowance is answered 429 and locks the IP out.
+        let err = match state.auth_failures.failed(ip) {
+            Some(retry_after) => {
+                state.admission.stats().count_rate_limited();
+                ManageError::RateLimited { retry_after }
+            }
+            None => ManageError::Unauthorized,
+        };
         return Ok(req
-            .into_response(ManageError::Unauthorized.error_response())
+            .into_response(err.error_response())
             .map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())

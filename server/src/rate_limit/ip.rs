@@ -157,3 +157,21 @@ pub fn prune_governor(g: &IpGovernor) {
     limiter.retain_recent();
     limiter.shrink_to_fit();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_beyond_the_burst_lock_the_ip_out() {
+        let key = ClientIpKey::new(CidrList::default(), Arc::default());
+        let f = AuthFailures::new(60, 3, key);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(f.failed(ip), None);
+        assert_eq!(f.failed(ip), None);
+        assert_eq!(f.failed(ip), None);
+        assert_eq!(f.failed(ip), Some(1));
+        assert_eq!(f.locked_for(ip), Some(1));
+        assert_eq!(f.locked_for("192.0.2.2".parse().unwrap()), None);
+    }
+}

@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod admission;
 mod audit_trail;
 mod bad_input;
 mod failover;
@@ -15,5 +16,6 @@ mod proxy_forwarding;
 mod proxy_policy;
 mod proxy_streaming;
 mod python_sdk;
+mod rate_limits;
 mod secrets;
 mod usage_records;
