@@ -21,6 +21,16 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_owned())
 }
 
+/// A mock and a gateway in front of it with `yaml` added to the config.
+fn start(yaml: &str) -> (Mock, Gateway) {
+    let mock = Mock::start("up");
+    let mut gw = gateway().provider(&mock, "[\"*\"]");
+    if !yaml.is_empty() {
+        gw = gw.yaml(yaml);
+    }
+    (mock, gw.start())
+}
+
 /// Sends `n` chat requests, 16 at a time; returns the responses in completion order.
 async fn burst(gw: &Gateway, token: &str, n: usize) -> Vec<reqwest::Response> {
     let mut out = Vec::new();
@@ -39,8 +49,7 @@ async fn burst(gw: &Gateway, token: &str, n: usize) -> Vec<reqwest::Response> {
 
 #[tokio::test]
 async fn rate_limits_token_rpm_burst_headers_retry_after_and_patch() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let (_mock, gw) = start("");
     let (_, tid, token) = gw
         .project_and_token(json!({}), json!({ "rate_limit_rpm": 60 }))
         .await;
@@ -133,8 +142,7 @@ async fn rate_limits_token_rpm_burst_headers_retry_after_and_patch() {
 
 #[tokio::test]
 async fn rate_limits_project_rpm_is_shared_by_its_tokens() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let (_mock, gw) = start("");
     let (pid, _, a) = gw
         .project_and_token(json!({ "rate_limit_rpm": 5 }), json!({}))
         .await;
@@ -153,11 +161,7 @@ async fn rate_limits_project_rpm_is_shared_by_its_tokens() {
 
 #[tokio::test]
 async fn rate_limits_default_token_rpm_applies_to_tokens_without_a_limit() {
-    let mock = Mock::start("up");
-    let gw = gateway()
-        .provider(&mock, "[\"*\"]")
-        .yaml("rate_limits: { default_token_rpm: 3 }")
-        .start();
+    let (_mock, gw) = start("rate_limits: { default_token_rpm: 3 }");
     let (pid, _, plain) = gw.project_and_token(json!({}), json!({})).await;
     let (_, own) = gw
         .create_token(&pid, json!({ "rate_limit_rpm": 100 }))
@@ -182,8 +186,7 @@ async fn rate_limits_default_token_rpm_applies_to_tokens_without_a_limit() {
 
 #[tokio::test]
 async fn rate_limits_no_limit_no_headers() {
-    let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let (_mock, gw) = start("");
     let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
     let r = gw.chat(&token, chat_body("gpt-4o-mini")).await;
     assert_eq!(r.status(), 200);
@@ -203,11 +206,7 @@ async fn from(gw: &Gateway, token: &str, xff: Option<&str>) -> reqwest::Response
 
 #[tokio::test]
 async fn rate_limits_per_ip_ignores_spoofed_forwarded_for_from_untrusted_peers() {
-    let mock = Mock::start("up");
-    let gw = gateway()
-        .provider(&mock, "[\"*\"]")
-        .yaml("rate_limits: { per_ip_rps: 1, per_ip_burst: 3 }")
-        .start();
+    let (_mock, gw) = start("rate_limits: { per_ip_rps: 1, per_ip_burst: 3 }");
     let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
     let mut got = Vec::new();
     for i in 0..5 {
@@ -237,14 +236,10 @@ async fn rate_limits_per_ip_ignores_spoofed_forwarded_for_from_untrusted_peers()
 
 #[tokio::test]
 async fn rate_limits_per_ip_keys_on_forwarded_for_behind_a_trusted_proxy() {
-    let mock = Mock::start("up");
-    let gw = gateway()
-        .provider(&mock, "[\"*\"]")
-        .yaml(
-            "server: { listen: \"127.0.0.1:0\", workers: 2, shutdown_grace: 5s, trusted_proxies: [\"127.0.0.1/32\"] }\n\
-             rate_limits: { per_ip_rps: 1, per_ip_burst: 2 }",
-        )
-        .start();
+    let (_mock, gw) = start(
+        "server: { listen: \"127.0.0.1:0\", workers: 2, shutdown_grace: 5s, trusted_proxies: [\"127.0.0.1/32\"] }\n\
+         rate_limits: { per_ip_rps: 1, per_ip_burst: 2 }",
+    );
     let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
     // Each forwarded client has its own allowance...
     for i in 0..6 {
@@ -262,11 +257,8 @@ async fn rate_limits_per_ip_keys_on_forwarded_for_behind_a_trusted_proxy() {
 
 #[tokio::test]
 async fn rate_limits_failed_management_auth_locks_the_ip_out() {
-    let mock = Mock::start("up");
-    let gw = gateway()
-        .provider(&mock, "[\"*\"]")
-        .yaml("rate_limits: { auth_failures_per_minute: 60, auth_failures_burst: 3 }")
-        .start();
+    let (_mock, gw) =
+        start("rate_limits: { auth_failures_per_minute: 60, auth_failures_burst: 3 }");
     let attempt = |key: &str| {
         client()
             .get(format!("{}/manage/projects", gw.url))
