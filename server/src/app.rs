@@ -12,6 +12,8 @@
 //! Actors, each on its own arbiter thread:
 //! - `TokenRegistry` ([`crate::actors::token_registry`]): handlers read its cache
 //!   directly and send it management writes;
+//! - `RequestQueue` ([`crate::actors::request_queue`]): handlers take a free slot
+//!   lock-free, and message it only to wait for one;
 //! - `AuditWriter` ([`crate::actors::audit_writer`]): handlers queue audit events
 //!   and usage records on its bounded channel; it batches them to the DB and JSONL.
 //!

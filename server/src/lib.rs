@@ -11,11 +11,13 @@
 //! | `GET /manage/audit` | `manage/audit.rs` |
 //! | `GET /manage/usage` | `manage/usage.rs` |
 //! | `GET /manage/providers` | `manage/providers.rs` |
+//! | `GET /manage/queue` | `manage/queue.rs` |
 //! | `GET /health`, `GET /ready` | [`ops`] |
 //!
 //! Routing and middleware order: [`app`]. State and its single writers:
 //! [`actors::token_registry`] (projects, tokens), [`actors::provider_supervisor`]
-//! (breakers, health checks), [`actors::audit_writer`] (audit trail, usage).
+//! (breakers, health checks), [`actors::request_queue`] (admission),
+//! [`actors::audit_writer`] (audit trail, usage). Rate limits: [`rate_limit`].
 //! Retries and failover: `proxy/attempts.rs`; routing: [`providers::routing`].
 //! Database access: [`service`]. Errors and their envelopes: [`error`].
 

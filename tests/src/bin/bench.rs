@@ -57,6 +57,10 @@ struct Args {
     /// what they cost on the request path.
     #[arg(long)]
     audit_off: bool,
+    /// Also measure a second Palisade with the request queue and every rate limit
+    /// off, to show what admission costs on the request path.
+    #[arg(long)]
+    limits_off: bool,
     /// Another OpenAI-compatible gateway in front of the same mock: NAME=URL[,KEY]
     /// (URL is its `/v1` base). The mock's address is printed at start.
     #[arg(long = "compare")]
@@ -104,13 +108,28 @@ fn main() -> Result<(), String> {
     println!("mock upstream at {}/v1", mock.url);
     let palisade = match &args.gateway_url {
         Some(_) => None,
-        None => Some(procs::spawn_palisade(gw_cpu, dir.path(), &mock.url, "")?),
+        None => Some(procs::spawn_palisade(
+            gw_cpu,
+            dir.path(),
+            &mock.url,
+            LIMITS_ON,
+        )?),
     };
     let quiet_dir = dir.path().join("no-audit");
     let quiet = if args.audit_off {
         std::fs::create_dir_all(&quiet_dir).map_err(|e| e.to_string())?;
-        let off = "usage: { enabled: false }\naudit: { file: \"\", store_in_db: false }\n";
-        Some(procs::spawn_palisade(gw_cpu, &quiet_dir, &mock.url, off)?)
+        let off = format!(
+            "{LIMITS_ON}usage: {{ enabled: false }}\naudit: {{ file: \"\", store_in_db: false }}\n"
+        );
+        Some(procs::spawn_palisade(gw_cpu, &quiet_dir, &mock.url, &off)?)
+    } else {
+        None
+    };
+    let open_dir = dir.path().join("no-limits");
+    let unlimited = if args.limits_off {
+        std::fs::create_dir_all(&open_dir).map_err(|e| e.to_string())?;
+        let off = "queue: { max_in_flight: 0 }\n";
+        Some(procs::spawn_palisade(gw_cpu, &open_dir, &mock.url, off)?)
     } else {
         None
     };
@@ -125,10 +144,39 @@ fn main() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(run(args, placement, mock, palisade, quiet, nginx))
+    rt.block_on(run(
+        args,
+        placement,
+        mock,
+        palisade,
+        Extra {
+            quiet,
+            unlimited,
+            nginx,
+        },
+    ))
 }
 
-async fn setup_token(client: &reqwest::Client, base: &str) -> Result<String, String> {
+/// The main Palisade's admission settings: queue at its default size, a per-IP
+/// limit, and (in `setup_token`) token and project limits, all far above what the
+/// bench sends so they are checked on every request and never refuse one.
+const LIMITS_ON: &str = "rate_limits: { per_ip_rps: 1000000 }\n";
+
+/// Sides besides the main Palisade.
+struct Extra {
+    quiet: Option<procs::Proc>,
+    unlimited: Option<procs::Proc>,
+    nginx: Option<procs::Proc>,
+}
+
+/// A project and token for the bench; `limited` gives both a requests-per-minute
+/// limit (the maximum, so it never refuses).
+async fn setup_token(
+    client: &reqwest::Client,
+    base: &str,
+    limited: bool,
+) -> Result<String, String> {
+    let rpm = limited.then_some(10_000_000);
     let post = |path: &str, body: Value| {
         client
             .post(format!("{base}{path}"))
@@ -138,7 +186,7 @@ async fn setup_token(client: &reqwest::Client, base: &str) -> Result<String, Str
     };
     let p: Value = post(
         "/manage/projects",
-        json!({"name": "bench", "allowed_models": ["gpt-4o*"], "allowed_cidrs": ["127.0.0.0/8"]}),
+        json!({"name": "bench", "allowed_models": ["gpt-4o*"], "allowed_cidrs": ["127.0.0.0/8"], "rate_limit_rpm": rpm}),
     )
     .await
     .map_err(|e| e.to_string())?
@@ -147,7 +195,7 @@ async fn setup_token(client: &reqwest::Client, base: &str) -> Result<String, Str
     .map_err(|e| e.to_string())?;
     let t: Value = post(
         "/manage/tokens",
-        json!({"project_id": p["id"], "name": "bench", "max_requests": 1_000_000_000_000i64, "allowed_models": ["gpt-4o-mini"], "allowed_cidrs": ["127.0.0.1"]}),
+        json!({"project_id": p["id"], "name": "bench", "max_requests": 1_000_000_000_000i64, "allowed_models": ["gpt-4o-mini"], "allowed_cidrs": ["127.0.0.1"], "rate_limit_rpm": rpm}),
     )
     .await
     .map_err(|e| e.to_string())?
@@ -180,9 +228,13 @@ async fn run(
     placement: String,
     mock: procs::Proc,
     palisade: Option<procs::Proc>,
-    quiet: Option<procs::Proc>,
-    nginx: Option<procs::Proc>,
+    extra: Extra,
 ) -> Result<(), String> {
+    let Extra {
+        quiet,
+        unlimited,
+        nginx,
+    } = extra;
     let client = load::client();
     let direct = Target {
         name: "direct".into(),
@@ -193,7 +245,7 @@ async fn run(
     let palisade_pid = palisade.as_ref().map(procs::Proc::pid);
     match (&palisade, &args.gateway_url) {
         (Some(p), _) => {
-            let token = setup_token(&client, &p.url).await?;
+            let token = setup_token(&client, &p.url, true).await?;
             gateways.push(Target {
                 name: "palisade".into(),
                 base: format!("{}/v1", p.url),
@@ -208,10 +260,18 @@ async fn run(
         (None, None) => {}
     }
     if let Some(q) = &quiet {
-        let token = setup_token(&client, &q.url).await?;
+        let token = setup_token(&client, &q.url, true).await?;
         gateways.push(Target {
             name: "palisade-audit-off".into(),
             base: format!("{}/v1", q.url),
+            key: Some(token),
+        });
+    }
+    if let Some(u) = &unlimited {
+        let token = setup_token(&client, &u.url, false).await?;
+        gateways.push(Target {
+            name: "palisade-limits-off".into(),
+            base: format!("{}/v1", u.url),
             key: Some(token),
         });
     }
@@ -382,6 +442,9 @@ async fn run(
             "request ids".into(),
             "header hygiene".into(),
             "per-request tracing span (info)".into(),
+            "per-IP limit (actix-governor), token and project RPM limits (GCRA)".into(),
+            "request queue (512 slots)".into(),
+            "audit trail and usage records".into(),
         ],
         c1_requests_per_side: args.requests,
         closed_concurrency: args.concurrency,
@@ -405,7 +468,7 @@ async fn run(
     std::fs::write(args.out.join("bench.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("bench.svg"), report::svg(&report)).map_err(|e| e.to_string())?;
     println!("written to {}/bench.{{md,json,svg}}", args.out.display());
-    drop((mock, palisade, quiet, nginx));
+    drop((mock, palisade, quiet, unlimited, nginx));
     Ok(())
 }
 
@@ -442,10 +505,22 @@ fn checks(
             pass: p.closed_rps >= 0.5 * n.closed_rps,
         });
     }
+    // "Does not move": within 10 % of the p99 without the feature, or 100 µs,
+    // whichever is larger (run-to-run noise on this class of machine exceeds both).
+    let same = |on: f64, off: f64| (on - off).abs() <= (0.1 * off).max(100.0);
+    if let Some(q) = results.iter().find(|g| g.name == "palisade-limits-off") {
+        out.push(Check {
+            target: "queue and rate limits on vs off: c=1 p99 unchanged".into(),
+            measured: format!("{} vs {}", ms(p.c1.p99), ms(q.c1.p99)),
+            pass: same(p.c1.p99, q.c1.p99),
+        });
+        out.push(Check {
+            target: "queue and rate limits on vs off: c=1 p50 unchanged".into(),
+            measured: format!("{} vs {}", ms(p.c1.p50), ms(q.c1.p50)),
+            pass: same(p.c1.p50, q.c1.p50),
+        });
+    }
     if let Some(q) = results.iter().find(|g| g.name == "palisade-audit-off") {
-        // "Does not move": within 10 % of the recording-off p99, or 100 µs, whichever
-        // is larger (run-to-run noise on this class of machine is larger than both).
-        let same = |on: f64, off: f64| (on - off).abs() <= (0.1 * off).max(100.0);
         out.push(Check {
             target: "audit/usage on vs off: c=1 p99 unchanged".into(),
             measured: format!("{} vs {}", ms(p.c1.p99), ms(q.c1.p99)),
