@@ -4,7 +4,10 @@
 //! 1. `request_id::middleware`: assigns the request id before anything can fail,
 //!    and stamps `x-request-id` on every response, errors included.
 //! 2. `TracingLogger<RootSpan>`: one span per request carrying that id.
-//! 3. Routing: `/v1` → [`crate::proxy`], `/manage` → [`crate::manage`] (which adds
+//! 3. [`crate::edge::middleware`]: `Host` check, global IP lists, and the security
+//!    headers on every response;
+//! 4. CORS (only when `server.cors.allowed_origins` lists any);
+//! 5. Routing: `/v1` → [`crate::proxy`], `/manage` → [`crate::manage`] (which adds
 //!    its own auth middleware), `/health`, `/ready`, else a JSON 404.
 //!
 //! No compression middleware anywhere: it would buffer SSE streams.
@@ -37,6 +40,7 @@ use crate::actors::request_queue::Admission;
 use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
 use crate::config::{Config, InitError};
 use crate::crypto::KeyCipher;
+use crate::edge::EdgePolicy;
 use crate::policy::CidrList;
 use crate::providers::Providers;
 use crate::rate_limit::RpmLimits;
@@ -64,6 +68,8 @@ pub struct AppState {
     pub rpm: RpmLimits,
     /// Failed management authentication per client IP.
     pub auth_failures: AuthFailures,
+    /// Host, global IP lists, security headers.
+    pub edge: EdgePolicy,
 }
 
 impl Registry {
@@ -137,6 +143,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     let ip_key = ClientIpKey::new(trusted_proxies.clone(), admission.shared_stats());
     let limits = &config.rate_limits;
     let ip_limit = ip::proxy_governor(limits.per_ip_rps, limits.per_ip_burst, ip_key.clone());
+    let edge = EdgePolicy::from_config(&config.server).map_err(InitError::Other)?;
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         audit: audit.sink.clone(),
@@ -154,6 +161,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             limits.auth_failures_burst,
             ip_key,
         ),
+        edge,
     });
 
     // Background work owned by the server: glob providers' model lists.
@@ -165,11 +173,20 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     #[allow(clippy::disallowed_methods)]
     actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limit.clone()));
 
+    let origins = config.server.cors.allowed_origins.clone();
     let mut server = HttpServer::new(move || {
+        let cors = crate::edge::cors::middleware(&origins);
         App::new()
             // Read-only state for every handler.
             .app_data(state.clone())
-            // Inner: the request span, so every log line of the request carries its id.
+            // Innermost: CORS (preflights answered here, before any auth).
+            .wrap(actix_web::middleware::Condition::new(
+                cors.is_some(),
+                cors.unwrap_or_default(),
+            ))
+            // Host check, global IP lists, security headers on every response.
+            .wrap(from_fn(crate::edge::middleware))
+            // The request span, so every log line of the request carries its id.
             .wrap(TracingLogger::<RootSpan>::new())
             // Outer: request ids exist before any other middleware can fail.
             .wrap(from_fn(request_id::middleware))
@@ -185,7 +202,14 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             let _ = tcp.set_nodelay(true);
         }
     })
-    .shutdown_timeout(config.server.shutdown_grace.0.as_secs());
+    .shutdown_timeout(config.server.shutdown_grace.0.as_secs())
+    // Slowloris: a request head must arrive within this long.
+    .client_request_timeout(config.server.client_header_timeout.0)
+    .keep_alive(match config.server.keep_alive.0 {
+        d if d.is_zero() => actix_web::http::KeepAlive::Disabled,
+        d => actix_web::http::KeepAlive::Timeout(d),
+    })
+    .max_connections(usize::try_from(config.server.max_connections).unwrap_or(usize::MAX));
     if config.server.workers > 0 {
         server = server.workers(usize::try_from(config.server.workers).unwrap_or(1));
     }

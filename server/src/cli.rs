@@ -52,6 +52,8 @@ pub async fn run(cli: Cli) -> Result<(), InitError> {
             let _guard = crate::telemetry::init(&cfg.logging);
             if dev {
                 enter_dev_mode(&mut cfg);
+            } else {
+                crate::preflight::check(&cfg)?;
             }
             crate::app::serve(cfg).await
         }
@@ -92,7 +94,9 @@ pub async fn run(cli: Cli) -> Result<(), InitError> {
 
 /// `--dev`: an ephemeral management token unless one is configured, printed once.
 fn enter_dev_mode(cfg: &mut Config) {
-    tracing::warn!("DEVELOPMENT MODE: relaxed start-up checks; do not expose this instance");
+    tracing::warn!(
+        "DEVELOPMENT MODE: a short or missing management token is replaced by an ephemeral one; a public plaintext listener and data files readable by others are allowed; do not expose this instance"
+    );
     if cfg.auth.management_token.expose().len() < config::MIN_MANAGEMENT_TOKEN_LEN {
         let token = crate::secret::TokenSecret::generate();
         let value = format!("dev-{}", &token.expose()[4..]);

@@ -82,7 +82,7 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 }
 
 /// The file behind a `sqlite:` URL, or `None` for in-memory databases.
-fn sqlite_file_path(url: &str) -> Option<PathBuf> {
+pub fn sqlite_file_path(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;

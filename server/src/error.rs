@@ -42,6 +42,8 @@ pub enum ProxyError {
     MissingModel,
     #[error("Unknown endpoint: {0}")]
     UnknownEndpoint(String),
+    #[error("This host name is not served here.")]
+    InvalidHost,
     #[error("No provider serves the model `{0}`.")]
     ModelNotFound(String),
     #[error("The request body exceeds the limit of {0} bytes.")]
@@ -91,6 +93,7 @@ impl ProxyError {
             Self::InvalidJson(_) => "invalid_json",
             Self::MissingModel => "missing_model",
             Self::UnknownEndpoint(_) => "unknown_endpoint",
+            Self::InvalidHost => "invalid_host",
             Self::ModelNotFound(_) => "model_not_found",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::QuotaExceeded(_) => "quota_exceeded",
@@ -154,7 +157,9 @@ impl ResponseError for ProxyError {
             Self::ProjectInactive | Self::ModelNotAllowed(_) | Self::IpNotAllowed => {
                 StatusCode::FORBIDDEN
             }
-            Self::InvalidJson(_) | Self::MissingModel => StatusCode::BAD_REQUEST,
+            Self::InvalidJson(_) | Self::MissingModel | Self::InvalidHost => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnknownEndpoint(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QuotaExceeded(_) | Self::RateLimited { .. } | Self::IpRateLimited { .. } => {
@@ -222,6 +227,8 @@ pub enum ManageError {
     InvalidJson(String),
     #[error("missing or invalid management credentials")]
     Unauthorized,
+    #[error("this host name is not served here")]
+    InvalidHost,
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("the project is inactive")]
@@ -247,6 +254,7 @@ impl ManageError {
         match self {
             Self::InvalidJson(_) => "invalid_json",
             Self::Unauthorized => "unauthorized",
+            Self::InvalidHost => "invalid_host",
             Self::Forbidden(_) => "forbidden",
             Self::ProjectInactive => "project_inactive",
             Self::NotFound(_) => "not_found",
@@ -273,7 +281,7 @@ impl From<sea_orm::DbErr> for ManageError {
 impl ResponseError for ManageError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidJson(_) | Self::InvalidHost => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::ProjectInactive => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

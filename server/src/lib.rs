@@ -14,7 +14,8 @@
 //! | `GET /manage/queue` | `manage/queue.rs` |
 //! | `GET /health`, `GET /ready` | [`ops`] |
 //!
-//! Routing and middleware order: [`app`]. State and its single writers:
+//! Routing and middleware order: [`app`]; host, IP-list, CORS and security-header
+//! checks every request meets first: [`edge`]. State and its single writers:
 //! [`actors::token_registry`] (projects, tokens), [`actors::provider_supervisor`]
 //! (breakers, health checks), [`actors::request_queue`] (admission),
 //! [`actors::audit_writer`] (audit trail, usage). Rate limits: [`rate_limit`].
@@ -27,12 +28,14 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod ids;
 pub mod manage;
 pub mod net;
 pub mod ops;
 pub mod policy;
+pub mod preflight;
 pub mod providers;
 pub mod proxy;
 pub mod rate_limit;

@@ -147,3 +147,70 @@ fn migrate_creates_a_private_database() {
     assert_eq!(file_mode, 0o600);
     assert_eq!(dir_mode, 0o700);
 }
+
+/// `serve` with `config`, expected to refuse: exit 64, stderr naming `what`.
+fn assert_refused(config: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), config);
+    let out = palisade()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains(what), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_public_plaintext_listener_unless_told_tls_is_elsewhere() {
+    let base = format!(
+        "auth: {{ management_token: {TOKEN} }}\naudit: {{ file: \"\" }}\ndatabase: {{ url: \"sqlite::memory:\" }}\nproviders: [{{ name: a, base_url: \"http://127.0.0.1:9/v1\", health_check: {{ enabled: false }} }}]\n"
+    );
+    assert_refused(
+        &format!("{base}server: {{ listen: \"0.0.0.0:0\" }}\n"),
+        "allow_plaintext_public",
+    );
+    // Told that TLS terminates in front: it starts (and is stopped here).
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        &format!("{base}server: {{ listen: \"0.0.0.0:0\", allow_plaintext_public: true }}\n"),
+    );
+    let mut child = palisade()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("listening on") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("listening on"), "{seen}");
+}
+
+#[test]
+fn serve_refuses_data_files_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    std::fs::write(&db, b"").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_refused(
+        &format!(
+            "auth: {{ management_token: {TOKEN} }}\naudit: {{ file: \"\" }}\ndatabase: {{ url: \"sqlite://{}?mode=rwc\" }}\nproviders: [{{ name: a, base_url: \"http://127.0.0.1:9/v1\" }}]\n",
+            db.display()
+        ),
+        "chmod 600",
+    );
+}

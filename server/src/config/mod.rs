@@ -99,9 +99,33 @@ pub struct ServerConfig {
     pub workers: u64,
     /// Peers whose `X-Forwarded-For` is believed (right-most untrusted entry wins).
     pub trusted_proxies: Vec<IpNet>,
+    /// `Host` headers answered (`api.example.com`, `host:port`, `*.example.com`);
+    /// empty = any.
     pub trusted_hosts: Vec<String>,
+    /// Client IPs allowed on every route but the probes; empty = all.
+    pub ip_allowlist: Vec<IpNet>,
+    /// Client IPs refused on every route but the probes; wins over the allowlist.
+    pub ip_denylist: Vec<IpNet>,
     pub cors: CorsConfig,
     pub tls: Option<TlsConfig>,
+    /// Allows a non-loopback listener without TLS (TLS terminates at a load balancer).
+    pub allow_plaintext_public: bool,
+    /// Longest time a client may take to send a request head (slowloris guard).
+    pub client_header_timeout: HumanDuration,
+    /// Idle keep-alive connections are closed after this long; 0 disables keep-alive.
+    pub keep_alive: HumanDuration,
+    /// Open connections per worker thread; beyond it, new ones wait to be accepted.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub max_connections: u64,
+}
+
+impl ServerConfig {
+    /// Palisade terminates TLS itself.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.cert_file.is_some() && t.key_file.is_some())
+    }
 }
 
 impl Default for ServerConfig {
@@ -114,8 +138,14 @@ impl Default for ServerConfig {
             workers: 0,
             trusted_proxies: Vec::new(),
             trusted_hosts: Vec::new(),
+            ip_allowlist: Vec::new(),
+            ip_denylist: Vec::new(),
             cors: CorsConfig::default(),
             tls: None,
+            allow_plaintext_public: false,
+            client_header_timeout: HumanDuration::secs(5),
+            keep_alive: HumanDuration::secs(60),
+            max_connections: 10_000,
         }
     }
 }

@@ -16,6 +16,22 @@ impl Config {
                 self.server.listen
             ));
         }
+        for h in &self.server.trusted_hosts {
+            if let Err(e) = crate::edge::hosts::HostPattern::parse(h) {
+                errors.push(format!("server.trusted_hosts: {e}"));
+            }
+        }
+        for o in &self.server.cors.allowed_origins {
+            if let Err(e) = crate::edge::cors::validate_origin(o) {
+                errors.push(format!("server.cors.allowed_origins: {e}"));
+            }
+        }
+        if self.server.client_header_timeout.0.is_zero() {
+            errors.push("server.client_header_timeout: must be positive".to_owned());
+        }
+        if self.server.max_connections == 0 {
+            errors.push("server.max_connections: must be at least 1".to_owned());
+        }
         if self.server.max_body_bytes.0 == 0 {
             errors.push("server.max_body_bytes: must be at least 1".to_owned());
         }
@@ -185,12 +201,6 @@ impl Config {
     /// warns when one differs from its default so nobody believes it is enforced.
     pub fn unimplemented_settings(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if !self.server.trusted_hosts.is_empty() {
-            out.push("server.trusted_hosts");
-        }
-        if !self.server.cors.allowed_origins.is_empty() {
-            out.push("server.cors.allowed_origins");
-        }
         if self.metrics.token.is_some() {
             out.push("metrics.token");
         }

@@ -30,9 +30,9 @@ async fn queue(gw: &Gateway) -> Value {
     body
 }
 
-/// Polls `/manage/queue` until `done` holds (or fails after 5 s).
+/// Polls `/manage/queue` until `done` holds (or fails after 10 s).
 async fn queue_until(gw: &Gateway, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let q = queue(gw).await;
         if done(&q) {
@@ -61,7 +61,7 @@ async fn admission_bounded_in_flight_and_waiting_then_queue_full() {
 
     let requests: Vec<_> = (0..20)
         .map(|_| {
-            let req = slow_chat(&gw, &token, 700);
+            let req = slow_chat(&gw, &token, 1500);
             tokio::spawn(async move { req.send().await.unwrap() })
         })
         .collect();
@@ -107,7 +107,7 @@ async fn admission_a_flooding_project_does_not_starve_another() {
     let done_a = Arc::new(AtomicUsize::new(0));
     let a: Vec<_> = (0..100)
         .map(|_| {
-            let req = slow_chat(&gw, &flood, 100);
+            let req = slow_chat(&gw, &flood, 300);
             let done = Arc::clone(&done_a);
             tokio::spawn(async move {
                 let status = req.send().await.unwrap().status().as_u16();
@@ -116,10 +116,12 @@ async fn admission_a_flooding_project_does_not_starve_another() {
             })
         })
         .collect();
-    queue_until(&gw, |q| q["waiting"].as_u64() == Some(96)).await;
+    // Most of the flood is queued (the first ones may already be done on a slow
+    // machine).
+    queue_until(&gw, |q| q["waiting"].as_u64() >= Some(80)).await;
 
     let started = Instant::now();
-    let resp = slow_chat(&gw, &single, 100).send().await.unwrap();
+    let resp = slow_chat(&gw, &single, 300).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let a_before_b = done_a.load(Ordering::SeqCst);
     // Round-robin: B goes at the second slot release at the latest, so only the
@@ -128,7 +130,7 @@ async fn admission_a_flooding_project_does_not_starve_another() {
         a_before_b <= 12,
         "{a_before_b} of project A's requests finished before project B's one"
     );
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(started.elapsed() < Duration::from_millis(2500));
     for r in a {
         assert_eq!(r.await.unwrap(), 200);
     }

@@ -427,6 +427,10 @@ impl Gateway {
 
     // --- proxy ---
 
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        client().get(format!("{}{path}", self.url))
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         client().post(format!("{}{path}", self.url))
     }
@@ -457,6 +461,17 @@ pub async fn setup() -> (Mock, Gateway, String) {
     let gw = gateway().provider(&mock, "[\"*\"]").start();
     let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
     (mock, gw, token)
+}
+
+/// A mock serving every model and a gateway in front of it, with `yaml` added to
+/// the config ("" for none).
+pub fn start(yaml: &str) -> (Mock, Gateway) {
+    let mock = Mock::start("up");
+    let mut gw = gateway().provider(&mock, "[\"*\"]");
+    if !yaml.is_empty() {
+        gw = gw.yaml(yaml);
+    }
+    (mock, gw.start())
 }
 
 /// One shared client: building one loads the system's root certificates, which

@@ -10,6 +10,7 @@ mod admission;
 mod audit_trail;
 mod bad_input;
 mod failover;
+mod hardening;
 mod manage_projects;
 mod manage_tokens;
 mod proxy_forwarding;

@@ -11,24 +11,14 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::harness::{
-    Gateway, MANAGEMENT_TOKEN, Mock, assert_manage_error, assert_proxy_error, chat_body, client,
-    error_of, gateway,
+    Gateway, MANAGEMENT_TOKEN, assert_manage_error, assert_proxy_error, chat_body, client,
+    error_of, start,
 };
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
         .map(|v| v.to_str().unwrap().to_owned())
-}
-
-/// A mock and a gateway in front of it with `yaml` added to the config.
-fn start(yaml: &str) -> (Mock, Gateway) {
-    let mock = Mock::start("up");
-    let mut gw = gateway().provider(&mock, "[\"*\"]");
-    if !yaml.is_empty() {
-        gw = gw.yaml(yaml);
-    }
-    (mock, gw.start())
 }
 
 /// Sends `n` chat requests, 16 at a time; returns the responses in completion order.
@@ -222,11 +212,7 @@ async fn rate_limits_per_ip_ignores_spoofed_forwarded_for_from_untrusted_peers()
     assert_eq!(got, [200, 200, 200, 429, 429]);
     // Health endpoints are not limited.
     for _ in 0..10 {
-        let r = client()
-            .get(format!("{}/health", gw.url))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.get("/health").send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
     // The limit refills at one per second.

@@ -1,0 +1,99 @@
+//! What every request meets before routing, and every response on its way out
+//! (SPEC §4): the `Host` check ([`hosts`]), the global client-IP allow and deny
+//! lists, CORS ([`cors`]), and the security headers ([`headers`]).
+//!
+//! Health and readiness probes are exempt from the IP lists (orchestrators probe
+//! from addresses nobody lists) but not from the `Host` check or the headers.
+
+pub mod cors;
+pub mod headers;
+pub mod hosts;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{ResponseError, web};
+
+use crate::app::AppState;
+use crate::config::ServerConfig;
+use crate::error::{ManageError, ProxyError};
+use crate::policy::CidrList;
+
+use self::hosts::HostPattern;
+
+/// The edge settings, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct EdgePolicy {
+    pub trusted_hosts: Vec<HostPattern>,
+    pub ip_allowlist: CidrList,
+    pub ip_denylist: CidrList,
+    /// Palisade terminates TLS itself (HSTS is sent).
+    pub tls: bool,
+}
+
+impl EdgePolicy {
+    pub fn from_config(server: &ServerConfig) -> Result<Self, String> {
+        let trusted_hosts = server
+            .trusted_hosts
+            .iter()
+            .map(|h| HostPattern::parse(h))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            trusted_hosts,
+            ip_allowlist: CidrList::new(server.ip_allowlist.clone()),
+            ip_denylist: CidrList::new(server.ip_denylist.clone()),
+            tls: server.tls_enabled(),
+        })
+    }
+
+    /// Deny wins; an empty allowlist allows everyone not denied.
+    fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
+        !self.ip_denylist.contains(ip) && self.ip_allowlist.allows(ip)
+    }
+}
+
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    let edge = &state.edge;
+    let path = req.path();
+    let proxy = path == "/v1" || path.starts_with("/v1/");
+    let manage = path.starts_with("/manage");
+    let probe = path == "/health" || path == "/ready";
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .map(|h| h.as_bytes());
+    let refusal = if !hosts::allowed(&edge.trusted_hosts, host) {
+        Some(match proxy {
+            true => ProxyError::InvalidHost.error_response(),
+            false => ManageError::InvalidHost.error_response(),
+        })
+    } else if !probe
+        && !edge.ip_allowed(crate::net::client_ip(req.request(), &state.trusted_proxies))
+    {
+        Some(match proxy {
+            true => ProxyError::IpNotAllowed.error_response(),
+            false => ManageError::Forbidden("requests from this IP address are not allowed")
+                .error_response(),
+        })
+    } else {
+        None
+    };
+    let mut res = match refusal {
+        Some(r) => req.into_response(r),
+        // Everything inside answers refusals with `Ok(response)`; an `Err` would
+        // leave without these headers (the request cannot be cloned for it: routing
+        // needs it unshared).
+        None => next.call(req).await?.map_into_boxed_body(),
+    };
+    headers::apply(res.headers_mut(), manage, edge.tls);
+    Ok(res)
+}
