@@ -22,8 +22,12 @@ COPY --from=build /src/target/release/palisade /usr/local/bin/palisade
 COPY config.yaml /etc/palisade/config.yaml
 USER 10001:10001
 WORKDIR /data
+# Listening on all interfaces in plaintext is refused unless allowed: in a
+# container, TLS terminates at the ingress or load balancer. To terminate TLS here
+# instead, set server.tls in the config and PALISADE_ALLOW_PLAINTEXT_PUBLIC=0.
 ENV PALISADE_CONFIG=/etc/palisade/config.yaml \
     PALISADE_LISTEN=0.0.0.0:8080 \
+    PALISADE_ALLOW_PLAINTEXT_PUBLIC=1 \
     PALISADE_DATABASE_URL=sqlite:///data/palisade.db?mode=rwc
 VOLUME ["/data"]
 EXPOSE 8080

@@ -213,11 +213,19 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     if config.server.workers > 0 {
         server = server.workers(usize::try_from(config.server.workers).unwrap_or(1));
     }
-    let server = server
-        .bind(&config.server.listen)
-        .map_err(|e| InitError::Other(format!("cannot listen on {}: {e}", config.server.listen)))?;
+    let listen = &config.server.listen;
+    let cannot = |e: std::io::Error| InitError::Other(format!("cannot listen on {listen}: {e}"));
+    let (server, scheme) = match &config.server.tls {
+        Some(tls) if config.server.tls_enabled() => (
+            server
+                .bind_rustls_0_23(listen, crate::tls::server_config(tls)?)
+                .map_err(cannot)?,
+            "https",
+        ),
+        _ => (server.bind(listen).map_err(cannot)?, "http"),
+    };
     for addr in server.addrs() {
-        tracing::info!(%addr, "palisade listening on http://{addr}");
+        tracing::info!(%addr, "palisade listening on {scheme}://{addr}");
     }
     // Signals are ours, not actix's: actix would stop the whole actor system, and
     // the registry must still be alive to write its counters after the drain.

@@ -44,4 +44,5 @@ pub mod secret;
 pub mod service;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod usage;

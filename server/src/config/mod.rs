@@ -439,6 +439,10 @@ impl Config {
         if let Some(url) = lookup("PALISADE_DATABASE_URL").filter(|v| !v.is_empty()) {
             config.database.url = Secret::new(url);
         }
+        // For container images, where TLS terminates at the ingress: `1` or `true`.
+        if let Some(v) = lookup("PALISADE_ALLOW_PLAINTEXT_PUBLIC") {
+            config.server.allow_plaintext_public |= matches!(v.as_str(), "1" | "true");
+        }
         let errors = config.validate(dev);
         if errors.is_empty() {
             Ok(config)

@@ -38,13 +38,14 @@ impl Config {
         if self.server.manage_max_body_bytes.0 == 0 {
             errors.push("server.manage_max_body_bytes: must be at least 1".to_owned());
         }
-        if let Some(tls) = &self.server.tls
-            && (tls.cert_file.is_some() || tls.key_file.is_some())
-        {
-            // Refusing beats silently serving plaintext to someone who asked for TLS.
-            errors.push(
-                "server.tls: TLS termination is not built yet; terminate TLS at a load balancer and remove this key".to_owned(),
-            );
+        if let Some(tls) = &self.server.tls {
+            // Half a TLS configuration would silently serve plaintext.
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                errors.push("server.tls: cert_file and key_file must be set together".to_owned());
+            }
+            if let Err(e) = crate::tls::versions(tls.min_version.as_deref()) {
+                errors.push(format!("server.tls.min_version: {e}"));
+            }
         }
         let db = self.database.url.expose();
         if !db.starts_with("sqlite:") {

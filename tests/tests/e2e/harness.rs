@@ -298,7 +298,7 @@ fn spawn_gateway(
     }
     let mut child = cmd.spawn().expect("start palisade");
     let err = child.stderr.take().unwrap();
-    let rx = pump(err, Arc::clone(logs), "listening on http://");
+    let rx = pump(err, Arc::clone(logs), "listening on http");
     let line = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(line) => line,
         Err(_) => {
@@ -307,8 +307,8 @@ fn spawn_gateway(
             panic!("palisade did not start:\n{}", logs.lock().unwrap());
         }
     };
-    let addr = addr_after(&line, "listening on http://");
-    (child, format!("http://{addr}"))
+    let url = addr_after(&line, "listening on ");
+    (child, url)
 }
 
 impl Gateway {

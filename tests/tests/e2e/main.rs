@@ -19,4 +19,5 @@ mod proxy_streaming;
 mod python_sdk;
 mod rate_limits;
 mod secrets;
+mod tls;
 mod usage_records;

@@ -1,0 +1,69 @@
+//! TLS termination with rustls (ring). Certificates and keys are PEM files read
+//! with `rustls-pki-types`; start-up refuses unreadable files, an empty chain and
+//! a key that does not belong to the certificate, naming the file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{InitError, TlsConfig};
+
+/// `server.tls.min_version`: `1.2` (default) or `1.3`.
+pub fn versions(
+    min: Option<&str>,
+) -> Result<&'static [&'static rustls::SupportedProtocolVersion], String> {
+    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min.unwrap_or("1.2") {
+        "1.2" => Ok(&BOTH),
+        "1.3" => Ok(&ONLY_13),
+        other => Err(format!(
+            "{other:?} is not a TLS version Palisade serves (1.2 or 1.3)"
+        )),
+    }
+}
+
+/// The rustls server configuration for `tls` (cert and key both set).
+pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, InitError> {
+    let bad = |m: String| InitError::Other(format!("server.tls: {m}"));
+    let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) else {
+        return Err(bad("cert_file and key_file must both be set".to_owned()));
+    };
+    let certs = read_certs(cert_file).map_err(bad)?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| bad(format!("key_file {}: {e}", key_file.display())))?;
+    let versions = versions(tls.min_version.as_deref()).map_err(bad)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            bad(format!(
+                "{} and {} do not form a usable certificate and key: {e}",
+                cert_file.display(),
+                key_file.display()
+            ))
+        })?;
+    // HTTP/1.1 only, like the plaintext listener.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cert_file {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cert_file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "cert_file {}: no certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
