@@ -19,5 +19,6 @@ mod proxy_streaming;
 mod python_sdk;
 mod rate_limits;
 mod secrets;
+mod shutdown;
 mod tls;
 mod usage_records;
