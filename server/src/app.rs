@@ -93,6 +93,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, ip_limit: Option<IpGovernor>) {
     cfg.service(proxy::scope(ip_limit))
         .service(manage::scope())
         .route("/health", web::get().to(ops::health))
+        .route("/metrics", web::get().to(crate::metrics::handler))
         .route("/ready", web::get().to(ops::ready))
         .default_service(web::to(ops::not_found));
 }

@@ -177,6 +177,18 @@ impl ResponseError for ProxyError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         match self {
+            Self::UpstreamError(_) | Self::UpstreamTimeout => {}
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::TokenExpired
+            | Self::TokenRevoked
+            | Self::TokenInactive => {
+                crate::metrics::global().auth_failure(self.code());
+                crate::metrics::global().rejected(self.code());
+            }
+            _ => crate::metrics::global().rejected(self.code()),
+        }
+        match self {
             Self::UpstreamError(detail) | Self::Unavailable(detail) => {
                 tracing::warn!(code = self.code(), detail = %detail, "proxy request failed");
             }

@@ -13,6 +13,7 @@
 //! | `GET /manage/providers` | `manage/providers.rs` |
 //! | `GET /manage/queue` | `manage/queue.rs` |
 //! | `GET /health`, `GET /ready` | [`ops`] |
+//! | `GET /metrics` | [`metrics`] |
 //!
 //! Routing and middleware order: [`app`]; host, IP-list, CORS and security-header
 //! checks every request meets first: [`edge`]. State and its single writers:
@@ -32,6 +33,7 @@ pub mod edge;
 pub mod error;
 pub mod ids;
 pub mod manage;
+pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod policy;

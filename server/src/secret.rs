@@ -138,6 +138,20 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     ha.ct_eq(&hb).into()
 }
 
+/// The credential of an `Authorization: Bearer …` header (scheme case-insensitive as
+/// commonly sent: `Bearer` or `bearer`), trimmed; `None` when absent or empty.
+pub fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

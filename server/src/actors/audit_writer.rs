@@ -147,6 +147,7 @@ impl AuditSink {
         self.waited.load(Ordering::Relaxed)
     }
 
+    /// Records queued or reserved (by requests in flight) and not yet written.
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }

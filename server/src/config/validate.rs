@@ -202,9 +202,6 @@ impl Config {
     /// warns when one differs from its default so nobody believes it is enforced.
     pub fn unimplemented_settings(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.metrics.token.is_some() {
-            out.push("metrics.token");
-        }
         if !self.auth.jwt_secret.is_empty() {
             out.push("auth.jwt_secret");
         }

@@ -62,6 +62,7 @@ pub async fn middleware(
             .await
             .map(ServiceResponse::map_into_boxed_body);
     };
+    let started = tokio::time::Instant::now();
     let edge = &state.edge;
     let path = req.path();
     let proxy = path == "/v1" || path.starts_with("/v1/");
@@ -95,5 +96,10 @@ pub async fn middleware(
         None => next.call(req).await?.map_into_boxed_body(),
     };
     headers::apply(res.headers_mut(), manage, edge.tls);
+    crate::metrics::global().response(
+        crate::metrics::route_label(res.request()),
+        res.status().as_u16(),
+        started.elapsed(),
+    );
     Ok(res)
 }

@@ -113,18 +113,11 @@ async fn require_auth(
             .into_response(ManageError::RateLimited { retry_after }.error_response())
             .map_into_right_body());
     }
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let presented = crate::secret::bearer(req.headers());
     let ok =
         presented.is_some_and(|p| constant_time_eq(p, state.config.auth.management_token.expose()));
     if !ok {
+        crate::metrics::global().auth_failure("management");
         tracing::info!(
             path = req.path(),
             "management request rejected: bad credentials"
@@ -146,6 +139,7 @@ async fn require_auth(
         let err = match state.auth_failures.failed(ip) {
             Some(retry_after) => {
                 state.admission.stats().count_rate_limited();
+                crate::metrics::global().rejected("rate_limit_exceeded");
                 ManageError::RateLimited { retry_after }
             }
             None => ManageError::Unauthorized,

@@ -118,7 +118,9 @@ impl UsageTap {
             return;
         }
         if self.ttfb.is_none() {
-            self.ttfb = Some(self.started.elapsed());
+            let ttfb = self.started.elapsed();
+            crate::metrics::global().upstream_ttfb(&self.record.provider, ttfb);
+            self.ttfb = Some(ttfb);
         }
         self.sent += chunk.len() as u64;
         if self.record.streamed {

@@ -13,6 +13,7 @@ mod failover;
 mod hardening;
 mod manage_projects;
 mod manage_tokens;
+mod metrics;
 mod proxy_forwarding;
 mod proxy_policy;
 mod proxy_streaming;

@@ -173,6 +173,26 @@ impl TokenCache {
     pub fn project(&self, id: ProjectId) -> Option<Arc<ProjectState>> {
         self.projects.get(&id).map(|p| Arc::clone(&p))
     }
+
+    /// Tokens by state, for `palisade_tokens_total` (a scan; scrape time only).
+    pub fn census(&self, now: DateTime<Utc>) -> [(&'static str, i64); 4] {
+        let (mut active, mut inactive, mut expired, mut revoked) = (0, 0, 0, 0);
+        for t in &self.tokens {
+            let deleted = self.projects.get(&t.project_id).is_none_or(|p| p.deleted);
+            match () {
+                () if t.revoked || deleted => revoked += 1,
+                () if now >= t.expires_at => expired += 1,
+                () if !t.is_active => inactive += 1,
+                () => active += 1,
+            }
+        }
+        [
+            ("active", active),
+            ("inactive", inactive),
+            ("expired", expired),
+            ("revoked", revoked),
+        ]
+    }
 }
 
 /// Client-IP policy: token list first, then project list; both must allow.

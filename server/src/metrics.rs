@@ -1,0 +1,280 @@
+//! `/metrics`: Prometheus (OpenMetrics text) with prometheus-client. Counters and
+//! histograms are updated where things happen (atomics and a read-locked map per
+//! family); gauges (queue, providers, tokens, audit backlog) are read from the
+//! live state at scrape time, so they can never drift.
+//!
+//! Access: `Authorization: Bearer` with the management token or `metrics.token`;
+//! failures count against the same per-IP lock-out as the management API.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::app::AppState;
+use crate::error::ManageError;
+use crate::secret::constant_time_eq;
+
+type Label = Cow<'static, str>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: Label,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: Label,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 0.5 ms to ~16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    request_duration: Histograms<RouteLabel>,
+    upstream_ttfb: Histograms<ProviderLabel>,
+    rejected: Family<ReasonLabel, Counter>,
+    auth_failures: Family<ReasonLabel, Counter>,
+    tokens: Family<KindLabel, Gauge>,
+    provider_state: Family<ProviderLabel, Gauge>,
+    queue_in_flight: Gauge,
+    queue_waiting: Gauge,
+    audit_backlog: Gauge,
+}
+
+/// The process's metrics (one registry per process, as Prometheus expects).
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("palisade");
+        let m = Self {
+            http_requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            upstream_ttfb: Family::new_with_constructor(latency_histogram),
+            rejected: Family::default(),
+            auth_failures: Family::default(),
+            tokens: Family::default(),
+            provider_state: Family::default(),
+            queue_in_flight: Gauge::default(),
+            queue_waiting: Gauge::default(),
+            audit_backlog: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "Responses by route and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response head, by route",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "upstream_ttfb_seconds",
+            "Time from admission to the upstream's first byte, by provider",
+            m.upstream_ttfb.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests Palisade refused, by error code",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentications: management, or the proxy's 401 code",
+            m.auth_failures.clone(),
+        );
+        // A gauge, named as operators look for it (the state can change both ways).
+        registry.register(
+            "tokens_total",
+            "Tokens by state (active, inactive, expired, revoked)",
+            m.tokens.clone(),
+        );
+        registry.register(
+            "provider_state",
+            "Circuit breaker per provider: 0 closed, 1 half-open, 2 open",
+            m.provider_state.clone(),
+        );
+        registry.register(
+            "queue_in_flight",
+            "Requests holding a queue slot",
+            m.queue_in_flight.clone(),
+        );
+        registry.register(
+            "queue_waiting",
+            "Requests waiting for a queue slot",
+            m.queue_waiting.clone(),
+        );
+        registry.register(
+            "audit_backlog",
+            "Audit and usage records queued or reserved, not yet written",
+            m.audit_backlog.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn response(&self, route: Label, status: u16, took: Duration) {
+        self.request_duration
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.http_requests
+            .get_or_create(&HttpLabels { route, status })
+            .inc();
+    }
+
+    pub fn upstream_ttfb(&self, provider: &str, ttfb: Duration) {
+        self.upstream_ttfb
+            .get_or_create(&ProviderLabel {
+                provider: Cow::Owned(provider.to_owned()),
+            })
+            .observe(ttfb.as_secs_f64());
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: Cow::Borrowed(reason),
+            })
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: Cow::Borrowed(reason),
+            })
+            .inc();
+    }
+
+    /// Reads the live gauges and renders everything.
+    fn render(&self, state: &AppState) -> Result<String, std::fmt::Error> {
+        let q = state.admission.stats().snapshot();
+        self.queue_in_flight
+            .set(i64::try_from(q.in_flight).unwrap_or(i64::MAX));
+        self.queue_waiting
+            .set(i64::try_from(q.waiting).unwrap_or(i64::MAX));
+        self.audit_backlog
+            .set(i64::try_from(state.audit.backlog()).unwrap_or(i64::MAX));
+        for (kind, n) in state.registry.cache.census(crate::time::now()) {
+            self.tokens
+                .get_or_create(&KindLabel {
+                    kind: Cow::Borrowed(kind),
+                })
+                .set(n);
+        }
+        for p in state.providers.all() {
+            let value = match p.status.state().as_str() {
+                "open" => 2,
+                "half_open" => 1,
+                _ => 0,
+            };
+            self.provider_state
+                .get_or_create(&ProviderLabel {
+                    provider: Cow::Owned(p.name.clone()),
+                })
+                .set(value);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The `route` label: the route pattern, never the raw path (ids would make one
+/// series per token).
+pub fn route_label(req: &HttpRequest) -> Label {
+    const KNOWN: &[&str] = &[
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/models",
+        "/health",
+        "/ready",
+        "/metrics",
+    ];
+    let path = req.path();
+    if let Some(known) = KNOWN.iter().find(|k| **k == path) {
+        return Cow::Borrowed(known);
+    }
+    match req.match_pattern() {
+        Some(p) if p.starts_with("/manage") => Cow::Owned(p),
+        _ if path.starts_with("/v1/") => Cow::Borrowed("/v1/other"),
+        _ => Cow::Borrowed("other"),
+    }
+}
+
+/// `GET /metrics`.
+pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let ip = crate::net::client_ip(&req, &state.trusted_proxies);
+    if let Some(retry_after) = state.auth_failures.locked_for(ip) {
+        return ManageError::RateLimited { retry_after }.error_response();
+    }
+    let presented = crate::secret::bearer(req.headers());
+    let management = state.config.auth.management_token.expose();
+    let scrape = state.config.metrics.token.as_ref().map(|t| t.expose());
+    let ok = presented.is_some_and(|p| {
+        constant_time_eq(p, management)
+            | scrape.is_some_and(|t| !t.is_empty() && constant_time_eq(p, t))
+    });
+    if !ok {
+        global().auth_failure("metrics");
+        if let Some(retry_after) = state.auth_failures.failed(ip) {
+            return ManageError::RateLimited { retry_after }.error_response();
+        }
+        return ManageError::Unauthorized.error_response();
+    }
+    match global().render(&state) {
+        Ok(body) => HttpResponse::Ok()
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            ))
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+            .body(body),
+        Err(_) => ManageError::Internal("metrics encoding failed".into()).error_response(),
+    }
+}
