@@ -1,4 +1,4 @@
-//! Command line: `serve`, `migrate`, `check-config`.
+//! Command line: `serve`, `migrate`, `check-config`, `rotate-encryption-key`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,6 +35,15 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Re-encrypt every stored project upstream key under a new encryption key.
+    /// Stop the server first. The current key comes from the configuration
+    /// (`auth.encryption_key`), the new one from `PALISADE_NEW_ENCRYPTION_KEY`
+    /// (never from the command line, where shell history and `ps` would keep it).
+    /// All keys are rewritten in one transaction, or none.
+    RotateEncryptionKey {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig {
         #[arg(long)]
@@ -67,6 +76,11 @@ pub async fn run(cli: Cli) -> Result<(), InitError> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::RotateEncryptionKey { config } => {
+            let cfg = Config::load(&config::resolve_path(config.as_deref()), true)?;
+            let _guard = crate::telemetry::init(&cfg.logging);
+            rotate_encryption_key(&cfg).await
+        }
         Command::CheckConfig { config, dev } => {
             let path = config::resolve_path(config.as_deref());
             let cfg = Config::load(&path, dev)?;
@@ -90,6 +104,27 @@ pub async fn run(cli: Cli) -> Result<(), InitError> {
             Ok(())
         }
     }
+}
+
+async fn rotate_encryption_key(cfg: &Config) -> Result<(), InitError> {
+    use crate::crypto::KeyCipher;
+    let bad = |m: String| InitError::Other(format!("rotate-encryption-key: {m}"));
+    let old = KeyCipher::from_base64(cfg.auth.encryption_key.expose())
+        .map_err(|e| bad(format!("auth.encryption_key (the current key): {e}")))?;
+    let new_key = Secret::new(std::env::var("PALISADE_NEW_ENCRYPTION_KEY").unwrap_or_default());
+    let new = KeyCipher::from_base64(new_key.expose())
+        .map_err(|e| bad(format!("PALISADE_NEW_ENCRYPTION_KEY: {e}")))?;
+    let conn = crate::db::connect(&cfg.database).await?;
+    crate::db::migrate(&conn).await?;
+    let n = crate::service::mutation::Mutation::reencrypt_project_keys(&conn, &old, &new)
+        .await
+        .map_err(bad)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "re-encrypted {n} project upstream key(s); set PALISADE_ENCRYPTION_KEY to the new key before starting the server"
+    )
+    .map_err(|e| InitError::Other(format!("stdout: {e}")))
 }
 
 /// `--dev`: an ephemeral management token unless one is configured, printed once.

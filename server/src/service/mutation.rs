@@ -49,6 +49,44 @@ impl Mutation {
         Ok(revoked)
     }
 
+    /// Re-encrypts every stored project upstream key from `old` to `new` in one
+    /// transaction: all or nothing. Offline only (`palisade rotate-encryption-key`
+    /// with the server stopped): a running server holds the keys decrypted in its
+    /// cache and would go on encrypting new ones under the old key.
+    pub async fn reencrypt_project_keys(
+        db: &DatabaseConnection,
+        old: &crate::crypto::KeyCipher,
+        new: &crate::crypto::KeyCipher,
+    ) -> Result<u64, String> {
+        let txn = begin_write(db).await.map_err(|e| e.to_string())?;
+        let rows = projects::Entity::find()
+            .filter(projects::Column::UpstreamApiKeyEnc.is_not_null())
+            .all(&txn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for row in rows {
+            let Some(enc) = row.upstream_api_key_enc.as_deref() else {
+                continue;
+            };
+            let plain = old
+                .decrypt(enc)
+                .map_err(|e| format!("project {}: {e}; nothing was changed", row.id))?;
+            projects::Entity::update_many()
+                .col_expr(
+                    projects::Column::UpstreamApiKeyEnc,
+                    Expr::value(new.encrypt(&plain)),
+                )
+                .filter(projects::Column::Id.eq(row.id))
+                .exec(&txn)
+                .await
+                .map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        txn.commit().await.map_err(|e| e.to_string())?;
+        Ok(n)
+    }
+
     pub async fn revoke_project_tokens(
         db: &DatabaseConnection,
         id: Uuid,

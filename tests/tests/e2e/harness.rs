@@ -345,9 +345,40 @@ impl Gateway {
             "gateway did not exit cleanly:\n{}",
             self.logs()
         );
+        self.start_again();
+    }
+
+    /// Starts a terminated gateway again (same config, database and environment).
+    pub fn start_again(&mut self) {
         let (child, url) = spawn_gateway(&self.config_path, self.dir.path(), &self.env, &self.logs);
         self.child = Some(child);
         self.url = url;
+    }
+
+    /// Changes an environment variable for the next start.
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.env.retain(|(name, _)| name != k);
+        self.env.push((k.to_owned(), v.to_owned()));
+    }
+
+    /// Runs another `palisade` subcommand on this gateway's config, in its
+    /// directory and environment (plus `extra`).
+    pub fn run_command(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = Command::new(palisade_bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("PALISADE_DATABASE_URL")
+            .env_remove("PALISADE_CONFIG");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
     }
 
     /// Polls `GET path` until `done(body)` holds (audit records are written in

@@ -11,6 +11,7 @@ mod audit_trail;
 mod bad_input;
 mod failover;
 mod hardening;
+mod key_rotation;
 mod manage_projects;
 mod manage_tokens;
 mod metrics;

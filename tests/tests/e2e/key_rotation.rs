@@ -1,0 +1,80 @@
+//! `palisade rotate-encryption-key`: project upstream keys re-encrypted under a
+//! new key, all or nothing, and still used for the project's requests after a
+//! restart with the new key.
+
+use serde_json::json;
+
+use crate::harness::{ENCRYPTION_KEY, chat_body, start};
+
+/// base64 of 32 bytes 32..63; only for tests.
+const NEW_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+const PROJECT_KEY: &str = "sk-project-own-key-rotated";
+
+#[tokio::test]
+async fn key_rotation_reencrypts_project_keys_all_or_nothing() {
+    let (mock, mut gw) = start("");
+    let (_, _, token) = gw
+        .project_and_token(json!({ "upstream_api_key": PROJECT_KEY }), json!({}))
+        .await;
+    assert_eq!(
+        gw.chat(&token, chat_body("gpt-4o-mini")).await.status(),
+        200
+    );
+    let seen = mock.last_request().await;
+    assert_eq!(
+        seen["headers"]["authorization"],
+        format!("Bearer {PROJECT_KEY}")
+    );
+    assert_eq!(gw.terminate(), Some(0));
+    let db_before = std::fs::read(gw.db_path()).unwrap();
+
+    // A wrong "current" key changes nothing.
+    let wrong = gw.run_command(
+        &["rotate-encryption-key"],
+        &[
+            ("E2E_ENCRYPTION_KEY", NEW_KEY),
+            ("PALISADE_NEW_ENCRYPTION_KEY", ENCRYPTION_KEY),
+        ],
+    );
+    assert_eq!(wrong.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("nothing was changed"));
+    // No new key: refused.
+    let missing = gw.run_command(&["rotate-encryption-key"], &[]);
+    assert_eq!(missing.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("PALISADE_NEW_ENCRYPTION_KEY"));
+
+    let out = gw.run_command(
+        &["rotate-encryption-key"],
+        &[("PALISADE_NEW_ENCRYPTION_KEY", NEW_KEY)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("re-encrypted 1 project"), "{stdout}");
+    let db_after = std::fs::read(gw.db_path()).unwrap();
+    assert_ne!(db_before, db_after);
+    for bytes in [&db_before, &db_after] {
+        assert!(
+            !bytes
+                .windows(PROJECT_KEY.len())
+                .any(|w| w == PROJECT_KEY.as_bytes()),
+            "the project key is stored in plaintext"
+        );
+    }
+
+    // Started with the new key, the project's requests still carry its own key.
+    gw.set_env("E2E_ENCRYPTION_KEY", NEW_KEY);
+    gw.start_again();
+    assert_eq!(
+        gw.chat(&token, chat_body("gpt-4o-mini")).await.status(),
+        200
+    );
+    let seen = mock.last_request().await;
+    assert_eq!(
+        seen["headers"]["authorization"],
+        format!("Bearer {PROJECT_KEY}")
+    );
+}
