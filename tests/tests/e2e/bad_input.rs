@@ -73,6 +73,11 @@ async fn bad_input_never_yields_5xx_or_panics() {
         "/manage/tokens?limit=-1",
         "/manage/tokens?limit=99999999999999999999999",
         "/manage/projects?cursor=%FF%FE",
+        "/manage/audit?since=yesterday&until=%00",
+        "/manage/audit?project_id=../../x&result=maybe&limit=0",
+        "/manage/usage?group_by=';--&since=9999999999999999999",
+        "/manage/usage?token_id=not-a-uuid",
+        "/manage/providers/../../etc/passwd",
     ] {
         let resp = c
             .get(format!("{}{path}", gw.url))

@@ -8,12 +8,15 @@ use crate::harness::{
     ENCRYPTION_KEY, MANAGEMENT_TOKEN, Mock, PROVIDER_KEY, chat_body, client, gateway,
 };
 
+const SCRAPE_TOKEN: &str = "scrape-token-never-logged-0123456789";
+
 #[tokio::test]
 async fn secrets_never_reach_logs_or_the_database() {
     let mock = Mock::start("up");
     let mut gw = gateway()
         .provider(&mock, "[\"*\"]")
         .yaml("logging: { level: trace, format: json }")
+        .yaml(&format!("metrics: {{ token: \"{SCRAPE_TOKEN}\" }}"))
         .start();
     let project_key = "sk-project-upstream-key-e2e-secret";
     let (pid, tid, t1) = gw
@@ -69,12 +72,19 @@ async fn secrets_never_reach_logs_or_the_database() {
     gw.manage("DELETE", &format!("/manage/tokens/{tid}"), None)
         .await;
     gw.chat(&t1, chat_body("gpt-4o-mini")).await;
+    // Metrics scraped with the right and a wrong credential.
+    for key in [SCRAPE_TOKEN.to_owned(), format!("{SCRAPE_TOKEN}-wrong")] {
+        let body = gw.get("/metrics").bearer_auth(&key).send().await.unwrap();
+        let text = body.text().await.unwrap();
+        assert!(!text.contains(SCRAPE_TOKEN));
+    }
     gw.restart();
     gw.chat(&t2, chat_body("gpt-4o-mini")).await;
     assert_eq!(gw.terminate(), Some(0));
 
     secrets.extend([
         MANAGEMENT_TOKEN.to_owned(),
+        SCRAPE_TOKEN.to_owned(),
         PROVIDER_KEY.to_owned(),
         project_key.to_owned(),
         ENCRYPTION_KEY.to_owned(),
