@@ -5,5 +5,8 @@
 pub mod audit_events;
 pub mod prelude;
 pub mod projects;
+pub mod refresh_tokens;
+pub mod revoked_jtis;
 pub mod tokens;
 pub mod usage_records;
+pub mod users;

@@ -8,6 +8,7 @@ mod m20261123_000001_create_projects;
 mod m20261123_000002_create_tokens;
 mod m20261123_000003_create_audit_and_usage;
 mod m20261126_000001_add_project_providers;
+mod m20261126_000002_create_users_and_sessions;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_tokens::Migration),
             Box::new(m20261123_000003_create_audit_and_usage::Migration),
             Box::new(m20261126_000001_add_project_providers::Migration),
+            Box::new(m20261126_000002_create_users_and_sessions::Migration),
         ]
     }
 }

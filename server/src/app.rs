@@ -68,6 +68,10 @@ pub struct AppState {
     pub rpm: RpmLimits,
     /// Failed management authentication per client IP.
     pub auth_failures: AuthFailures,
+    /// Failed logins per username (whatever the client IP).
+    pub login_failures: AuthFailures<String>,
+    /// Requests to `/manage/auth/*` per client IP (actix-governor).
+    pub auth_ip_limit: IpGovernor,
     /// Host, global IP lists, security headers.
     pub edge: EdgePolicy,
 }
@@ -89,9 +93,13 @@ impl Registry {
 
 /// Every route. `ip_limit` is the `/v1` per-IP limit, shared by all workers;
 /// `None` leaves it off.
-pub fn configure(cfg: &mut web::ServiceConfig, ip_limit: Option<IpGovernor>) {
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    ip_limit: Option<IpGovernor>,
+    auth_limit: IpGovernor,
+) {
     cfg.service(proxy::scope(ip_limit))
-        .service(manage::scope())
+        .service(manage::scope(auth_limit))
         .route("/health", web::get().to(ops::health))
         .route("/metrics", web::get().to(crate::metrics::handler))
         .route("/ready", web::get().to(ops::ready))
@@ -103,6 +111,18 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     let config = Arc::new(config);
     let conn = db::connect(&config.database).await?;
     db::migrate(&conn).await?;
+    // Fail closed: admin users without a secret to sign their sessions.
+    let users = crate::service::sessions::Sessions::live_user_count(&conn)
+        .await
+        .map_err(|e| InitError::Database(format!("counting users: {e}")))?;
+    if users > 0 && config.auth.jwt_secret.is_empty() {
+        return Err(InitError::Invalid {
+            path: "start-up checks".to_owned(),
+            errors: vec![format!(
+                "auth.jwt_secret: {users} admin user(s) exist; set PALISADE_JWT_SECRET (at least 32 bytes) so they can log in"
+            )],
+        });
+    }
     let cipher = match config.auth.encryption_key.expose() {
         "" => None,
         k => Some(
@@ -128,12 +148,6 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         },
     )
     .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;
-    for key in config.unimplemented_settings() {
-        tracing::warn!(
-            key,
-            "this setting is accepted but not enforced by this release"
-        );
-    }
 
     let admission = Admission::start(
         config.queue.max_in_flight,
@@ -160,8 +174,12 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         auth_failures: AuthFailures::new(
             limits.auth_failures_per_minute,
             limits.auth_failures_burst,
-            ip_key,
         ),
+        login_failures: AuthFailures::new(
+            limits.auth_failures_per_minute,
+            limits.auth_failures_burst,
+        ),
+        auth_ip_limit: ip::auth_governor(limits.auth_per_ip_rpm, ip_key.clone()),
         edge,
     });
 
@@ -173,6 +191,15 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     ));
     #[allow(clippy::disallowed_methods)]
     actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limit.clone()));
+    // Expired revoked-JWT ids and refresh tokens, hourly.
+    #[allow(clippy::disallowed_methods)]
+    actix_rt::spawn(clean_sessions_forever(state.db.clone()));
+    // The login path's dummy bcrypt hash, so the first unknown-user login takes
+    // as long as the rest.
+    #[allow(clippy::disallowed_methods)]
+    actix_rt::spawn(crate::sessions::passwords::warm_up(
+        u32::try_from(config.auth.bcrypt_cost).unwrap_or(12),
+    ));
 
     let origins = config.server.cors.allowed_origins.clone();
     let mut server = HttpServer::new(move || {
@@ -191,7 +218,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             .wrap(TracingLogger::<RootSpan>::new())
             // Outer: request ids exist before any other middleware can fail.
             .wrap(from_fn(request_id::middleware))
-            .configure(|cfg| configure(cfg, ip_limit.clone()))
+            .configure(|cfg| configure(cfg, ip_limit.clone(), state.auth_ip_limit.clone()))
     })
     // A client that closes its connection while its request waits (for a queue
     // slot or the upstream's first byte) is gone: drop the handler at once, which
@@ -269,8 +296,20 @@ async fn prune_limiters_forever(state: web::Data<AppState>, ip_limit: Option<IpG
         tick.tick().await;
         crate::rate_limit::RateStore::prune(state.rpm.store());
         state.auth_failures.prune();
+        state.login_failures.prune();
+        ip::prune_governor(&state.auth_ip_limit);
         if let Some(g) = &ip_limit {
             ip::prune_governor(g);
+        }
+    }
+}
+
+async fn clean_sessions_forever(db: DatabaseConnection) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = crate::service::sessions::Sessions::cleanup(&db, crate::time::now()).await {
+            tracing::warn!(error = %e, "cleaning expired sessions failed; retrying in an hour");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Command line: `serve`, `migrate`, `check-config`, `rotate-encryption-key`.
+//! Command line: `serve`, `migrate`, `check-config`, `user create`,
+//! `rotate-encryption-key`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,6 +36,11 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Manage admin users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Re-encrypt every stored project upstream key under a new encryption key.
     /// Stop the server first. The current key comes from the configuration
     /// (`auth.encryption_key`), the new one from `PALISADE_NEW_ENCRYPTION_KEY`
@@ -51,6 +57,21 @@ pub enum Command {
         /// Validate as `serve --dev` would.
         #[arg(long)]
         dev: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create an admin user. The password is read from standard input (one line),
+    /// never from the command line.
+    Create {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        username: String,
+        /// `admin` or `viewer`.
+        #[arg(long)]
+        role: String,
     },
 }
 
@@ -76,6 +97,18 @@ pub async fn run(cli: Cli) -> Result<(), InitError> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    config,
+                    username,
+                    role,
+                },
+        } => {
+            let cfg = Config::load(&config::resolve_path(config.as_deref()), true)?;
+            let _guard = crate::telemetry::init(&cfg.logging);
+            create_user(&cfg, &username, &role).await
+        }
         Command::RotateEncryptionKey { config } => {
             let cfg = Config::load(&config::resolve_path(config.as_deref()), true)?;
             let _guard = crate::telemetry::init(&cfg.logging);
@@ -94,16 +127,42 @@ pub async fn run(cli: Cli) -> Result<(), InitError> {
             )
             .and_then(|()| out.write_all(yaml.as_bytes()))
             .map_err(|e| InitError::Other(format!("stdout: {e}")))?;
-            for key in cfg.unimplemented_settings() {
-                writeln!(
-                    out,
-                    "# warning: {key} is accepted but not enforced by this release"
-                )
-                .map_err(|e| InitError::Other(format!("stdout: {e}")))?;
-            }
             Ok(())
         }
     }
+}
+
+async fn create_user(cfg: &Config, username: &str, role: &str) -> Result<(), InitError> {
+    use crate::sessions::{Role, passwords};
+    let bad = |m: String| InitError::Other(format!("user create: {m}"));
+    let role = Role::parse(role).ok_or_else(|| bad("--role must be admin or viewer".into()))?;
+    if !crate::manage::users::username_ok(username) {
+        return Err(bad("--username: 1-64 letters, digits and . _ - @".into()));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| bad(format!("reading the password from stdin: {e}")))?;
+    let password = Secret::new(line.trim_end_matches(['\n', '\r']));
+    passwords::check_policy(password.expose()).map_err(|why| bad(format!("password {why}")))?;
+    let conn = crate::db::connect(&cfg.database).await?;
+    crate::db::migrate(&conn).await?;
+    let cost = u32::try_from(cfg.auth.bcrypt_cost).unwrap_or(12);
+    let user = crate::manage::users::create_user(&conn, username, password, role, cost)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "created {} user {} ({})",
+        user.role, user.username, user.id
+    )
+    .map_err(|e| InitError::Other(format!("stdout: {e}")))?;
+    if cfg.auth.jwt_secret.is_empty() {
+        writeln!(out, "note: set auth.jwt_secret (PALISADE_JWT_SECRET, at least 32 bytes) before starting the server: logins need it")
+            .map_err(|e| InitError::Other(format!("stdout: {e}")))?;
+    }
+    Ok(())
 }
 
 async fn rotate_encryption_key(cfg: &Config) -> Result<(), InitError> {
@@ -139,5 +198,10 @@ fn enter_dev_mode(cfg: &mut Config) {
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "palisade --dev: ephemeral management token: {value}");
         cfg.auth.management_token = Secret::new(value);
+    }
+    if cfg.auth.jwt_secret.is_empty() {
+        // Ephemeral: sessions end with the process.
+        let secret = crate::secret::TokenSecret::generate();
+        cfg.auth.jwt_secret = Secret::new(secret.expose().to_owned());
     }
 }

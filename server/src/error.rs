@@ -239,6 +239,9 @@ pub enum ManageError {
     InvalidJson(String),
     #[error("missing or invalid management credentials")]
     Unauthorized,
+    /// Login: unknown user and wrong password alike.
+    #[error("invalid username or password")]
+    InvalidCredentials,
     #[error("this host name is not served here")]
     InvalidHost,
     #[error("{0}")]
@@ -266,6 +269,7 @@ impl ManageError {
         match self {
             Self::InvalidJson(_) => "invalid_json",
             Self::Unauthorized => "unauthorized",
+            Self::InvalidCredentials => "invalid_credentials",
             Self::InvalidHost => "invalid_host",
             Self::Forbidden(_) => "forbidden",
             Self::ProjectInactive => "project_inactive",
@@ -294,7 +298,7 @@ impl ResponseError for ManageError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidJson(_) | Self::InvalidHost => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::ProjectInactive => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,

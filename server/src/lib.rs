@@ -44,6 +44,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod secret;
 pub mod service;
+pub mod sessions;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

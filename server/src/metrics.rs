@@ -248,7 +248,7 @@ pub fn route_label(req: &HttpRequest) -> Label {
 /// `GET /metrics`.
 pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ip = crate::net::client_ip(&req, &state.trusted_proxies);
-    if let Some(retry_after) = state.auth_failures.locked_for(ip) {
+    if let Some(retry_after) = state.auth_failures.locked_for(&ip) {
         return ManageError::RateLimited { retry_after }.error_response();
     }
     let presented = crate::secret::bearer(req.headers());
@@ -260,7 +260,7 @@ pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
     });
     if !ok {
         global().auth_failure("metrics");
-        if let Some(retry_after) = state.auth_failures.failed(ip) {
+        if let Some(retry_after) = state.auth_failures.failed(&ip) {
             return ManageError::RateLimited { retry_after }.error_response();
         }
         return ManageError::Unauthorized.error_response();

@@ -191,13 +191,35 @@ pub struct RedisConfig {
     pub url: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub management_token: Secret,
+    /// Signs admin users' access tokens (HS256); at least 32 bytes. Required once
+    /// admin users exist.
     pub jwt_secret: Secret,
     /// Base64 of 32 bytes; encrypts project upstream keys at rest (AES-256-GCM).
     pub encryption_key: Secret,
+    /// Lifetime of an access token (JWT).
+    pub access_token_ttl: HumanDuration,
+    /// Lifetime of a refresh token; each use replaces it with a new one.
+    pub refresh_token_ttl: HumanDuration,
+    /// bcrypt cost for admin passwords (4–31; each step doubles the work).
+    #[serde(deserialize_with = "units::de_u64")]
+    pub bcrypt_cost: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            management_token: Secret::default(),
+            jwt_secret: Secret::default(),
+            encryption_key: Secret::default(),
+            access_token_ttl: HumanDuration::secs(15 * 60),
+            refresh_token_ttl: HumanDuration::secs(30 * 86_400),
+            bcrypt_cost: 12,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,8 +288,11 @@ pub struct RateLimitsConfig {
     pub per_ip_burst: u32,
     /// Failed management authentications per minute per client IP; 0 = off.
     pub auth_failures_per_minute: u32,
-    /// Failed attempts allowed at once before the per-minute rate applies.
+    /// Failed attempts allowed at once before the per-minute rate applies (per
+    /// client IP, and per username for logins).
     pub auth_failures_burst: u32,
+    /// Requests to `/manage/auth/*` per minute per client IP (actix-governor).
+    pub auth_per_ip_rpm: u32,
 }
 
 impl Default for RateLimitsConfig {
@@ -278,6 +303,7 @@ impl Default for RateLimitsConfig {
             per_ip_burst: 0,
             auth_failures_per_minute: 10,
             auth_failures_burst: 10,
+            auth_per_ip_rpm: 60,
         }
     }
 }

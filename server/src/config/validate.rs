@@ -67,6 +67,20 @@ impl Config {
                 "auth.management_token: must be at least {MIN_MANAGEMENT_TOKEN_LEN} characters (set PALISADE_MANAGEMENT_TOKEN, or run with --dev)"
             ));
         }
+        let jwt = self.auth.jwt_secret.expose();
+        if !jwt.is_empty() && jwt.len() < 32 {
+            errors.push(
+                "auth.jwt_secret: must be at least 32 bytes (or empty: no admin users)".to_owned(),
+            );
+        }
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            errors.push("auth.bcrypt_cost: must be 4 to 31".to_owned());
+        }
+        if self.auth.access_token_ttl.0.is_zero() || self.auth.refresh_token_ttl.0.is_zero() {
+            errors.push(
+                "auth.access_token_ttl and auth.refresh_token_ttl: must be positive".to_owned(),
+            );
+        }
         if !self.auth.encryption_key.is_empty()
             && crate::crypto::KeyCipher::from_base64(self.auth.encryption_key.expose()).is_err()
         {
@@ -196,15 +210,5 @@ impl Config {
             }
         }
         errors
-    }
-
-    /// Settings accepted now (SPEC §4) for features a later release wires; start-up
-    /// warns when one differs from its default so nobody believes it is enforced.
-    pub fn unimplemented_settings(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if !self.auth.jwt_secret.is_empty() {
-            out.push("auth.jwt_secret");
-        }
-        out
     }
 }

@@ -26,9 +26,11 @@ pub struct Who {
 impl Who {
     pub fn of(req: &HttpRequest, state: &AppState) -> Self {
         Self {
-            // The only management credential in this release; named users arrive
-            // with admin sessions.
-            actor: "management-token".to_owned(),
+            // Set by the auth middleware; absent on unauthenticated requests.
+            actor: req
+                .extensions()
+                .get::<crate::sessions::Principal>()
+                .map_or_else(|| "anonymous".to_owned(), crate::sessions::Principal::actor),
             client_ip: Some(crate::net::client_ip(req, &state.trusted_proxies).to_string()),
             request_id: req
                 .extensions()

@@ -119,6 +119,21 @@ impl Body {
         })
     }
 
+    /// A secret string taken as sent (no trimming, any characters): passwords.
+    /// `None` when absent, null or not a string (the error is recorded).
+    pub fn take_raw_string(&mut self, key: &str, max_chars: usize) -> Option<String> {
+        match self.take(key, |v| match v {
+            Value::String(s) if s.chars().count() > max_chars => {
+                Err(format!("must be at most {max_chars} characters"))
+            }
+            Value::String(s) => Ok(s.clone()),
+            _ => Err("must be a string".into()),
+        }) {
+            Field::Value(s) => Some(s),
+            Field::Null | Field::Absent => None,
+        }
+    }
+
     /// A string that must be present and non-null.
     pub fn required_string(&mut self, key: &str, max_chars: usize) -> Option<String> {
         match self.string(key, max_chars) {

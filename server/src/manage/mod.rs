@@ -7,8 +7,10 @@ mod list;
 mod projects;
 mod providers;
 mod queue;
+mod session;
 mod tokens;
 mod usage;
+pub mod users;
 mod views;
 
 use actix_web::body::MessageBody;
@@ -16,12 +18,19 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpResponse, ResponseError, web};
 
+use actix_web::HttpMessage;
+use actix_web::http::Method;
+
 use crate::app::AppState;
 use crate::error::ManageError;
 use crate::secret::constant_time_eq;
+use crate::sessions::{Principal, Role};
 
-/// Mounts the management scope.
-pub fn scope() -> actix_web::Scope<
+/// Mounts the management scope; `auth_limit` is the per-IP limit for
+/// `/manage/auth/*`, shared by all workers.
+pub fn scope(
+    auth_limit: crate::rate_limit::ip::IpGovernor,
+) -> actix_web::Scope<
     impl actix_web::dev::ServiceFactory<
         ServiceRequest,
         Config = (),
@@ -86,6 +95,26 @@ pub fn scope() -> actix_web::Scope<
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::scope("/auth")
+                // Password guessing is slow work for us: a strict per-IP limit.
+                .wrap(actix_governor::Governor::new(&auth_limit))
+                .service(web::resource("/login").post(session::login))
+                .service(web::resource("/refresh").post(session::refresh))
+                .service(web::resource("/logout").post(session::logout))
+                .default_service(web::to(not_found)),
+        )
+        .service(
+            web::resource("/users")
+                .get(users::list)
+                .post(users::create)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/users/{id}")
+                .delete(users::delete)
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/queue")
                 .get(queue::show)
                 .default_service(web::to(method_not_allowed)),
@@ -93,42 +122,54 @@ pub fn scope() -> actix_web::Scope<
         .default_service(web::to(not_found))
 }
 
-/// `Authorization: Bearer <management token>`, compared in constant time. A client
-/// IP that keeps failing is refused with 429 before its credentials are even
-/// looked at ([`crate::rate_limit::ip::AuthFailures`]).
+/// Who may call `/manage`: `Authorization: Bearer` with the management token
+/// (compared in constant time; acts as admin) or an admin user's access token
+/// (JWT). A viewer may only read. A client IP that keeps failing is refused with
+/// 429 before its credentials are even looked at
+/// ([`crate::rate_limit::ip::AuthFailures`]). Login and refresh carry their own
+/// credentials in the body and pass through.
 async fn require_auth(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         let err = ManageError::Internal("application state missing".into());
         return Ok(req
             .into_response(err.error_response())
             .map_into_right_body());
     };
     let ip = crate::net::client_ip(req.request(), &state.trusted_proxies);
-    if let Some(retry_after) = state.auth_failures.locked_for(ip) {
+    if let Some(retry_after) = state.auth_failures.locked_for(&ip) {
         state.admission.stats().count_rate_limited();
         return Ok(req
             .into_response(ManageError::RateLimited { retry_after }.error_response())
             .map_into_right_body());
     }
-    let presented = crate::secret::bearer(req.headers());
-    let ok =
-        presented.is_some_and(|p| constant_time_eq(p, state.config.auth.management_token.expose()));
-    if !ok {
+    if matches!(req.path(), "/manage/auth/login" | "/manage/auth/refresh") {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let principal = match crate::secret::bearer(req.headers()) {
+        Some(p) if constant_time_eq(p, state.config.auth.management_token.expose()) => {
+            Some(Principal::management_token())
+        }
+        Some(p) if crate::sessions::jwt::looks_like_jwt(p) => {
+            crate::sessions::authenticate(&state.db, &state.config.auth, p).await
+        }
+        _ => None,
+    };
+    let Some(principal) = principal else {
         crate::metrics::global().auth_failure("management");
         tracing::info!(
             path = req.path(),
             "management request rejected: bad credentials"
         );
-        let who = audit::Who::of(req.request(), state);
+        let who = audit::Who::of(req.request(), &state);
         let subject = audit::Subject {
             details: serde_json::json!({ "method": req.method().as_str(), "path": req.path() }),
             ..Default::default()
         };
         audit::record_as(
-            state,
+            &state,
             &who,
             "auth.failure",
             audit::AuditResult::Denied,
@@ -136,7 +177,7 @@ async fn require_auth(
         )
         .await;
         // A failure beyond the allowance is answered 429 and locks the IP out.
-        let err = match state.auth_failures.failed(ip) {
+        let err = match state.auth_failures.failed(&ip) {
             Some(retry_after) => {
                 state.admission.stats().count_rate_limited();
                 crate::metrics::global().rejected("rate_limit_exceeded");
@@ -147,7 +188,13 @@ async fn require_auth(
         return Ok(req
             .into_response(err.error_response())
             .map_into_right_body());
+    };
+    if principal.role == Role::Viewer && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Ok(req
+            .into_response(ManageError::Forbidden("viewers may only read (GET)").error_response())
+            .map_into_right_body());
     }
+    req.extensions_mut().insert(principal);
     Ok(next.call(req).await?.map_into_left_body())
 }
 

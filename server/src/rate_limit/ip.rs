@@ -85,6 +85,19 @@ pub fn proxy_governor(rps: u32, burst: u32, key: ClientIpKey) -> Option<IpGovern
         .finish()
 }
 
+/// `/manage/auth/*` per client IP: `rpm` requests per minute, a burst of a fifth
+/// of that (at least 1). Stricter than the proxy's limit: these routes verify
+/// passwords.
+pub fn auth_governor(rpm: u32, key: ClientIpKey) -> IpGovernor {
+    let rpm = rpm.max(1);
+    GovernorConfigBuilder::default()
+        .period(Duration::from_secs(60) / rpm)
+        .burst_size((rpm / 5).max(1))
+        .key_extractor(key)
+        .finish()
+        .unwrap_or_else(unused_governor)
+}
+
 /// A placeholder for `Condition` when the per-IP limit is off; never consulted.
 pub fn unused_governor() -> IpGovernor {
     let key = ClientIpKey::new(CidrList::default(), Arc::default());
@@ -94,56 +107,52 @@ pub fn unused_governor() -> IpGovernor {
         .unwrap_or_else(|| unreachable!("the default quota is valid"))
 }
 
-/// Failed management authentication per client IP.
-pub struct AuthFailures {
-    governor: Option<IpGovernor>,
-    /// IPs whose bucket ran dry, and until when they are refused.
-    locked: DashMap<IpAddr, Instant>,
+/// Failed authentication attempts per key (client IP, or login username): each
+/// failure takes a cell; the failure that finds the bucket empty locks the key
+/// out until a cell is back.
+pub struct AuthFailures<K: std::hash::Hash + Eq + Clone = IpAddr> {
+    limiter: Option<governor::DefaultKeyedRateLimiter<K>>,
+    /// Keys whose bucket ran dry, and until when they are refused.
+    locked: DashMap<K, Instant>,
 }
 
-impl AuthFailures {
+impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
     /// `per_minute` 0 disables the limit.
-    pub fn new(per_minute: u32, burst: u32, key: ClientIpKey) -> Self {
-        let governor = (per_minute > 0)
-            .then(|| {
-                GovernorConfigBuilder::default()
-                    .period(Duration::from_secs(60) / per_minute)
-                    .burst_size(burst.max(1))
-                    .key_extractor(key)
-                    .finish()
-            })
-            .flatten();
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        let limiter = std::num::NonZeroU32::new(per_minute).map(|rate| {
+            let quota = governor::Quota::per_minute(rate)
+                .allow_burst(std::num::NonZeroU32::new(burst.max(1)).unwrap_or(rate));
+            governor::RateLimiter::keyed(quota)
+        });
         Self {
-            governor,
+            limiter,
             locked: DashMap::new(),
         }
     }
 
-    /// Seconds this IP must still wait, if it is locked out.
-    pub fn locked_for(&self, ip: IpAddr) -> Option<u64> {
-        let until = *self.locked.get(&ip)?;
+    /// Seconds this key must still wait, if it is locked out.
+    pub fn locked_for(&self, key: &K) -> Option<u64> {
+        let until = *self.locked.get(key)?;
         let left = until.checked_duration_since(Instant::now());
         if left.is_none() {
-            self.locked.remove(&ip);
+            self.locked.remove(key);
         }
         left.map(super::rpm::retry_after_secs)
     }
 
     /// Records a failed attempt; `Some(seconds)` when it used up the allowance.
-    pub fn failed(&self, ip: IpAddr) -> Option<u64> {
-        let limiter = self.governor.as_ref()?.limiter();
-        let negative = limiter.check_key(&ip).err()?;
+    pub fn failed(&self, key: &K) -> Option<u64> {
+        let negative = self.limiter.as_ref()?.check_key(key).err()?;
         let wait = negative.wait_time_from(DefaultClock::default().now());
-        self.locked.insert(ip, Instant::now() + wait);
+        self.locked.insert(key.clone(), Instant::now() + wait);
         Some(super::rpm::retry_after_secs(wait))
     }
 
-    /// Drops state for IPs that are no longer limited (their buckets are full).
+    /// Drops state for keys that are no longer limited (their buckets are full).
     pub fn prune(&self) {
-        if let Some(g) = &self.governor {
-            let limiter = g.limiter();
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
         }
         let now = Instant::now();
         self.locked.retain(|_, until| *until > now);
@@ -164,14 +173,13 @@ mod tests {
 
     #[test]
     fn failures_beyond_the_burst_lock_the_ip_out() {
-        let key = ClientIpKey::new(CidrList::default(), Arc::default());
-        let f = AuthFailures::new(60, 3, key);
+        let f = AuthFailures::new(60, 3);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(f.failed(ip), None);
-        assert_eq!(f.failed(ip), None);
-        assert_eq!(f.failed(ip), None);
-        assert_eq!(f.failed(ip), Some(1));
-        assert_eq!(f.locked_for(ip), Some(1));
-        assert_eq!(f.locked_for("192.0.2.2".parse().unwrap()), None);
+        assert_eq!(f.failed(&ip), None);
+        assert_eq!(f.failed(&ip), None);
+        assert_eq!(f.failed(&ip), None);
+        assert_eq!(f.failed(&ip), Some(1));
+        assert_eq!(f.locked_for(&ip), Some(1));
+        assert_eq!(f.locked_for(&"192.0.2.2".parse().unwrap()), None);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod mutation;
 pub mod query;
+pub mod sessions;
 mod usage_rows;
 
 /// A page request: at most `limit` rows with id greater than `after`.

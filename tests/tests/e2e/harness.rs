@@ -364,6 +364,16 @@ impl Gateway {
     /// Runs another `palisade` subcommand on this gateway's config, in its
     /// directory and environment (plus `extra`).
     pub fn run_command(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        self.run_command_with_stdin(args, extra, "")
+    }
+
+    /// As [`Self::run_command`], writing `stdin` to the command's standard input.
+    pub fn run_command_with_stdin(
+        &self,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        stdin: &str,
+    ) -> std::process::Output {
         let mut cmd = Command::new(palisade_bin());
         cmd.args(args)
             .arg("--config")
@@ -378,7 +388,16 @@ impl Gateway {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
     }
 
     /// Polls `GET path` until `done(body)` holds (audit records are written in

@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod admin_sessions;
 mod admission;
 mod audit_trail;
 mod bad_input;

@@ -1,0 +1,224 @@
+//! Admin users and their sessions (SPEC §3): who may call `/manage` besides the
+//! management token, with which role, and for how long.
+//!
+//! * Passwords: bcrypt, off the worker threads ([`passwords`]).
+//! * Access: a short-lived HS256 JWT ([`jwt`]) carrying the user, a unique `jti`
+//!   and the refresh family it belongs to. Every request re-reads the user (a
+//!   deleted user's token dies at once; the *current* role applies), the `jti`
+//!   (logout) and the family (theft detection).
+//! * Refresh: an opaque random secret, stored as SHA-256, spent on use and
+//!   replaced by a new one in the same family. Presenting a spent one revokes the
+//!   family: whoever holds its access tokens or its live refresh token is out.
+
+pub mod jwt;
+pub mod passwords;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::config::AuthConfig;
+use crate::secret::{Secret, TokenHash};
+use crate::service::sessions::Sessions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Viewer,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "viewer" => Some(Self::Viewer),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+        }
+    }
+}
+
+/// Who is calling `/manage`, put in the request extensions by the auth middleware.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub role: Role,
+    pub user: Option<SessionUser>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    pub id: Uuid,
+    pub username: String,
+    pub jti: Uuid,
+    pub family: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Principal {
+    pub fn management_token() -> Self {
+        Self {
+            role: Role::Admin,
+            user: None,
+        }
+    }
+
+    /// The audit trail's `actor`.
+    pub fn actor(&self) -> String {
+        match &self.user {
+            Some(u) => format!("user:{}", u.username),
+            None => "management-token".to_owned(),
+        }
+    }
+}
+
+/// A JWT's principal, if it is valid, unrevoked, and its user still exists.
+pub async fn authenticate(
+    db: &sea_orm::DatabaseConnection,
+    auth: &AuthConfig,
+    token: &str,
+) -> Option<Principal> {
+    let secret = auth.jwt_secret.expose();
+    if secret.is_empty() {
+        return None;
+    }
+    let claims = jwt::validate(secret.as_bytes(), token)?;
+    if Sessions::jti_revoked(db, claims.jti).await.ok()?
+        || Sessions::family_revoked(db, claims.fam).await.ok()?
+    {
+        return None;
+    }
+    let user = Sessions::live_user(db, claims.sub).await.ok()??;
+    Some(Principal {
+        role: Role::parse(&user.role)?,
+        user: Some(SessionUser {
+            id: user.id,
+            username: user.username,
+            jti: claims.jti,
+            family: claims.fam,
+            expires_at: DateTime::from_timestamp(claims.exp, 0)?,
+        }),
+    })
+}
+
+/// What login and refresh return (SPEC §3).
+#[derive(Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenPair([redacted])")
+    }
+}
+
+/// A new access token and refresh token in `family`.
+pub async fn issue_pair(
+    db: &sea_orm::DatabaseConnection,
+    auth: &AuthConfig,
+    user: Uuid,
+    role: Role,
+    family: Uuid,
+    now: DateTime<Utc>,
+) -> Result<TokenPair, String> {
+    let ttl = auth.access_token_ttl.0;
+    let (access, _) = jwt::issue(
+        auth.jwt_secret.expose().as_bytes(),
+        user,
+        role.as_str(),
+        family,
+        now,
+        ttl,
+    )?;
+    let refresh = Secret::new(format!(
+        "rt-{}",
+        &crate::secret::TokenSecret::generate().expose()[4..]
+    ));
+    let expires = now
+        + chrono::Duration::from_std(auth.refresh_token_ttl.0)
+            .unwrap_or(chrono::Duration::days(30));
+    Sessions::insert_refresh(
+        db,
+        user,
+        family,
+        TokenHash::of(refresh.expose()).to_hex(),
+        expires,
+        now,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(TokenPair {
+        access_token: access,
+        refresh_token: refresh.expose().to_owned(),
+        token_type: "Bearer",
+        expires_in: ttl.as_secs(),
+    })
+}
+
+/// Why a refresh was refused.
+pub enum RefreshRefused {
+    Unknown,
+    Expired,
+    /// Already spent (or its family revoked): the family is revoked now.
+    Reused {
+        user: Uuid,
+        family: Uuid,
+    },
+}
+
+/// Spends `presented` and issues the next pair of its family.
+pub async fn refresh(
+    db: &sea_orm::DatabaseConnection,
+    auth: &AuthConfig,
+    presented: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<(TokenPair, Uuid), RefreshRefused>, String> {
+    let hash = TokenHash::of(presented).to_hex();
+    let Some(row) = Sessions::refresh_by_hash(db, &hash)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Err(RefreshRefused::Unknown));
+    };
+    let reused = RefreshRefused::Reused {
+        user: row.user_id,
+        family: row.family_id,
+    };
+    if row.spent_at.is_some() || row.revoked_at.is_some() {
+        Sessions::revoke_family(db, row.family_id, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Err(reused));
+    }
+    if now >= row.expires_at {
+        return Ok(Err(RefreshRefused::Expired));
+    }
+    if !Sessions::spend_refresh(db, row.id, now)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Sessions::revoke_family(db, row.family_id, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Err(reused));
+    }
+    let Some(user) = Sessions::live_user(db, row.user_id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Err(RefreshRefused::Unknown));
+    };
+    let role = Role::parse(&user.role).ok_or("stored role is invalid")?;
+    let pair = issue_pair(db, auth, user.id, role, row.family_id, now).await?;
+    Ok(Ok((pair, user.id)))
+}
