@@ -26,6 +26,13 @@ fn jwt_configured(state: &AppState) -> Result<(), ManageError> {
     Ok(())
 }
 
+/// The JSON body of a login or refresh, once sessions are configured.
+async fn session_body(state: &AppState, payload: web::Payload) -> Result<Body, ManageError> {
+    jwt_configured(state)?;
+    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
+    Body::parse(&bytes)
+}
+
 fn internal(e: impl std::fmt::Display) -> ManageError {
     ManageError::Internal(e.to_string())
 }
@@ -54,9 +61,7 @@ pub async fn login(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ManageError> {
-    jwt_configured(&state)?;
-    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
-    let mut b = Body::parse(&bytes)?;
+    let mut b = session_body(&state, payload).await?;
     let username = b.required_string("username", FIELD_MAX);
     let password = match b.take_raw_string("password", FIELD_MAX) {
         Some(p) => Some(Secret::new(p)),
@@ -139,9 +144,7 @@ pub async fn refresh(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ManageError> {
-    jwt_configured(&state)?;
-    let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
-    let mut b = Body::parse(&bytes)?;
+    let mut b = session_body(&state, payload).await?;
     let presented = b
         .required_string("refresh_token", FIELD_MAX)
         .map(Secret::new);
