@@ -12,6 +12,8 @@
 //! | `GET /manage/usage` | `manage/usage.rs` |
 //! | `GET /manage/providers` | `manage/providers.rs` |
 //! | `GET /manage/queue` | `manage/queue.rs` |
+//! | `/manage/users…` | `manage/users.rs` |
+//! | `POST /manage/auth/login`, `/refresh`, `/logout` | `manage/session.rs` (rules: [`sessions`]) |
 //! | `GET /health`, `GET /ready` | [`ops`] |
 //! | `GET /metrics` | [`metrics`] |
 //!
