@@ -61,13 +61,23 @@ fn data_paths(cfg: &Config) -> Vec<PathBuf> {
     out
 }
 
-/// A data file or directory others can read or write, described.
+/// A data file others can read or write, or a data directory others can write
+/// to (and so swap files in), described. A directory others can merely list is
+/// allowed: the files in it are what holds secrets.
 fn exposed(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        let want = if path.is_dir() { "700" } else { "600" };
+    let (mask, want, what) = if path.is_dir() {
+        (0o022, "700", "write to it (and replace the files in it)")
+    } else {
+        (
+            0o077,
+            "600",
+            "read it (it holds token hashes and audit records)",
+        )
+    };
+    (mode & mask != 0).then(|| {
         format!(
-            "{}: mode {:o} lets other users read it (it holds token hashes and audit records); chmod {want} it",
+            "{}: mode {:o} lets other users {what}; chmod {want} it",
             path.display(),
             mode & 0o777
         )

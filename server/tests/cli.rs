@@ -214,3 +214,54 @@ fn serve_refuses_data_files_others_can_read() {
         "chmod 600",
     );
 }
+
+#[test]
+fn serve_refuses_admin_users_without_a_jwt_secret() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        &format!(
+            "auth: {{ management_token: {TOKEN}, bcrypt_cost: 4 }}\naudit: {{ file: \"\" }}\ndatabase: {{ url: \"sqlite://{}/state/p.db?mode=rwc\" }}\nproviders: [{{ name: a, base_url: \"http://127.0.0.1:9/v1\", health_check: {{ enabled: false }} }}]\n",
+            dir.path().display()
+        ),
+    );
+    let mut child = palisade()
+        .args([
+            "user",
+            "create",
+            "--username",
+            "root-ops",
+            "--role",
+            "admin",
+            "--config",
+        ])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("jwt_secret"));
+    let out = palisade()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("auth.jwt_secret"), "{stderr}");
+    assert!(!stderr.contains("a long enough password"), "{stderr}");
+}
