@@ -529,7 +529,7 @@ fn checks(
         });
         out.push(Check {
             target: format!(
-                "audit/usage on vs off: p99 at {:.0}/s unchanged",
+                "audit/usage on vs off: p99 at {:.0}/s not higher",
                 p.open_rate
             ),
             measured: format!("{} vs {}", ms(p.open.p99), ms(q.open.p99)),
