@@ -25,7 +25,10 @@ fn assert_envelope(route: &str, status: u16, body: &str) {
 #[tokio::test]
 async fn bad_input_never_yields_5xx_or_panics() {
     let mock = Mock::start("up");
-    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let gw = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml("auth: { management_token: \"${E2E_MANAGEMENT_TOKEN}\", jwt_secret: \"bad-input-jwt-secret-0123456789abcdef\", bcrypt_cost: 4 }\nrate_limits: { auth_failures_per_minute: 0, auth_per_ip_rpm: 100000 }")
+        .start();
     let (pid, tid, t) = gw.project_and_token(json!({}), json!({})).await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(60_000));
@@ -42,6 +45,8 @@ async fn bad_input_never_yields_5xx_or_panics() {
         br#"{"project_id": "../../etc/passwd", "max_requests": -5, "expires_in_seconds": 1e3}"#.to_vec(),
         br#"{"grace_seconds": -1}"#.to_vec(),
         br#"{"grace_seconds": 18446744073709551616}"#.to_vec(),
+        br#"{"username": "' OR 1=1 --", "password": 123, "role": ["admin"]}"#.to_vec(),
+        br#"{"username": "a", "password": "x", "refresh_token": {"$ne": null}}"#.to_vec(),
     ];
     let manage_routes = [
         ("POST", "/manage/projects".to_owned()),
@@ -49,6 +54,9 @@ async fn bad_input_never_yields_5xx_or_panics() {
         ("POST", "/manage/tokens".to_owned()),
         ("PATCH", format!("/manage/tokens/{tid}")),
         ("POST", format!("/manage/tokens/{tid}/rotate")),
+        ("POST", "/manage/users".to_owned()),
+        ("POST", "/manage/auth/login".to_owned()),
+        ("POST", "/manage/auth/refresh".to_owned()),
     ];
     let c = client();
     for (method, path) in &manage_routes {
@@ -78,6 +86,8 @@ async fn bad_input_never_yields_5xx_or_panics() {
         "/manage/usage?group_by=';--&since=9999999999999999999",
         "/manage/usage?token_id=not-a-uuid",
         "/manage/providers/../../etc/passwd",
+        "/manage/users/not-a-uuid",
+        "/manage/users?limit=-3",
     ] {
         let resp = c
             .get(format!("{}{path}", gw.url))
