@@ -189,7 +189,7 @@ async fn rotate_encryption_key(cfg: &Config) -> Result<(), InitError> {
 /// `--dev`: an ephemeral management token unless one is configured, printed once.
 fn enter_dev_mode(cfg: &mut Config) {
     tracing::warn!(
-        "DEVELOPMENT MODE: a short or missing management token is replaced by an ephemeral one; a public plaintext listener and data files readable by others are allowed; do not expose this instance"
+        "DEVELOPMENT MODE: a short or missing management token and a missing JWT secret are replaced by ephemeral ones; a public plaintext listener and data files readable by others are allowed; do not expose this instance"
     );
     if cfg.auth.management_token.expose().len() < config::MIN_MANAGEMENT_TOKEN_LEN {
         let token = crate::secret::TokenSecret::generate();
