@@ -1,0 +1,98 @@
+//! The `mock-upstream` binary as a test fixture: one process per mock, on an
+//! ephemeral port, with its observation and control endpoints.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{addr_after, client, pump};
+
+pub struct Mock {
+    child: Child,
+    pub url: String,
+    pub name: String,
+}
+
+impl Mock {
+    pub fn start(name: &str) -> Mock {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
+            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mock-upstream");
+        let out = child.stdout.take().unwrap();
+        let rx = pump(out, Arc::default(), "listening on ");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("mock did not start");
+        let addr = addr_after(&line, "listening on ");
+        Mock {
+            child,
+            url: format!("http://{addr}"),
+            name: name.to_owned(),
+        }
+    }
+
+    /// What the provider's `base_url` should be.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.url)
+    }
+
+    pub async fn stats(&self) -> Value {
+        client()
+            .get(format!("{}/_mock/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// How many requests reached `path` (e.g. `/v1/chat/completions`).
+    pub async fn count(&self, path: &str) -> u64 {
+        self.stats().await["by_path"][path].as_u64().unwrap_or(0)
+    }
+
+    /// `POST /_mock/fail-next`: `{"count","status","hang","retry_after"}`.
+    pub async fn fail_next(&self, plan: Value) {
+        let resp = client()
+            .post(format!("{}/_mock/fail-next", self.url))
+            .json(&plan)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+
+    /// Clears counters, the request log and any pending failures.
+    pub async fn reset(&self) {
+        let resp = client()
+            .post(format!("{}/_mock/reset", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+
+    pub async fn last_request(&self) -> Value {
+        client()
+            .get(format!("{}/_mock/last", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
