@@ -155,7 +155,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         config.queue.max_wait.0,
     );
     let trusted_proxies = CidrList::new(config.server.trusted_proxies.clone());
-    let ip_key = ClientIpKey::new(trusted_proxies.clone(), admission.shared_stats());
+    let ip_key = ClientIpKey::new(trusted_proxies.clone());
     let limits = &config.rate_limits;
     let ip_limit = ip::proxy_governor(limits.per_ip_rps, limits.per_ip_burst, ip_key.clone());
     let edge = EdgePolicy::from_config(&config.server).map_err(InitError::Other)?;

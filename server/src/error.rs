@@ -325,6 +325,7 @@ impl ResponseError for ManageError {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::RateLimited { retry_after } => {
+                crate::metrics::global().rejected(self.code());
                 resp.insert_header((header::RETRY_AFTER, retry_after.max(&1).to_string()));
             }
             _ => {}

@@ -175,6 +175,14 @@ impl Metrics {
             .inc();
     }
 
+    pub fn rejected_count(&self, reason: &'static str) -> u64 {
+        self.rejected
+            .get(&ReasonLabel {
+                reason: Cow::Borrowed(reason),
+            })
+            .map_or(0, |c| c.get())
+    }
+
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures
             .get_or_create(&ReasonLabel {
@@ -248,8 +256,8 @@ pub fn route_label(req: &HttpRequest) -> Label {
 /// `GET /metrics`.
 pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ip = crate::net::client_ip(&req, &state.trusted_proxies);
-    if let Some(retry_after) = state.auth_failures.locked_for(&ip) {
-        return ManageError::RateLimited { retry_after }.error_response();
+    if let Err(locked) = state.auth_failures.check(&ip) {
+        return locked.error_response();
     }
     let presented = crate::secret::bearer(req.headers());
     let management = state.config.auth.management_token.expose();
@@ -260,10 +268,10 @@ pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
     });
     if !ok {
         global().auth_failure("metrics");
-        if let Some(retry_after) = state.auth_failures.failed(&ip) {
-            return ManageError::RateLimited { retry_after }.error_response();
-        }
-        return ManageError::Unauthorized.error_response();
+        return state
+            .auth_failures
+            .refuse(&ip, ManageError::Unauthorized)
+            .error_response();
     }
     match global().render(&state) {
         Ok(body) => HttpResponse::Ok()

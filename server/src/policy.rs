@@ -62,6 +62,10 @@ impl CidrList {
         self.0.is_empty() || self.0.iter().any(|n| n.contains(&ip))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|n| n.contains(&ip))

@@ -41,7 +41,6 @@ pub struct QueueStats {
     waited: AtomicU64,
     rejected_full: AtomicU64,
     rejected_timeout: AtomicU64,
-    rejected_rate_limited: AtomicU64,
 }
 
 /// What `GET /manage/queue` shows.
@@ -81,15 +80,12 @@ impl QueueStats {
             .is_ok()
     }
 
-    pub fn count_rate_limited(&self) {
-        self.rejected_rate_limited.fetch_add(1, SeqCst);
-    }
-
     pub fn snapshot(&self) -> QueueSnapshot {
         let rejected = RejectedCounts {
             queue_full: self.rejected_full.load(SeqCst),
             queue_timeout: self.rejected_timeout.load(SeqCst),
-            rate_limited: self.rejected_rate_limited.load(SeqCst),
+            // Counted where every 429 `rate_limit_exceeded` becomes a response.
+            rate_limited: crate::metrics::global().rejected_count("rate_limit_exceeded"),
         };
         QueueSnapshot {
             in_flight: self.in_flight.load(SeqCst),
@@ -159,10 +155,6 @@ impl Admission {
 
     pub fn stats(&self) -> &QueueStats {
         &self.stats
-    }
-
-    pub fn shared_stats(&self) -> Arc<QueueStats> {
-        Arc::clone(&self.stats)
     }
 
     /// A slot for one request of `project`: at once when one is free and nobody

@@ -46,8 +46,13 @@ impl EdgePolicy {
         })
     }
 
-    /// Deny wins; an empty allowlist allows everyone not denied.
-    fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
+    /// Deny wins; an empty allowlist allows everyone not denied. The client IP
+    /// is only worked out when a list is set.
+    fn ip_allowed(&self, ip: impl FnOnce() -> std::net::IpAddr) -> bool {
+        if self.ip_denylist.is_empty() && self.ip_allowlist.is_empty() {
+            return true;
+        }
+        let ip = ip();
         !self.ip_denylist.contains(ip) && self.ip_allowlist.allows(ip)
     }
 }
@@ -78,7 +83,7 @@ pub async fn middleware(
             false => ManageError::InvalidHost.error_response(),
         })
     } else if !probe
-        && !edge.ip_allowed(crate::net::client_ip(req.request(), &state.trusted_proxies))
+        && !edge.ip_allowed(|| crate::net::client_ip(req.request(), &state.trusted_proxies))
     {
         Some(match proxy {
             true => ProxyError::IpNotAllowed.error_response(),

@@ -139,10 +139,9 @@ async fn require_auth(
             .map_into_right_body());
     };
     let ip = crate::net::client_ip(req.request(), &state.trusted_proxies);
-    if let Some(retry_after) = state.auth_failures.locked_for(&ip) {
-        state.admission.stats().count_rate_limited();
+    if let Err(locked) = state.auth_failures.check(&ip) {
         return Ok(req
-            .into_response(ManageError::RateLimited { retry_after }.error_response())
+            .into_response(locked.error_response())
             .map_into_right_body());
     }
     if matches!(req.path(), "/manage/auth/login" | "/manage/auth/refresh") {
@@ -177,14 +176,7 @@ async fn require_auth(
         )
         .await;
         // A failure beyond the allowance is answered 429 and locks the IP out.
-        let err = match state.auth_failures.failed(&ip) {
-            Some(retry_after) => {
-                state.admission.stats().count_rate_limited();
-                crate::metrics::global().rejected("rate_limit_exceeded");
-                ManageError::RateLimited { retry_after }
-            }
-            None => ManageError::Unauthorized,
-        };
+        let err = state.auth_failures.refuse(&ip, ManageError::Unauthorized);
         return Ok(req
             .into_response(err.error_response())
             .map_into_right_body());

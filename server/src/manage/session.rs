@@ -78,10 +78,7 @@ pub async fn login(
     };
     let username = username.to_lowercase();
     let ip = crate::net::client_ip(&req, &state.trusted_proxies);
-    if let Some(retry_after) = state.login_failures.locked_for(&username) {
-        crate::metrics::global().rejected("rate_limit_exceeded");
-        return Err(ManageError::RateLimited { retry_after });
-    }
+    state.login_failures.check(&username)?;
     let cost = u32::try_from(state.config.auth.bcrypt_cost).unwrap_or(12);
     let user = Sessions::user_by_name(&state.db, &username)
         .await
@@ -108,7 +105,6 @@ pub async fn login(
             let by_ip = state.auth_failures.failed(&ip);
             let by_name = state.login_failures.failed(&username);
             if let Some(retry_after) = by_ip.or(by_name) {
-                crate::metrics::global().rejected("rate_limit_exceeded");
                 return Err(ManageError::RateLimited { retry_after });
             }
             return Err(ManageError::InvalidCredentials);
@@ -193,10 +189,7 @@ pub async fn refresh(
                 json!({ "reason": reason }),
             )
             .await;
-            if let Some(retry_after) = state.auth_failures.failed(&ip) {
-                return Err(ManageError::RateLimited { retry_after });
-            }
-            Err(ManageError::Unauthorized)
+            Err(state.auth_failures.refuse(&ip, ManageError::Unauthorized))
         }
     }
 }

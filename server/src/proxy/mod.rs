@@ -154,11 +154,7 @@ async fn admit_and_forward(
         }
         other => other.as_ref(),
     };
-    let rate = state
-        .rpm
-        .check(&resolved.token, &resolved.project)
-        .await
-        .inspect_err(|_| state.admission.stats().count_rate_limited())?;
+    let rate = state.rpm.check(&resolved.token, &resolved.project).await?;
     state.registry.cache.try_consume(&resolved.token, now)?;
     let admission = state.admission.enter(resolved.project.id).await?;
     // Admitted: reserve the usage record's place now, so it can always be filed.

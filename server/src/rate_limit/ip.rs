@@ -13,7 +13,6 @@
 //! `X-Forwarded-For` hop. A spoofed header from anyone else changes nothing.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -28,21 +27,18 @@ use governor::NotUntil;
 use governor::clock::{Clock, DefaultClock, QuantaInstant};
 use governor::middleware::NoOpMiddleware;
 
-use crate::actors::request_queue::QueueStats;
-use crate::error::ProxyError;
+use crate::error::{ManageError, ProxyError};
 use crate::policy::CidrList;
 
 /// actix-governor key: the trusted-proxy-aware client IP.
 #[derive(Clone)]
 pub struct ClientIpKey {
     trusted: CidrList,
-    /// Where a refusal is counted (`/manage/queue` → `rejected.rate_limited`).
-    stats: Arc<QueueStats>,
 }
 
 impl ClientIpKey {
-    pub fn new(trusted: CidrList, stats: Arc<QueueStats>) -> Self {
-        Self { trusted, stats }
+    pub fn new(trusted: CidrList) -> Self {
+        Self { trusted }
     }
 }
 
@@ -59,7 +55,6 @@ impl KeyExtractor for ClientIpKey {
         negative: &NotUntil<QuantaInstant>,
         _response: HttpResponseBuilder,
     ) -> HttpResponse {
-        self.stats.count_rate_limited();
         let wait = negative.wait_time_from(DefaultClock::default().now());
         // A fresh response in the OpenAI envelope instead of actix-governor's
         // plain-text one (and its non-standard `x-ratelimit-after`).
@@ -100,7 +95,7 @@ pub fn auth_governor(rpm: u32, key: ClientIpKey) -> IpGovernor {
 
 /// A placeholder for `Condition` when the per-IP limit is off; never consulted.
 pub fn unused_governor() -> IpGovernor {
-    let key = ClientIpKey::new(CidrList::default(), Arc::default());
+    let key = ClientIpKey::new(CidrList::default());
     GovernorConfigBuilder::default()
         .key_extractor(key)
         .finish()
@@ -146,6 +141,22 @@ impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
         let wait = negative.wait_time_from(DefaultClock::default().now());
         self.locked.insert(key.clone(), Instant::now() + wait);
         Some(super::rpm::retry_after_secs(wait))
+    }
+
+    /// 429 `rate_limit_exceeded` while `key` is locked out.
+    pub fn check(&self, key: &K) -> Result<(), ManageError> {
+        match self.locked_for(key) {
+            Some(retry_after) => Err(ManageError::RateLimited { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failure: 429 if it used up the allowance, else `otherwise`.
+    pub fn refuse(&self, key: &K, otherwise: ManageError) -> ManageError {
+        match self.failed(key) {
+            Some(retry_after) => ManageError::RateLimited { retry_after },
+            None => otherwise,
+        }
     }
 
     /// Drops state for keys that are no longer limited (their buckets are full).
