@@ -34,11 +34,19 @@ pub struct UsageRow {
 
 pub fn finish(mut record: UsageRecord) -> UsageRow {
     let tail = std::mem::take(&mut record.body_tail);
-    let body: Vec<u8> = tail.iter().flat_map(|b| b.iter().copied()).collect();
+    // A non-streamed body usually arrives as one chunk: parse it in place.
+    let joined;
+    let body: &[u8] = match tail.as_slice() {
+        [one] => one,
+        many => {
+            joined = many.concat();
+            &joined
+        }
+    };
     let tokens = if record.streamed {
-        from_sse(&body)
+        from_sse(body)
     } else {
-        from_json(&body)
+        from_json(body)
     };
     UsageRow { record, tokens }
 }

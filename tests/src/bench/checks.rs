@@ -2,11 +2,13 @@
 //! nothing measurable" comparisons against the `--audit-off` and `--limits-off`
 //! sides.
 
+use super::audit_ab::AbResult;
 use super::report::{Check, GatewayResult, ManyStreamsResult, Memory};
 
 /// The issue's targets, against nginx where it was measured in the same run.
 pub fn checks(
     results: &[GatewayResult],
+    audit_ab: Option<&AbResult>,
     many: Option<&ManyStreamsResult>,
     mem: Option<&Memory>,
 ) -> Vec<Check> {
@@ -59,13 +61,25 @@ pub fn checks(
             measured: format!("{} vs {}", ms(p.c1.p99), ms(q.c1.p99)),
             pass: same(p.c1.p99, q.c1.p99),
         });
+    }
+    if let Some(ab) = audit_ab {
+        // Not higher by more than the noise allowance, and not higher in
+        // significantly more rounds than chance.
+        let slower = ab.on_higher_rounds * 2 > ab.rounds && ab.sign_test_p < 0.05;
         out.push(Check {
             target: format!(
-                "audit/usage on vs off: p99 at {:.0}/s not higher",
-                p.open_rate
+                "audit/usage on vs off: p99 at {:.0}/s unchanged (median of {} rounds)",
+                ab.rate, ab.rounds
             ),
-            measured: format!("{} vs {}", ms(p.open.p99), ms(q.open.p99)),
-            pass: same(p.open.p99, q.open.p99),
+            measured: format!(
+                "{} vs {}; on higher in {} of {} rounds, p = {:.2}",
+                ms(ab.on.round_p99_median_us),
+                ms(ab.off.round_p99_median_us),
+                ab.on_higher_rounds,
+                ab.rounds,
+                ab.sign_test_p
+            ),
+            pass: same(ab.on.round_p99_median_us, ab.off.round_p99_median_us) && !slower,
         });
     }
     out.push(Check {

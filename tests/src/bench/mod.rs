@@ -1,6 +1,7 @@
 //! The `bench` binary's parts: processes under test, load generators, statistics
 //! and reports. See `src/bin/bench.rs` for the flow.
 
+pub mod audit_ab;
 pub mod checks;
 pub mod load;
 pub mod procs;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::audit_ab::AbResult;
 use super::stats::Summary;
 
 #[derive(Debug, Serialize, Default)]
@@ -66,6 +67,7 @@ pub struct Report {
     pub direct_stream_ttfb: Summary,
     pub direct_stream_gap: Summary,
     pub gateways: Vec<GatewayResult>,
+    pub audit_ab: Option<AbResult>,
     pub many_streams: Option<ManyStreamsResult>,
     pub memory: Option<Memory>,
     pub checks: Vec<Check>,
@@ -183,6 +185,9 @@ pub fn markdown(r: &Report) -> String {
             us(g.stream_gap_added_p99_us)
         );
     }
+    if let Some(ab) = &r.audit_ab {
+        audit_ab_table(&mut s, ab);
+    }
     if let Some(m) = &r.many_streams {
         let _ = writeln!(
             s,
@@ -218,6 +223,34 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     s
+}
+
+fn audit_ab_table(s: &mut String, ab: &AbResult) {
+    let _ = writeln!(
+        s,
+        "\n| audit on/off A/B: open loop at {:.0}/s, {} alternating rounds × {:.1} s | p50 | p99 pooled | p99.9 pooled | p99 median of rounds | errors | CPU per request | of which writer + SQLite |",
+        ab.rate, ab.rounds, ab.round_seconds
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for side in [&ab.on, &ab.off] {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            side.name,
+            us(side.pooled.p50),
+            us(side.pooled.p99),
+            us(side.pooled.p999),
+            us(side.round_p99_median_us),
+            side.errors,
+            us(side.cpu_us_per_request),
+            us(side.writer_cpu_us_per_request)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nAudit on had the higher p99 in {} of {} rounds (two-sided sign test p = {:.2}).",
+        ab.on_higher_rounds, ab.rounds, ab.sign_test_p
+    );
 }
 
 /// Latency percentiles at c=1: direct and through each gateway.

@@ -19,7 +19,7 @@ use palisade_tests::bench::checks::checks;
 use palisade_tests::bench::load::{self, Run, Target};
 use palisade_tests::bench::report::{self, GatewayResult, ManyStreamsResult, Memory, Report};
 use palisade_tests::bench::stats::{added, summarize};
-use palisade_tests::bench::{procs, stream};
+use palisade_tests::bench::{audit_ab, procs, stream};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -56,6 +56,16 @@ struct Args {
     /// what they cost on the request path.
     #[arg(long)]
     audit_off: bool,
+    /// Audit on/off A/B (with `--audit-off`): alternating open-loop rounds.
+    #[arg(long, default_value_t = 20)]
+    ab_rounds: usize,
+    /// Seconds per side per A/B round.
+    #[arg(long, default_value_t = 1.0)]
+    ab_seconds: f64,
+    /// A/B rate (requests/s); default: a quarter of the audit-on side's
+    /// closed-loop RPS, well below saturation.
+    #[arg(long)]
+    ab_rate: Option<f64>,
     /// Also measure a second Palisade with the request queue and every rate limit
     /// off, to show what admission costs on the request path.
     #[arg(long)]
@@ -89,6 +99,8 @@ fn main() -> Result<(), String> {
         args.open_seconds = 2.0;
         args.stream_samples = 10;
         args.streams = 100;
+        args.ab_rounds = 6;
+        args.ab_seconds = 0.5;
     }
     let pinned = !args.no_pin && procs::have_taskset() && procs::pin_self(1);
     let (gw_cpu, mock_cpu) = if pinned {
@@ -205,6 +217,11 @@ async fn setup_token(
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("token creation failed: {t}"))
+}
+
+/// The audit-off side, when it runs.
+fn quiet_target(gateways: &[Target]) -> Option<&Target> {
+    gateways.iter().find(|g| g.name == "palisade-audit-off")
 }
 
 fn parse_compare(spec: &str) -> Result<Target, String> {
@@ -341,6 +358,30 @@ async fn run(
     }
     println!("open loop at {rate:.0}/s done");
 
+    let audit_ab = match (gateways.first(), quiet_target(&gateways)) {
+        (Some(on), Some(off)) if palisade.is_some() => {
+            let ab_rate = args.ab_rate.unwrap_or(closed[1].rps() * 0.25);
+            let r = audit_ab::run(
+                &client,
+                audit_ab::Side {
+                    target: on,
+                    pid: palisade_pid,
+                },
+                audit_ab::Side {
+                    target: off,
+                    pid: quiet.as_ref().map(procs::Proc::pid),
+                },
+                ab_rate,
+                args.ab_rounds,
+                Duration::from_secs_f64(args.ab_seconds),
+            )
+            .await;
+            println!("audit on/off A/B at {ab_rate:.0}/s done");
+            Some(r)
+        }
+        _ => None,
+    };
+
     // Streaming: TTFB and gaps, batches of 10 concurrent streams, interleaved.
     let mut ttfb: Vec<Vec<f64>> = all.iter().map(|_| Vec::new()).collect();
     let mut gaps: Vec<Vec<f64>> = all.iter().map(|_| Vec::new()).collect();
@@ -429,7 +470,12 @@ async fn run(
             stream_gap_added_p99_us: gp.p99 - direct_gap.p99,
         });
     }
-    let checks = checks(&results, many_result.as_ref(), memory.as_ref());
+    let checks = checks(
+        &results,
+        audit_ab.as_ref(),
+        many_result.as_ref(),
+        memory.as_ref(),
+    );
     let report = Report {
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         placement,
@@ -455,6 +501,7 @@ async fn run(
         direct_stream_ttfb: direct_ttfb,
         direct_stream_gap: direct_gap,
         gateways: results,
+        audit_ab,
         many_streams: many_result,
         memory,
         checks,

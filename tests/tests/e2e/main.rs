@@ -9,6 +9,7 @@ mod harness;
 mod admin_sessions;
 mod admission;
 mod audit_trail;
+mod audit_writer;
 mod bad_input;
 mod failover;
 mod hardening;

@@ -106,18 +106,7 @@ async fn usage_no_record_is_lost_across_sigterm() {
         .start();
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     const N: usize = 5000;
-    use futures_util::StreamExt;
-    let statuses: Vec<u16> = futures_util::stream::iter(0..N)
-        .map(|_| {
-            let req = gw
-                .post("/v1/chat/completions")
-                .bearer_auth(&t)
-                .json(&chat_body("gpt-4o-mini"));
-            async move { req.send().await.unwrap().status().as_u16() }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let statuses = gw.chat_many(&t, N, 64).await;
     assert!(statuses.iter().all(|s| *s == 200));
     // SIGTERM right after the last response, then count after a restart.
     gw.restart();

@@ -146,10 +146,11 @@ impl GatewayBuilder {
         if !has("server:") {
             yaml.push_str("server: { listen: \"127.0.0.1:0\", workers: 2, shutdown_grace: 5s }\n");
         }
-        yaml.push_str(&format!(
-            "database: {{ url: \"sqlite://{}?mode=rwc\" }}\n",
-            db.display()
-        ));
+        // A test with its own `database:` section points it at `${E2E_DATABASE_URL}`.
+        let db_url = format!("sqlite://{}?mode=rwc", db.display());
+        if !has("database:") {
+            yaml.push_str("database: { url: \"${E2E_DATABASE_URL}\" }\n");
+        }
         if !has("auth:") {
             yaml.push_str("auth: { management_token: \"${E2E_MANAGEMENT_TOKEN}\", encryption_key: \"${E2E_ENCRYPTION_KEY}\" }\n");
         }
@@ -175,6 +176,7 @@ impl GatewayBuilder {
                 MANAGEMENT_TOKEN.to_owned(),
             ),
             ("E2E_ENCRYPTION_KEY".to_owned(), ENCRYPTION_KEY.to_owned()),
+            ("E2E_DATABASE_URL".to_owned(), db_url),
         ];
         env.extend(self.env);
         let logs = Arc::new(Mutex::new(String::new()));
@@ -405,6 +407,21 @@ impl Gateway {
             .send()
             .await
             .unwrap()
+    }
+
+    /// `n` non-streamed chat completions, `concurrency` at a time; their statuses.
+    pub async fn chat_many(&self, token: &str, n: usize, concurrency: usize) -> Vec<u16> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(0..n)
+            .map(|_| async {
+                self.chat(token, chat_body("gpt-4o-mini"))
+                    .await
+                    .status()
+                    .as_u16()
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
     }
 }
 

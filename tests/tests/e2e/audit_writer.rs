@@ -1,0 +1,159 @@
+//! The audit writer off the request path: a database that cannot be written does
+//! not hold requests up and loses nothing, and the writer's threads run at the
+//! configured scheduling priority.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::{Connection, sqlite::SqliteConnection};
+use serde_json::{Value, json};
+
+use crate::harness::{Gateway, Mock, chat_body, gateway};
+
+/// Another writer holds SQLite's write lock (`BEGIN IMMEDIATE`), so every write
+/// of the gateway's gets `SQLITE_BUSY` until it commits.
+async fn lock_database(gw: &Gateway) -> SqliteConnection {
+    let url = format!("sqlite://{}", gw.db_path().display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    sea_orm::sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let text = gw
+        .get("/metrics")
+        .bearer_auth(crate::harness::MANAGEMENT_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn audit_locked_database_does_not_hold_requests_and_loses_nothing() {
+    let mock = Mock::start("up");
+    let gw = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml(
+            "database: { url: \"${E2E_DATABASE_URL}\", busy_timeout: 100ms }\n\
+             audit: { flush_interval: 20ms }",
+        )
+        .start();
+    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+
+    let mut lock = lock_database(&gw).await;
+    const N: usize = 300;
+    // Every request must finish while the lock is still held: a request path
+    // that waited for the database would never get here (the bound only turns a
+    // hang into a failure).
+    let statuses = tokio::time::timeout(Duration::from_secs(60), gw.chat_many(&t, N, 16))
+        .await
+        .expect("requests waited for the locked database");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // The records are held, not dropped, and the failure is reported.
+    assert!(metric(&gw, "palisade_audit_backlog").await >= N as f64);
+    for _ in 0..100 {
+        if gw.logs().contains("writing audit batch failed; retrying") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.logs().contains("writing audit batch failed; retrying"));
+
+    sea_orm::sqlx::query("COMMIT")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    drop(lock);
+    let body = gw
+        .wait_for("/manage/usage?group_by=day", |b: &Value| {
+            b["data"][0]["requests"] == json!(N + 1)
+        })
+        .await;
+    assert_eq!(body["data"][0]["requests"], json!(N + 1), "{body}");
+}
+
+const SCHED_OTHER: u32 = 0;
+const SCHED_IDLE: u32 = 5;
+
+/// Scheduling policy and nice value of every thread with this name prefix, from
+/// `/proc/<pid>/task/*/stat` (fields 41 and 19; 5 is `SCHED_IDLE`, 0 normal).
+fn thread_sched(pid: u32, prefix: &str) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.trim().starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        out.push((
+            fields[41 - 3].parse().unwrap(),
+            fields[19 - 3].parse().unwrap(),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn audit_writer_priority_idle_by_default_and_nice_when_low() {
+    let mock = Mock::start("up");
+    let idle = gateway().provider(&mock, "[\"*\"]").start();
+    // Its own thread, and the SQLite connection thread it opened (which may
+    // appear a moment after the gateway listens).
+    let (writer, sqlite) =
+        settled(idle.pid(), |_, s| s.iter().any(|(p, _)| *p == SCHED_IDLE)).await;
+    assert_eq!(writer, vec![(SCHED_IDLE, 0)]);
+    assert_eq!(
+        sqlite.iter().filter(|(p, _)| *p == SCHED_IDLE).count(),
+        1,
+        "{sqlite:?}"
+    );
+
+    let low = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml("audit: { writer_priority: low }")
+        .start();
+    let (writer, sqlite) = settled(low.pid(), |_, s| s.iter().any(|(_, n)| *n == 10)).await;
+    assert_eq!(writer, vec![(SCHED_OTHER, 10)]);
+    assert!(sqlite.iter().all(|(p, _)| *p == SCHED_OTHER), "{sqlite:?}");
+    assert_eq!(
+        sqlite.iter().filter(|(_, nice)| *nice == 10).count(),
+        1,
+        "{sqlite:?}"
+    );
+}
+
+type Sched = Vec<(u32, i32)>;
+
+/// The writer's and the SQLite threads' scheduling once `ready` holds (or after
+/// 5 s, for the assertions to report).
+async fn settled(pid: u32, ready: impl Fn(&Sched, &Sched) -> bool) -> (Sched, Sched) {
+    for _ in 0..100 {
+        let (w, s) = (
+            thread_sched(pid, "audit-writer"),
+            thread_sched(pid, "sqlx-sqlite"),
+        );
+        if !w.is_empty() && ready(&w, &s) {
+            return (w, s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (
+        thread_sched(pid, "audit-writer"),
+        thread_sched(pid, "sqlx-sqlite"),
+    )
+}
