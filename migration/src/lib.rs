@@ -9,6 +9,7 @@ mod m20261123_000002_create_tokens;
 mod m20261123_000003_create_audit_and_usage;
 mod m20261126_000001_add_project_providers;
 mod m20261126_000002_create_users_and_sessions;
+mod m20261126_000003_index_audit_actor_and_result;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_create_audit_and_usage::Migration),
             Box::new(m20261126_000001_add_project_providers::Migration),
             Box::new(m20261126_000002_create_users_and_sessions::Migration),
+            Box::new(m20261126_000003_index_audit_actor_and_result::Migration),
         ]
     }
 }

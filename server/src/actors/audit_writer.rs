@@ -334,10 +334,20 @@ async fn run(
     let full = settings.batch_size.min(rx.max_capacity() / 2).max(1);
     let mut closing = false;
     let mut next_retention = tokio::time::Instant::now();
+    let mut purging = false;
     loop {
         if tokio::time::Instant::now() >= next_retention {
             next_retention += RETENTION_EVERY;
-            purge_expired(&db, &settings).await;
+            purging = true;
+        }
+        // One delete batch per table, then records again: a large first purge
+        // (retention just switched on over a big table) takes longer, but never
+        // makes producers wait behind it. With nothing queued it keeps going.
+        if purging && !closing {
+            purging = purge_step(&db, &settings).await;
+            if purging && rx.is_empty() {
+                continue;
+            }
         }
         // A full batch already waiting is written at once; otherwise wait for the
         // first record, then let the rest of the batch gather.
@@ -430,9 +440,11 @@ async fn write_batch(db: &DatabaseConnection, settings: &AuditSettings, batch: V
     }
 }
 
-/// Deletes rows past their retention, in small batches.
-async fn purge_expired(db: &DatabaseConnection, settings: &AuditSettings) {
+/// Deletes at most [`RETENTION_BATCH`] rows past their retention from each table;
+/// `true` while some table may have more.
+async fn purge_step(db: &DatabaseConnection, settings: &AuditSettings) -> bool {
     let now = crate::time::now();
+    let mut more = false;
     for (table, keep) in [
         (
             crate::service::mutation::Table::AuditEvents,
@@ -444,17 +456,12 @@ async fn purge_expired(db: &DatabaseConnection, settings: &AuditSettings) {
         ),
     ] {
         let Some(keep) = keep else { continue };
-        loop {
-            match Mutation::delete_older_than(db, table, now - keep, RETENTION_BATCH).await {
-                Ok(n) if n < RETENTION_BATCH => break,
-                Ok(_) => tokio::task::yield_now().await,
-                Err(e) => {
-                    tracing::error!(error = %e, "retention purge failed; will retry");
-                    break;
-                }
-            }
+        match Mutation::delete_older_than(db, table, now - keep, RETENTION_BATCH).await {
+            Ok(n) => more |= n >= RETENTION_BATCH,
+            Err(e) => tracing::error!(error = %e, "retention purge failed; will retry"),
         }
     }
+    more
 }
 
 async fn append_jsonl(path: &Path, events: &[AuditEvent]) -> std::io::Result<()> {

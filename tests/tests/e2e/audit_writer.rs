@@ -157,3 +157,65 @@ async fn settled(pid: u32, ready: impl Fn(&Sched, &Sched) -> bool) -> (Sched, Sc
         thread_sched(pid, "sqlx-sqlite"),
     )
 }
+
+#[tokio::test]
+async fn audit_retention_days_purges_old_rows_and_keeps_recent_ones() {
+    let mock = Mock::start("up");
+    let mut gw = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml("audit: { flush_interval: 20ms, retention_days: 30 }\nusage: { retention_days: 7 }")
+        .start();
+    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+    gw.wait_for("/manage/usage?group_by=day", |b: &Value| {
+        b["data"][0]["requests"] == json!(1)
+    })
+    .await;
+    assert_eq!(gw.terminate(), Some(0));
+
+    // 2,500 copies of each recent row, backdated past their retention (more than
+    // one delete batch), and 10 usage rows 3 days old, which usage keeps.
+    let url = format!("sqlite://{}", gw.db_path().display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    for (sql, age) in [
+        (
+            "INSERT INTO usage_records SELECT randomblob(16), $1, request_id || n, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed FROM usage_records, seq WHERE n <= 2500 LIMIT 2500",
+            8,
+        ),
+        (
+            "INSERT INTO usage_records SELECT randomblob(16), $1, request_id || n, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed FROM usage_records, seq WHERE n <= 10 LIMIT 10",
+            3,
+        ),
+        (
+            "INSERT INTO audit_events SELECT randomblob(16), $1, action, actor, client_ip, project_id, token_id, token_hint, request_id, result, details FROM (SELECT * FROM audit_events LIMIT 1), seq WHERE n <= 2500",
+            31,
+        ),
+    ] {
+        let with_seq = format!(
+            "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 2500) {sql}"
+        );
+        let when = (chrono::Utc::now() - chrono::Duration::days(age))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+        // Fixed SQL from this file; only the timestamp is bound.
+        sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(with_seq))
+            .bind(when)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+
+    gw.start_again();
+    // Only the recent rows are left: the 2 audit events of the setup (project and
+    // token created) and 1 + 10 usage rows.
+    gw.wait_for("/manage/audit?limit=100", |b: &Value| {
+        b["data"].as_array().is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    let body = gw
+        .wait_for("/manage/usage?group_by=token", |b: &Value| {
+            b["data"][0]["requests"] == json!(11)
+        })
+        .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+}
