@@ -20,7 +20,7 @@ use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use tokio::sync::mpsc::OwnedPermit;
+use crate::actors::audit_writer::UsageSlot;
 
 use crate::actors::audit_writer::{Record, UsageRecord};
 use crate::actors::request_queue::Permit;
@@ -73,7 +73,7 @@ pub async fn relay(
 pub struct UsageTap {
     /// The record's reserved place in the audit buffer; `None` (usage disabled)
     /// files nothing.
-    slot: Option<OwnedPermit<Record>>,
+    slot: Option<UsageSlot>,
     pub started: Instant,
     pub record: UsageRecord,
     ttfb: Option<Duration>,
@@ -89,7 +89,7 @@ pub struct UsageTap {
 
 impl UsageTap {
     pub fn new(
-        slot: Option<OwnedPermit<Record>>,
+        slot: Option<UsageSlot>,
         started: Instant,
         record: UsageRecord,
         admission: Permit,

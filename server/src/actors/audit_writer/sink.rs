@@ -1,0 +1,113 @@
+//! The producer side: a bounded number of slots, each one a record on its way to
+//! the database.
+//!
+//! A slot is taken before a record is queued and given back only once the writer
+//! has committed it, so `audit.buffer` bounds records queued, reserved by requests
+//! in flight and in the writer's hands together (memory, and what
+//! `palisade_audit_backlog` reports), including a batch held while a failed write
+//! is retried.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::Record;
+
+/// State shared by producers and the writer.
+pub(super) struct Slots {
+    pub(super) free: Arc<Semaphore>,
+    pub(super) capacity: usize,
+    waited: AtomicU64,
+}
+
+impl Slots {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            free: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            waited: AtomicU64::new(0),
+        }
+    }
+
+    /// Records queued, reserved or being written.
+    pub(super) fn taken(&self) -> usize {
+        self.capacity - self.free.available_permits()
+    }
+
+    /// Gives back the slots of committed records.
+    pub(super) fn release(&self, n: usize) {
+        self.free.add_permits(n);
+    }
+}
+
+#[derive(Clone)]
+pub struct AuditSink {
+    pub(super) tx: mpsc::UnboundedSender<Record>,
+    pub(super) slots: Arc<Slots>,
+}
+
+/// The place of one record, taken at admission and filled when the response ends
+/// (often in a `Drop`, which cannot wait). Dropped unfilled, it frees its slot.
+pub struct UsageSlot {
+    tx: mpsc::UnboundedSender<Record>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl UsageSlot {
+    pub fn send(self, record: Record) {
+        // The slot now belongs to the record; the writer frees it after the commit.
+        self.permit.forget();
+        if self.tx.send(record).is_err() {
+            tracing::error!("audit writer is gone; record not written");
+        }
+    }
+}
+
+impl AuditSink {
+    /// Queues a record; waits for a free slot when the buffer is full, never drops.
+    pub async fn record(&self, record: Record) {
+        if let Some(slot) = self.reserve().await {
+            slot.send(record);
+        }
+    }
+
+    /// Reserves the place of one record, waiting when the buffer is full: so a
+    /// record can never be dropped, and when the writer falls behind it is new
+    /// requests that wait, not records that vanish. `None` once the writer is
+    /// closed.
+    pub async fn reserve(&self) -> Option<UsageSlot> {
+        let free = &self.slots.free;
+        let permit = match Arc::clone(free).try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                self.slots.waited.fetch_add(1, Ordering::Relaxed);
+                match Arc::clone(free).acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return closed(),
+                }
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return closed(),
+        };
+        Some(UsageSlot {
+            tx: self.tx.clone(),
+            permit,
+        })
+    }
+
+    /// How many times a producer had to wait for a free slot.
+    pub fn waited(&self) -> u64 {
+        self.slots.waited.load(Ordering::Relaxed)
+    }
+
+    /// Records queued, reserved (by requests in flight) or in the writer's hands,
+    /// and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.slots.taken()
+    }
+}
+
+fn closed() -> Option<UsageSlot> {
+    tracing::error!("audit writer is closed; record not written");
+    None
+}
