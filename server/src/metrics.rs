@@ -70,6 +70,7 @@ pub struct Metrics {
     queue_in_flight: Gauge,
     queue_waiting: Gauge,
     audit_backlog: Gauge,
+    audit_waits: Counter,
 }
 
 /// The process's metrics (one registry per process, as Prometheus expects).
@@ -92,6 +93,7 @@ impl Metrics {
             queue_in_flight: Gauge::default(),
             queue_waiting: Gauge::default(),
             audit_backlog: Gauge::default(),
+            audit_waits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -144,6 +146,11 @@ impl Metrics {
             "audit_backlog",
             "Audit and usage records queued or reserved, not yet written",
             m.audit_backlog.clone(),
+        );
+        registry.register(
+            "audit_waits",
+            "Times a request or management action waited for room in the audit buffer",
+            m.audit_waits.clone(),
         );
         Self { registry, ..m }
     }
@@ -200,6 +207,10 @@ impl Metrics {
             .set(i64::try_from(q.waiting).unwrap_or(i64::MAX));
         self.audit_backlog
             .set(i64::try_from(state.audit.backlog()).unwrap_or(i64::MAX));
+        // The sink counts; the counter catches up at each scrape.
+        let waits = state.audit.waited();
+        self.audit_waits
+            .inc_by(waits.saturating_sub(self.audit_waits.get()));
         for (kind, n) in state.registry.cache.census(crate::time::now()) {
             self.tokens
                 .get_or_create(&KindLabel {

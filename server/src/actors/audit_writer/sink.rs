@@ -32,7 +32,7 @@ impl Slots {
 
     /// Records queued, reserved or being written.
     pub(super) fn taken(&self) -> usize {
-        self.capacity - self.free.available_permits()
+        self.capacity.saturating_sub(self.free.available_permits())
     }
 
     /// Gives back the slots of committed records.
