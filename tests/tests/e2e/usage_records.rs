@@ -106,8 +106,15 @@ async fn usage_no_record_is_lost_across_sigterm() {
         .start();
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     const N: usize = 5000;
-    let statuses = gw.chat_many(&t, N, 64).await;
+    // Denied requests alongside: each one is a `proxy.denied` audit event, so
+    // audit events are in flight at the SIGTERM too.
+    const DENIED: usize = 400;
+    let (statuses, denied) = tokio::join!(
+        gw.chat_many(&t, N, 64),
+        gw.chat_many("tok-not-a-real-token-0000000000000000000000", DENIED, 8)
+    );
     assert!(statuses.iter().all(|s| *s == 200));
+    assert!(denied.iter().all(|s| *s == 401));
     // The small buffer made producers wait, and that is visible.
     let metrics = gw
         .get("/metrics")
@@ -127,6 +134,14 @@ async fn usage_no_record_is_lost_across_sigterm() {
     gw.restart();
     let (_, body) = gw.manage("GET", "/manage/usage?group_by=day", None).await;
     assert_eq!(rows(&body)[0]["requests"], N as i64, "{body}");
+    // Every audit event too: the 2 of the setup and one per denial, in the table
+    // and in the JSON-lines file.
+    let (_, body) = gw
+        .manage("GET", "/manage/audit?action=proxy.denied&limit=500", None)
+        .await;
+    assert_eq!(rows(&body).len(), DENIED, "{body}");
+    let file = std::fs::read_to_string(gw.dir.path().join("data/audit.jsonl")).unwrap();
+    assert_eq!(file.lines().count(), DENIED + 2);
 }
 
 #[tokio::test]
