@@ -6,5 +6,6 @@ pub mod checks;
 pub mod load;
 pub mod procs;
 pub mod report;
+pub mod sides;
 pub mod stats;
 pub mod stream;
