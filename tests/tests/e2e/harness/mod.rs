@@ -409,6 +409,22 @@ impl Gateway {
             .unwrap()
     }
 
+    /// One unlabelled series from `/metrics` (read with the management token).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .bearer_auth(MANAGEMENT_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
     /// `n` non-streamed chat completions, `concurrency` at a time; their statuses.
     pub async fn chat_many(&self, token: &str, n: usize, concurrency: usize) -> Vec<u16> {
         use futures_util::StreamExt;
