@@ -204,3 +204,53 @@ async fn audit_retention_days_purges_old_rows_and_keeps_recent_ones() {
         .await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
 }
+
+#[tokio::test]
+async fn audit_store_in_db_and_file_switch_their_copy_off() {
+    let mock = Mock::start("up");
+    // The table off: the event only reaches the JSON-lines file.
+    let file_only = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml("audit: { flush_interval: 20ms, store_in_db: false }")
+        .start();
+    let (_, _, t) = file_only.project_and_token(json!({}), json!({})).await;
+    assert_eq!(
+        file_only.chat(&t, chat_body("gpt-4o-mini")).await.status(),
+        200
+    );
+    let path = file_only.dir.path().join("data/audit.jsonl");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let file = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(file.lines().count(), 2, "{file}");
+    // Usage still goes to the database; audit events do not.
+    file_only
+        .wait_for("/manage/usage?group_by=day", |b: &Value| {
+            b["data"][0]["requests"] == json!(1)
+        })
+        .await;
+    let (_, body) = file_only.manage("GET", "/manage/audit", None).await;
+    assert_eq!(body["data"], json!([]), "{body}");
+
+    // The file off: no file at all, the events in the table.
+    let db_only = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml("audit: { flush_interval: 20ms, file: \"\" }")
+        .start();
+    db_only.project_and_token(json!({}), json!({})).await;
+    db_only
+        .wait_for("/manage/audit", |b: &Value| {
+            b["data"].as_array().is_some_and(|d| d.len() == 2)
+        })
+        .await;
+    assert!(!db_only.dir.path().join("data/audit.jsonl").exists());
+}
