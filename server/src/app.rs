@@ -145,7 +145,6 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             audit_retention: retention(config.audit.retention_days),
             usage_retention: retention(config.usage.retention_days),
             database: Some(config.database.clone()),
-            priority: config.audit.writer_priority,
         },
     )
     .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;

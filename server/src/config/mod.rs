@@ -336,25 +336,6 @@ pub struct AuditConfig {
     /// Audit events older than this many days are deleted; 0 keeps them forever.
     #[serde(deserialize_with = "units::de_u64")]
     pub retention_days: u64,
-    /// How the writer's threads are scheduled against the request path.
-    pub writer_priority: WriterPriority,
-}
-
-/// Scheduling of the audit writer's threads (its own and its SQLite connection's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WriterPriority {
-    /// `SCHED_IDLE`: the writer runs only on CPU time no other thread of the
-    /// process (or, outside a container's cgroup, of the machine) wants, and any
-    /// request-path thread that wakes up preempts it at once. Records still are
-    /// never lost: if the writer falls behind, the bounded buffer makes new requests
-    /// wait at admission.
-    #[default]
-    Idle,
-    /// Normal scheduling at nice 10: a share of the CPU even when other processes
-    /// keep every core busy, at the price of a request sometimes waiting a scheduler
-    /// slice for the writer.
-    Low,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -385,7 +366,6 @@ impl Default for AuditConfig {
             flush_interval: HumanDuration::millis(200),
             buffer: 8192,
             retention_days: 0,
-            writer_priority: WriterPriority::Idle,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The audit writer off the request path: a database that cannot be written does
-//! not hold requests up and loses nothing, the writer's threads run at the
-//! configured scheduling priority, and retention deletes only what is past it.
+//! not hold requests up and loses nothing, the two writer threads run at their
+//! priorities and hand the work over when the writer falls behind, and retention
+//! deletes only what is past it.
 
 use std::time::Duration;
 
@@ -94,31 +95,87 @@ fn thread_sched(pid: u32, prefix: &str) -> Vec<(u32, i32)> {
 }
 
 #[tokio::test]
-async fn audit_writer_priority_idle_by_default_and_nice_when_low() {
+async fn audit_writer_threads_idle_and_catch_up_priorities() {
     let mock = Mock::start("up");
-    let idle = gateway().provider(&mock, "[\"*\"]").start();
-    // Its own thread, and the SQLite connection thread it opened (which may
-    // appear a moment after the gateway listens).
-    let (writer, sqlite) =
-        settled(idle.pid(), |_, s| s.iter().any(|(p, _)| *p == SCHED_IDLE)).await;
+    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    // Each writer thread, and the SQLite connection thread each one opened (which
+    // may appear a moment after the gateway listens).
+    let (writer, sqlite) = settled(gw.pid(), |_, s| {
+        s.iter().any(|(p, _)| *p == SCHED_IDLE) && s.iter().any(|(_, n)| *n == 10)
+    })
+    .await;
     assert_eq!(writer, vec![(SCHED_IDLE, 0)]);
+    assert_eq!(
+        thread_sched(gw.pid(), "audit-catchup"),
+        vec![(SCHED_OTHER, 10)]
+    );
     assert_eq!(
         sqlite.iter().filter(|(p, _)| *p == SCHED_IDLE).count(),
         1,
         "{sqlite:?}"
     );
-
-    let low = gateway()
-        .provider(&mock, "[\"*\"]")
-        .yaml("audit: { writer_priority: low }")
-        .start();
-    let (writer, sqlite) = settled(low.pid(), |_, s| s.iter().any(|(_, n)| *n == 10)).await;
-    assert_eq!(writer, vec![(SCHED_OTHER, 10)]);
-    assert!(sqlite.iter().all(|(p, _)| *p == SCHED_OTHER), "{sqlite:?}");
     assert_eq!(
-        sqlite.iter().filter(|(_, nice)| *nice == 10).count(),
+        sqlite
+            .iter()
+            .filter(|(p, n)| *p == SCHED_OTHER && *n == 10)
+            .count(),
         1,
         "{sqlite:?}"
+    );
+}
+
+#[tokio::test]
+async fn audit_writer_behind_hands_over_to_catch_up_and_back() {
+    let mock = Mock::start("up");
+    let gw = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml(
+            "database: { url: \"${E2E_DATABASE_URL}\", busy_timeout: 100ms }\n\
+             audit: { flush_interval: 20ms, buffer: 32, batch_size: 8 }",
+        )
+        .start();
+    let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
+    // The writer cannot write: the buffer fills and requests wait for room.
+    let mut lock = lock_database(&gw).await;
+    const N: usize = 100;
+    let requests = gw.chat_many(&t, N, 16);
+    let unlock = async {
+        for _ in 0..200 {
+            if gw.logs().contains("the catch-up thread writes") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sea_orm::sqlx::query("COMMIT")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+    };
+    let (statuses, ()) = tokio::join!(requests, unlock);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    gw.wait_for("/manage/usage?group_by=day", |b: &Value| {
+        b["data"][0]["requests"] == json!(N)
+    })
+    .await;
+    for _ in 0..100 {
+        if gw.logs().contains("caught up; back to idle priority") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = gw.logs();
+    let behind = logs
+        .find("the catch-up thread writes")
+        .expect("never behind");
+    let caught_up = logs
+        .find("caught up; back to idle priority")
+        .expect("never caught up");
+    assert!(behind < caught_up);
+    // The catch-up thread did write batches.
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("audit batch written") && l.contains("CatchUp")),
+        "{logs}"
     );
 }
 

@@ -30,12 +30,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use self::scheduling::Role;
 use self::sink::Slots;
 pub use self::sink::{AuditSink, UsageSlot};
-use crate::config::WriterPriority;
 
 // === Records ===
 
@@ -114,10 +114,9 @@ pub struct AuditSettings {
     /// `None` keeps rows forever.
     pub audit_retention: Option<chrono::Duration>,
     pub usage_retention: Option<chrono::Duration>,
-    /// Where the writer opens its own low-priority connection; `None` (or an
-    /// in-memory database) shares the server's pool.
+    /// Where each writer thread opens its own low-priority connection; `None` (or
+    /// an in-memory database) shares the server's pool.
     pub database: Option<crate::config::DatabaseConfig>,
-    pub priority: WriterPriority,
 }
 
 /// How often old rows are looked for, and how many go per delete statement, so a
@@ -127,20 +126,28 @@ const RETENTION_BATCH: u64 = 1000;
 /// While lingering, how often the queue is checked for a full batch.
 const LINGER_POLL: Duration = Duration::from_millis(10);
 
-pub struct AuditWriter {
-    db: DatabaseConnection,
-    settings: Arc<AuditSettings>,
-    rx: Option<mpsc::UnboundedReceiver<Record>>,
+/// What both writer threads share. The receiver's lock is held for a whole batch
+/// (linger, take, write), so one thread writes at a time.
+struct Shared {
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Record>>,
     slots: Arc<Slots>,
-    close: Option<oneshot::Receiver<()>>,
+    settings: AuditSettings,
+}
+
+/// One writer thread (see `scheduling` for why there are two).
+pub struct AuditWriter {
+    role: Role,
+    db: DatabaseConnection,
+    shared: Arc<Shared>,
+    close: watch::Receiver<bool>,
     done: Option<oneshot::Sender<()>>,
 }
 
 /// Handle kept by the server: the sink for producers and the drain switch.
 pub struct AuditHandle {
     pub sink: AuditSink,
-    close: oneshot::Sender<()>,
-    done: oneshot::Receiver<()>,
+    close: watch::Sender<bool>,
+    done: Vec<oneshot::Receiver<()>>,
 }
 
 impl AuditWriter {
@@ -151,22 +158,29 @@ impl AuditWriter {
         // Unbounded only in name: nothing is sent without a slot.
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Slots::new(settings.buffer.max(1)));
-        let (done_tx, done_rx) = oneshot::channel();
-        let (close_tx, close_rx) = oneshot::channel();
-        let actor = AuditWriter {
-            db,
-            settings: Arc::new(settings),
-            rx: Some(rx),
+        let shared = Arc::new(Shared {
+            rx: tokio::sync::Mutex::new(rx),
             slots: Arc::clone(&slots),
-            close: Some(close_rx),
-            done: Some(done_tx),
-        };
-        let arbiter = Arbiter::new();
-        AuditWriter::start_in_arbiter(&arbiter.handle(), move |_| actor);
+            settings,
+        });
+        let (close_tx, close_rx) = watch::channel(false);
+        let mut done = Vec::new();
+        for role in [Role::Background, Role::CatchUp] {
+            let (done_tx, done_rx) = oneshot::channel();
+            done.push(done_rx);
+            let actor = AuditWriter {
+                role,
+                db: db.clone(),
+                shared: Arc::clone(&shared),
+                close: close_rx.clone(),
+                done: Some(done_tx),
+            };
+            AuditWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| actor);
+        }
         Ok(AuditHandle {
             sink: AuditSink { tx, slots },
             close: close_tx,
-            done: done_rx,
+            done,
         })
     }
 }
@@ -175,9 +189,12 @@ impl AuditHandle {
     /// Stops accepting records, writes everything queued or reserved, then returns.
     pub async fn drain(self, timeout: Duration) {
         let AuditHandle { sink, close, done } = self;
+        // Refuse new records; queued and reserved ones still come.
+        sink.slots.free.close();
         drop(sink);
-        let _ = close.send(());
-        if tokio::time::timeout(timeout, done).await.is_err() {
+        let _ = close.send(true);
+        let all = futures_util::future::join_all(done);
+        if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::error!("audit writer did not finish draining in time");
         }
     }
@@ -187,73 +204,87 @@ impl Actor for AuditWriter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (Some(rx), Some(close), Some(done)) =
-            (self.rx.take(), self.close.take(), self.done.take())
-        else {
+        let Some(done) = self.done.take() else {
             return;
         };
-        scheduling::lower_thread_priority(self.settings.priority);
-        let shared = self.db.clone();
-        let settings = Arc::clone(&self.settings);
-        let slots = Arc::clone(&self.slots);
+        // Before the connection opens: its thread inherits this thread's scheduling.
+        self.role.apply_to_this_thread();
+        let (role, pool) = (self.role, self.db.clone());
+        let (shared, close) = (Arc::clone(&self.shared), self.close.clone());
         ctx.spawn(
             async move {
-                let db = match &settings.database {
+                let db = match &shared.settings.database {
                     Some(cfg) => match crate::db::connect_dedicated(cfg).await {
                         Some(Ok(db)) => db,
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "audit writer uses the shared pool");
-                            shared
+                            pool
                         }
-                        None => shared,
+                        None => pool,
                     },
-                    None => shared,
+                    None => pool,
                 };
-                run(rx, close, db, settings, &slots, done).await;
+                run(role, &db, &shared, close).await;
+                let _ = done.send(());
             }
             .into_actor(self),
         );
     }
 }
 
-/// The writer's loop: wait for a first record, linger up to `flush_interval` so a
-/// batch can form (cut short once `batch_size` records, or half the buffer, are
-/// queued), write, free the batch's slots, repeat; after `close`, write what is
-/// queued or still reserved, and finish.
+/// One writer thread's loop: while on duty, wait for a first record, linger up to
+/// `flush_interval` so a batch can form (cut short once `batch_size` records, or
+/// half the buffer, are queued, or the duty changes hands), write, free the batch's
+/// slots, repeat; after `close`, both threads write what is queued or still
+/// reserved, and finish.
 ///
 /// Lingering matters more than it looks: woken on every record, the writer would
 /// commit one-row transactions and context-switch once per request, which on a
 /// busy core costs the proxy more than the rows themselves.
 async fn run(
-    mut rx: mpsc::UnboundedReceiver<Record>,
-    mut close: oneshot::Receiver<()>,
-    db: DatabaseConnection,
-    settings: Arc<AuditSettings>,
-    slots: &Slots,
-    done: oneshot::Sender<()>,
+    role: Role,
+    db: &DatabaseConnection,
+    shared: &Shared,
+    mut close: watch::Receiver<bool>,
 ) {
-    let mut batch = Vec::with_capacity(settings.batch_size);
+    let (settings, slots) = (&shared.settings, &*shared.slots);
     let full = settings.batch_size.min(slots.capacity / 2).max(1);
     let due = |rx: &mpsc::UnboundedReceiver<Record>, held: usize| rx.len() + held >= full;
-    let mut closing = false;
+    let mut batch = Vec::with_capacity(settings.batch_size);
     let mut next_retention = tokio::time::Instant::now();
     let mut purging = false;
     loop {
-        if tokio::time::Instant::now() >= next_retention {
-            next_retention += RETENTION_EVERY;
-            purging = true;
-        }
-        // One delete batch per table, then records again: a large first purge
-        // (retention just switched on over a big table) takes longer, but never
-        // makes producers wait behind it. With nothing queued it keeps going.
-        if purging && !closing {
-            purging = store::purge_step(&db, &settings).await;
-            if purging && rx.is_empty() {
-                continue;
+        // A dropped handle counts as a drain too.
+        let closing = *close.borrow() || close.has_changed().is_err();
+        if !closing && !role.on_duty(slots.is_behind()) {
+            // Off duty: wait for the other thread to hand over (the poll covers a
+            // hand-over between the check and the wait).
+            tokio::select! {
+                () = slots.turn.notified() => {}
+                _ = close.changed() => {}
+                () = tokio::time::sleep(LINGER_POLL) => {}
             }
+            continue;
         }
+        let mut rx = shared.rx.lock().await;
         if closing && rx.is_empty() && slots.taken() == 0 {
             break;
+        }
+        if role == Role::Background && !closing {
+            if tokio::time::Instant::now() >= next_retention {
+                next_retention += RETENTION_EVERY;
+                purging = true;
+            }
+            // One delete batch per table, then records again: a large first purge
+            // (retention just switched on over a big table) takes longer, but
+            // never makes producers wait behind it. With nothing queued it keeps
+            // going.
+            if purging {
+                purging = store::purge_step(db, settings).await;
+                if purging && rx.is_empty() {
+                    continue;
+                }
+            }
         }
         if !due(&rx, batch.len()) {
             if rx.is_empty() {
@@ -261,12 +292,8 @@ async fn run(
                 // records come from reservations still held by finishing requests.
                 tokio::select! {
                     biased;
-                    _ = &mut close, if !closing => {
-                        // Refuse new records; queued and reserved ones still come.
-                        slots.free.close();
-                        closing = true;
-                        continue;
-                    }
+                    _ = close.changed(), if !closing => continue,
+                    () = slots.turn.notified(), if !closing => continue,
                     got = rx.recv() => match got {
                         Some(r) => batch.push(r),
                         None => break,
@@ -280,11 +307,8 @@ async fn run(
                 loop {
                     tokio::select! {
                         biased;
-                        _ = &mut close => {
-                            slots.free.close();
-                            closing = true;
-                            break;
-                        }
+                        _ = close.changed() => break,
+                        () = slots.turn.notified() => break,
                         () = &mut linger => break,
                         // Polls the queue coarsely instead of being woken per record.
                         () = tokio::time::sleep(LINGER_POLL) => {
@@ -302,9 +326,11 @@ async fn run(
         }
         if !batch.is_empty() {
             let n = batch.len();
-            store::write_batch(&db, &settings, std::mem::take(&mut batch)).await;
+            store::write_batch(db, settings, std::mem::take(&mut batch)).await;
             slots.release(n);
+            tracing::debug!(writer = ?role, records = n, "audit batch written");
+            slots.update_pace();
         }
+        drop(rx);
     }
-    let _ = done.send(());
 }

@@ -8,9 +8,9 @@
 //! is retried.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Record;
 
@@ -19,6 +19,10 @@ pub(super) struct Slots {
     pub(super) free: Arc<Semaphore>,
     pub(super) capacity: usize,
     waited: AtomicU64,
+    /// The writer is behind: the catch-up thread writes (see `scheduling`).
+    behind: AtomicBool,
+    /// Wakes the writer threads when `behind` flips.
+    pub(super) turn: Notify,
 }
 
 impl Slots {
@@ -27,6 +31,37 @@ impl Slots {
             free: Arc::new(Semaphore::new(capacity)),
             capacity,
             waited: AtomicU64::new(0),
+            behind: AtomicBool::new(false),
+            turn: Notify::new(),
+        }
+    }
+
+    pub(super) fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
+    }
+
+    /// After a commit: behind from half the buffer taken, caught up again only
+    /// below a sixteenth. On a saturated core the catch-up thread then stays on
+    /// (each return to idle priority costs a stretch of being preempted in every
+    /// gap until half the buffer is taken again), while after a burst on a core
+    /// with room it drains the backlog in moments and hands back.
+    pub(super) fn update_pace(&self) {
+        let taken = self.taken();
+        if taken >= self.capacity / 2 {
+            self.set_behind(true);
+        } else if taken < self.capacity / 16 {
+            self.set_behind(false);
+        }
+    }
+
+    fn set_behind(&self, behind: bool) {
+        if self.behind.swap(behind, Ordering::Relaxed) != behind {
+            if behind {
+                tracing::info!("audit writer is behind; the catch-up thread writes");
+            } else {
+                tracing::info!("audit writer caught up; back to idle priority");
+            }
+            self.turn.notify_waiters();
         }
     }
 
@@ -82,6 +117,7 @@ impl AuditSink {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 self.slots.waited.fetch_add(1, Ordering::Relaxed);
+                self.slots.set_behind(true);
                 match Arc::clone(free).acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => return closed(),
