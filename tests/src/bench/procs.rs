@@ -68,16 +68,29 @@ fn command(bin: &Path, cpu: Option<usize>) -> Command {
     }
 }
 
-/// Waits for a line containing `marker` on the reader and returns what follows it.
+/// Waits for a line containing `marker` on the reader and returns what follows it;
+/// every line also goes to `log` when given (kept after the run, for the
+/// gateway's own account of anything odd in the numbers).
 fn wait_for(
     reader: impl std::io::Read + Send + 'static,
     marker: &'static str,
+    log: Option<&Path>,
 ) -> Result<String, String> {
+    let mut log = match log {
+        Some(path) => {
+            Some(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
+            if let Some(f) = log.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
             if let Some(i) = line.find(marker)
                 && let Some(tx) = tx.take()
             {
@@ -109,7 +122,7 @@ pub fn spawn_mock(cpu: Option<usize>) -> Result<Proc, String> {
         .spawn()
         .map_err(|e| format!("cannot start mock-upstream: {e}"))?;
     let out = child.stdout.take().ok_or("no stdout")?;
-    let addr = wait_for(out, "listening on ")?;
+    let addr = wait_for(out, "listening on ", None)?;
     Ok(Proc {
         child,
         url: format!("http://{addr}"),
@@ -118,12 +131,14 @@ pub fn spawn_mock(cpu: Option<usize>) -> Result<Proc, String> {
 
 pub const BENCH_MANAGEMENT_TOKEN: &str = "bench-management-token-0123456789abcdef";
 
-/// `extra` is appended to the config (e.g. to switch audit and usage off).
+/// `extra` is appended to the config (e.g. to switch audit and usage off); the
+/// gateway's log goes to `log`.
 pub fn spawn_palisade(
     cpu: Option<usize>,
     dir: &Path,
     mock_url: &str,
     extra: &str,
+    log: &Path,
 ) -> Result<Proc, String> {
     let audit = if extra.contains("audit:") {
         String::new()
@@ -154,7 +169,7 @@ pub fn spawn_palisade(
             )
         })?;
     let err = child.stderr.take().ok_or("no stderr")?;
-    let addr = wait_for(err, "listening on http://")?;
+    let addr = wait_for(err, "listening on http://", Some(log))?;
     Ok(Proc {
         child,
         url: format!("http://{addr}"),

@@ -115,6 +115,8 @@ fn main() -> Result<(), String> {
     };
     println!("{placement}");
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let log = |name: &str| args.out.join(format!("{name}.log"));
     let mock = procs::spawn_mock(mock_cpu)?;
     println!("mock upstream at {}/v1", mock.url);
     let palisade = match &args.gateway_url {
@@ -124,6 +126,7 @@ fn main() -> Result<(), String> {
             dir.path(),
             &mock.url,
             LIMITS_ON,
+            &log("palisade"),
         )?),
     };
     let quiet_dir = dir.path().join("no-audit");
@@ -132,7 +135,13 @@ fn main() -> Result<(), String> {
         let off = format!(
             "{LIMITS_ON}usage: {{ enabled: false }}\naudit: {{ file: \"\", store_in_db: false }}\n"
         );
-        Some(procs::spawn_palisade(gw_cpu, &quiet_dir, &mock.url, &off)?)
+        Some(procs::spawn_palisade(
+            gw_cpu,
+            &quiet_dir,
+            &mock.url,
+            &off,
+            &log("palisade-audit-off"),
+        )?)
     } else {
         None
     };
@@ -140,7 +149,13 @@ fn main() -> Result<(), String> {
     let unlimited = if args.limits_off {
         std::fs::create_dir_all(&open_dir).map_err(|e| e.to_string())?;
         let off = "queue: { max_in_flight: 0 }\n";
-        Some(procs::spawn_palisade(gw_cpu, &open_dir, &mock.url, off)?)
+        Some(procs::spawn_palisade(
+            gw_cpu,
+            &open_dir,
+            &mock.url,
+            off,
+            &log("palisade-limits-off"),
+        )?)
     } else {
         None
     };
@@ -449,7 +464,6 @@ async fn run(
     };
     let md = report::markdown(&report);
     println!("\n{md}");
-    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("bench.md"), &md).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("bench.json"), json).map_err(|e| e.to_string())?;
