@@ -20,9 +20,7 @@ use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use crate::actors::audit_writer::UsageSlot;
-
-use crate::actors::audit_writer::{Record, UsageRecord};
+use crate::actors::audit_writer::{Record, UsageRecord, UsageSlot};
 use crate::actors::request_queue::Permit;
 use crate::providers::status::InFlight;
 

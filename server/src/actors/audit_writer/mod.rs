@@ -7,6 +7,8 @@
 //! `waited`), so nothing is ever dropped. A proxied request reserves its usage
 //! record's slot at admission, so `audit.buffer` also bounds how many proxied
 //! requests can be in flight before admission waits for the writer. The actor
+//! runs as two threads that take turns, an idle-priority one while it keeps up and
+//! a nice-10 one while it is behind (`scheduling` says why). The one on duty
 //! takes records in batches (`audit.batch_size`, or whatever arrived within
 //! `audit.flush_interval`), appends the audit events to `audit.file` as JSON lines,
 //! writes the batch to the database in one transaction, and only then frees its
