@@ -236,25 +236,29 @@ impl Metrics {
     }
 }
 
+// The SPEC paths (`config::DEFAULT_ALLOWED_PATHS`) spelt out with their `/v1`,
+// so a label is a borrowed `&'static str` and costs no allocation per request;
+// a test keeps the two lists in step.
+const KNOWN_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/models",
+    "/health",
+    "/ready",
+    "/metrics",
+];
+
 /// The `route` label: the route pattern, never the raw path (ids would make one
 /// series per token).
 pub fn route_label(req: &HttpRequest) -> Label {
-    const KNOWN: &[&str] = &[
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/moderations",
-        "/v1/images/generations",
-        "/v1/audio/speech",
-        "/v1/audio/transcriptions",
-        "/v1/models",
-        "/health",
-        "/ready",
-        "/metrics",
-    ];
     let path = req.path();
-    if let Some(known) = KNOWN.iter().find(|k| **k == path) {
+    if let Some(known) = KNOWN_ROUTES.iter().find(|k| **k == path) {
         return Cow::Borrowed(known);
     }
     match req.match_pattern() {
@@ -295,5 +299,18 @@ pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
             .body(body),
         Err(_) => ManageError::Internal("metrics encoding failed".into()).error_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KNOWN_ROUTES;
+
+    #[test]
+    fn every_default_proxy_path_has_its_own_route_label() {
+        for path in crate::config::DEFAULT_ALLOWED_PATHS {
+            let route = format!("/v1{path}");
+            assert!(KNOWN_ROUTES.contains(&route.as_str()), "{route}");
+        }
     }
 }

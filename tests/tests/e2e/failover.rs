@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -271,18 +270,8 @@ async fn routing_weights_share_traffic_3_to_1() {
         .start();
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     const N: u64 = 2000;
-    let ok = futures_util::stream::iter(0..N)
-        .map(|_| {
-            let req = gw
-                .post(CHAT)
-                .bearer_auth(&t)
-                .json(&chat_body("gpt-4o-mini"));
-            async move { req.send().await.unwrap().status() == 200 }
-        })
-        .buffer_unordered(32)
-        .filter(|ok| std::future::ready(*ok))
-        .count()
-        .await;
+    let statuses = gw.chat_many(&t, N as usize, 32).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(ok as u64, N);
     let (heavy, light) = (a.count(CHAT).await, b.count(CHAT).await);
     assert_eq!(heavy + light, N);

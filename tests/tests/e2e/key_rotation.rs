@@ -4,11 +4,21 @@
 
 use serde_json::json;
 
-use crate::harness::{ENCRYPTION_KEY, chat_body, start};
+use crate::harness::{ENCRYPTION_KEY, Gateway, Mock, chat_body, start};
 
 /// base64 of 32 bytes 32..63; only for tests.
 const NEW_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 const PROJECT_KEY: &str = "sk-project-own-key-rotated";
+
+/// A chat completion goes through, carrying the project's own upstream key.
+async fn assert_project_key_reaches_upstream(mock: &Mock, gw: &Gateway, token: &str) {
+    assert_eq!(gw.chat(token, chat_body("gpt-4o-mini")).await.status(), 200);
+    let seen = mock.last_request().await;
+    assert_eq!(
+        seen["headers"]["authorization"],
+        format!("Bearer {PROJECT_KEY}")
+    );
+}
 
 #[tokio::test]
 async fn key_rotation_reencrypts_project_keys_all_or_nothing() {
@@ -16,15 +26,7 @@ async fn key_rotation_reencrypts_project_keys_all_or_nothing() {
     let (_, _, token) = gw
         .project_and_token(json!({ "upstream_api_key": PROJECT_KEY }), json!({}))
         .await;
-    assert_eq!(
-        gw.chat(&token, chat_body("gpt-4o-mini")).await.status(),
-        200
-    );
-    let seen = mock.last_request().await;
-    assert_eq!(
-        seen["headers"]["authorization"],
-        format!("Bearer {PROJECT_KEY}")
-    );
+    assert_project_key_reaches_upstream(&mock, &gw, &token).await;
     assert_eq!(gw.terminate(), Some(0));
 
     // A wrong "current" key changes nothing.
@@ -69,13 +71,5 @@ async fn key_rotation_reencrypts_project_keys_all_or_nothing() {
     // Started with the new key, the project's requests still carry its own key.
     gw.set_env("E2E_ENCRYPTION_KEY", NEW_KEY);
     gw.start_again();
-    assert_eq!(
-        gw.chat(&token, chat_body("gpt-4o-mini")).await.status(),
-        200
-    );
-    let seen = mock.last_request().await;
-    assert_eq!(
-        seen["headers"]["authorization"],
-        format!("Bearer {PROJECT_KEY}")
-    );
+    assert_project_key_reaches_upstream(&mock, &gw, &token).await;
 }

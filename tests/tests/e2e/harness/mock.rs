@@ -42,14 +42,7 @@ impl Mock {
     }
 
     pub async fn stats(&self) -> Value {
-        client()
-            .get(format!("{}/_mock/stats", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.control_get("stats").await
     }
 
     /// How many requests reached `path` (e.g. `/v1/chat/completions`).
@@ -59,34 +52,38 @@ impl Mock {
 
     /// `POST /_mock/fail-next`: `{"count","status","hang","retry_after"}`.
     pub async fn fail_next(&self, plan: Value) {
-        let resp = client()
-            .post(format!("{}/_mock/fail-next", self.url))
-            .json(&plan)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 204);
+        self.control_post("fail-next", Some(plan)).await;
     }
 
     /// Clears counters, the request log and any pending failures.
     pub async fn reset(&self) {
-        let resp = client()
-            .post(format!("{}/_mock/reset", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 204);
+        self.control_post("reset", None).await;
     }
 
     pub async fn last_request(&self) -> Value {
+        self.control_get("last").await
+    }
+
+    /// `GET /_mock/{what}` as JSON.
+    async fn control_get(&self, what: &str) -> Value {
         client()
-            .get(format!("{}/_mock/last", self.url))
+            .get(format!("{}/_mock/{what}", self.url))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// `POST /_mock/{what}` (with a JSON body if given), which answers 204.
+    async fn control_post(&self, what: &str, body: Option<Value>) {
+        let mut req = client().post(format!("{}/_mock/{what}", self.url));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 204);
     }
 }
 
