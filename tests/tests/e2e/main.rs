@@ -28,4 +28,5 @@ mod secrets;
 mod shutdown;
 mod tls;
 mod upstream_dialects;
+mod upstream_errors;
 mod usage_records;
