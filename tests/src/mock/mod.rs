@@ -335,10 +335,7 @@ fn stream_response(
             }
             st.i = usize::MAX;
             st.guard.complete();
-            return match st.gzip.take() {
-                Some(gz) => Some((Ok(gz.finish()), st)),
-                None => None,
-            };
+            return st.gzip.take().map(|gz| (Ok(gz.finish()), st));
         }
         let frame = &st.frames[st.i];
         if frame.paced && !delay.is_zero() {

@@ -73,8 +73,7 @@ async fn dialect_tool_calls_pass_through_intact() {
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{d}: {v}");
         assert_eq!(
-            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
-            want_args,
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], want_args,
             "{d}"
         );
 
