@@ -239,3 +239,41 @@ async fn dialect_llamacpp_models_waits_for_the_running_generation() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["usage"]["prompt_tokens"], 1, "{v}");
 }
+
+#[tokio::test]
+async fn dialect_fixtures_are_what_the_running_mock_sends() {
+    use palisade_tests::mock::{Dialect, fixtures};
+    let mock = Mock::start("fixtures");
+    let direct = Target::Direct(&mock);
+    let chat = |include_usage| {
+        json!({"model": fixtures::MODEL, "stream": true,
+        "stream_options": {"include_usage": include_usage},
+        "messages": [{"role": "user", "content": "hello there"}]})
+    };
+    for d in Dialect::ALL {
+        let name = d.name();
+        for include in [false, true] {
+            let got = fetch(direct.post("/v1/chat/completions", name), &chat(include)).await;
+            assert_eq!(
+                text(&got),
+                text(&fixtures::chat_stream(d, include)),
+                "{name} chat, include_usage {include}"
+            );
+            let mut tools = tools_body(true, include);
+            tools["messages"][0]["content"] = json!("hello there");
+            let got = fetch(direct.post("/v1/chat/completions", name), &tools).await;
+            assert_eq!(
+                text(&got),
+                text(&fixtures::tools_stream(d, include)),
+                "{name} tools, include_usage {include}"
+            );
+        }
+        let body = json!({"model": fixtures::MODEL, "input": "hello there", "stream": true});
+        let got = fetch(direct.post("/v1/responses", name), &body).await;
+        assert_eq!(
+            text(&got),
+            text(&fixtures::responses_stream(d)),
+            "{name} responses"
+        );
+    }
+}
