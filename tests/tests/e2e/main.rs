@@ -11,6 +11,7 @@ mod admission;
 mod audit_trail;
 mod audit_writer;
 mod bad_input;
+mod dialect_node_sdk;
 mod dialect_passthrough;
 mod dialect_sdk;
 mod failover;
