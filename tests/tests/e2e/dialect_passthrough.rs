@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use tokio::time::{Duration, Instant};
 
 use crate::harness::{Mock, client, start};
-use crate::upstream_dialects::{PROMPT, Target, assert_same_events, events, fetch, read_body};
+use crate::upstream_dialects::{
+    PROMPT, Target, assert_same_events, events, fetch, read_body, usage_row,
+};
 
 const DIALECTS: [&str; 5] = ["openai", "litellm", "starlette", "llamacpp", "lastchunk"];
 
@@ -274,6 +276,36 @@ async fn dialect_fixtures_are_what_the_running_mock_sends() {
             text(&got),
             text(&fixtures::responses_stream(d)),
             "{name} responses"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dialect_responses_api_usage_is_recorded() {
+    // The Responses API names its usage `input_tokens`/`output_tokens`; a gateway
+    // that only reads `prompt_tokens` records nothing for it.
+    let (_mock, gw) = start("");
+    let (pid, whole_tid, whole) = gw.project_and_token(json!({}), json!({})).await;
+    let (streamed_tid, streamed) = gw.create_token(&pid, json!({})).await;
+    let body = json!({"model": "gpt-4o-mini", "input": PROMPT});
+    fetch(
+        Target::Via(&gw, &whole).post("/v1/responses", "openai"),
+        &body,
+    )
+    .await;
+    let body = json!({"model": "gpt-4o-mini", "input": PROMPT, "stream": true});
+    fetch(
+        Target::Via(&gw, &streamed).post("/v1/responses", "openai"),
+        &body,
+    )
+    .await;
+    // "mock reply: hello there" is 4 output tokens whole; 5 deltas streamed.
+    for (tid, what, output) in [(&whole_tid, "whole", 4), (&streamed_tid, "streamed", 5)] {
+        let row = usage_row(&gw, tid, 1).await;
+        assert_eq!(
+            (&row["prompt_tokens"], &row["completion_tokens"]),
+            (&json!(2), &json!(output)),
+            "{what} /v1/responses: the upstream's input_tokens/output_tokens must be recorded: {row}"
         );
     }
 }
