@@ -129,8 +129,8 @@ impl ProviderSupervisor {
         };
         ctx.spawn(probe.into_actor(self).map(move |(p, answer), _, ctx| {
             record_check(&p, answer);
-            let next = health::next_check_in(&p.status, &p.health_check)
-                .saturating_sub(started.elapsed());
+            let next =
+                health::next_check_in(&p.status, &p.health_check).saturating_sub(started.elapsed());
             ctx.run_later(next, move |act, ctx| act.check(i, ctx));
         }));
     }

@@ -141,7 +141,11 @@ mod tests {
             assert_eq!(apply_check(&s, &c, false), CheckEffect::Excused);
         }
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert_eq!(apply_check(&s, &c, false), CheckEffect::Excused, "30 s: still recent");
+        assert_eq!(
+            apply_check(&s, &c, false),
+            CheckEffect::Excused,
+            "30 s: still recent"
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(apply_check(&s, &c, false), CheckEffect::Unchanged);
         assert_eq!(apply_check(&s, &c, false), CheckEffect::TakenOut);

@@ -246,12 +246,18 @@ mod tests {
         a.set_check_failures(5);
         b.set_check_failures(2);
         c.set_check_failures(2);
-        assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["b", "c", "a"]);
+        assert_eq!(
+            names(&ps.candidates(Some("m"), &[]).unwrap()),
+            ["b", "c", "a"]
+        );
         // The most recent answered request wins over everything else.
         c.note_success();
         tokio::time::advance(Duration::from_secs(5)).await;
         a.note_success();
-        assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["a", "c", "b"]);
+        assert_eq!(
+            names(&ps.candidates(Some("m"), &[]).unwrap()),
+            ["a", "c", "b"]
+        );
         // A pinned project gets only its pins, ranked the same way.
         let pin = ["b".to_owned(), "c".to_owned()];
         assert_eq!(names(&ps.candidates(Some("m"), &pin).unwrap()), ["c", "b"]);
