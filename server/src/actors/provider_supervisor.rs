@@ -54,6 +54,8 @@ pub struct ProviderSupervisor {
     generation: Vec<u64>,
     /// Successful probes since the breaker went half-open.
     probe_successes: Vec<u64>,
+    /// Whether a health check has passed once (see `health::next_check_in`).
+    passed_once: Vec<bool>,
     /// Health checks get their own small client: they must not borrow (or keep
     /// alive) the request path's pooled connections.
     health_clients: Vec<Option<reqwest::Client>>,
@@ -82,6 +84,7 @@ impl ProviderSupervisor {
             providers,
             generation: vec![0; n],
             probe_successes: vec![0; n],
+            passed_once: vec![false; n],
             health_clients,
         };
         let arbiter = Arbiter::new();
@@ -127,10 +130,10 @@ impl ProviderSupervisor {
                 .await;
             (p, answer)
         };
-        ctx.spawn(probe.into_actor(self).map(move |(p, answer), _, ctx| {
-            record_check(&p, answer);
-            let next =
-                health::next_check_in(&p.status, &p.health_check).saturating_sub(started.elapsed());
+        ctx.spawn(probe.into_actor(self).map(move |(p, answer), act, ctx| {
+            act.passed_once[i] |= record_check(&p, answer);
+            let next = health::next_check_in(&p.status, &p.health_check, act.passed_once[i])
+                .saturating_sub(started.elapsed());
             ctx.run_later(next, move |act, ctx| act.check(i, ctx));
         }));
     }
@@ -139,8 +142,8 @@ impl ProviderSupervisor {
 type CheckAnswer = Result<(reqwest::StatusCode, bytes::Bytes), String>;
 
 /// Applies a health check's answer: the health flag, the diagnostics and, when
-/// the check is a `*` provider's `GET /models`, its model list.
-fn record_check(p: &Provider, answer: CheckAnswer) {
+/// the check is a `*` provider's `GET /models`, its model list. True if it passed.
+fn record_check(p: &Provider, answer: CheckAnswer) -> bool {
     // Any answer below 500 proves the provider is up: a 404 from one that lacks
     // `/models` or a 401 for a bad key must not take it out of rotation (requests
     // would show those errors as they are).
@@ -163,8 +166,13 @@ fn record_check(p: &Provider, answer: CheckAnswer) {
             provider = %p.name, error = %e,
             "health check failed, not counted: the provider answered a request within the interval"
         ),
-        (Err(e), CheckEffect::Unchanged) => {
+        // Below the threshold: worth an info line; already unhealthy (checked
+        // every second): only at debug.
+        (Err(e), CheckEffect::Unchanged) if p.status.healthy() => {
             tracing::info!(provider = %p.name, error = %e, failures, "health check failed");
+        }
+        (Err(e), CheckEffect::Unchanged) => {
+            tracing::debug!(provider = %p.name, error = %e, failures, "health check still failing");
         }
         (Ok(()), _) => {}
     }
@@ -185,6 +193,7 @@ fn record_check(p: &Provider, answer: CheckAnswer) {
         };
         p.note_models_refresh(listed);
     }
+    verdict.is_ok()
 }
 
 impl Actor for ProviderSupervisor {

@@ -13,9 +13,12 @@
 //!   generation, and one slow check must not take out a provider that is serving.
 //! - Otherwise it counts; `health_check.unhealthy_threshold` consecutive counted
 //!   failures mark the provider unhealthy.
-//! - While unhealthy, checks come every [`UNHEALTHY_RECHECK`] (or `interval` if
-//!   shorter), so a provider that comes back, at start-up for instance, is back in
-//!   rotation within about a second, not an interval.
+//! - While unhealthy, and until the provider has been seen up once, checks come
+//!   every [`UNHEALTHY_RECHECK`] (or `interval` if shorter), so a provider that
+//!   comes back, at start-up for instance, is back in rotation (and a `*`
+//!   provider's models listed) within about a second, not an interval.
+//! - A provider starts healthy: the first check runs at once, and its failure
+//!   alone (below the threshold) takes nothing out.
 //!
 //! Unhealthy is not closed off: routing still tries an unhealthy provider when
 //! every candidate is unhealthy and none has an open breaker (`routing`).
@@ -74,9 +77,13 @@ fn mark_up(status: &ProviderStatus) -> CheckEffect {
 }
 
 /// How long after a check starts the next one should: `interval` while healthy,
-/// at most [`UNHEALTHY_RECHECK`] while not.
-pub fn next_check_in(status: &ProviderStatus, cfg: &HealthCheckConfig) -> Duration {
-    match status.healthy() {
+/// at most [`UNHEALTHY_RECHECK`] while not, and until the provider has been seen
+/// up once (`seen_up`: a passing check or an answered request), so that an
+/// upstream started a moment after Palisade is checked, and a `*` provider
+/// listed, a second after it comes up.
+pub fn next_check_in(status: &ProviderStatus, cfg: &HealthCheckConfig, seen_up: bool) -> Duration {
+    let seen_up = seen_up || status.since_last_success().is_some();
+    match status.healthy() && seen_up {
         true => cfg.interval.0,
         false => cfg.interval.0.min(UNHEALTHY_RECHECK),
     }
@@ -171,16 +178,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn health_unhealthy_provider_is_checked_again_within_a_second() {
+    async fn health_unhealthy_or_never_seen_up_provider_is_checked_again_within_a_second() {
         let s = ProviderStatus::default();
         let c = cfg(1);
-        assert_eq!(next_check_in(&s, &c), Duration::from_secs(30));
+        // Never seen up (start-up): soon.
+        assert_eq!(next_check_in(&s, &c, false), UNHEALTHY_RECHECK);
+        assert_eq!(next_check_in(&s, &c, true), Duration::from_secs(30));
+        s.note_success();
+        assert_eq!(next_check_in(&s, &c, false), Duration::from_secs(30));
         apply_check(&s, &c, false);
-        assert_eq!(next_check_in(&s, &c), UNHEALTHY_RECHECK);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        apply_check(&s, &c, false);
+        assert!(!s.healthy());
+        assert_eq!(next_check_in(&s, &c, true), UNHEALTHY_RECHECK);
         let short = HealthCheckConfig {
             interval: HumanDuration::millis(200),
             ..c
         };
-        assert_eq!(next_check_in(&s, &short), Duration::from_millis(200));
+        assert_eq!(next_check_in(&s, &short, true), Duration::from_millis(200));
     }
 }

@@ -260,19 +260,43 @@ fn build_client(t: &ProviderTimeouts) -> Result<reqwest::Client, reqwest::Error>
         .build()
 }
 
+/// How soon a failed model-list refresh is tried again (when `interval` is longer),
+/// so an upstream that was not up yet at start-up is listed seconds later.
+pub const MODELS_RETRY: Duration = Duration::from_secs(5);
+
 /// Refreshes glob providers' model lists now and then every `interval`, for those
-/// whose health check does not already ask `GET /models`.
+/// whose health check does not already ask `GET /models`; one that failed is
+/// asked again after [`MODELS_RETRY`].
 pub async fn refresh_models_forever(providers: Arc<Providers>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
+    let listed: Vec<&Arc<Provider>> = providers
+        .all()
+        .iter()
+        .filter(|p| p.has_glob() && !p.health_check_lists_models())
+        .collect();
+    if listed.is_empty() {
+        return;
+    }
+    let mut due = vec![tokio::time::Instant::now(); listed.len()];
     loop {
-        tick.tick().await;
-        for p in providers
-            .all()
+        let next = due
             .iter()
-            .filter(|p| p.has_glob() && !p.health_check_lists_models())
+            .min()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        tokio::time::sleep_until(next).await;
+        let now = tokio::time::Instant::now();
+        for (p, due) in listed
+            .iter()
+            .zip(due.iter_mut())
+            .filter(|(_, d)| **d <= now)
         {
             let outcome = p.discover_models().await;
+            let wait = match outcome.is_ok() {
+                true => interval,
+                false => interval.min(MODELS_RETRY),
+            };
             p.note_models_refresh(outcome);
+            *due = now + wait;
         }
     }
 }

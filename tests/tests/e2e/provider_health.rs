@@ -161,9 +161,14 @@ impl Drop for PortMock {
 async fn health_startup_race_costs_at_most_one_failed_request() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}/v1");
-    // Default health checks (every 30 s, threshold 2), and the harshest threshold.
-    let gateways: Vec<Gateway> = ["", ", health_check: { unhealthy_threshold: 1 }"]
-        .iter()
+    // Default health checks (every 30 s, threshold 2); the harshest threshold;
+    // a check that is not the model listing (the list then has its own refresh).
+    let gateways: Vec<Gateway> = [
+        "",
+        ", health_check: { unhealthy_threshold: 1 }",
+        ", health_check: { path: /ping }",
+    ]
+    .iter()
         .map(|extra| {
             gateway()
                 .provider_yaml(&format!(
@@ -195,6 +200,11 @@ async fn health_startup_race_costs_at_most_one_failed_request() {
             );
         }
         assert!(failed.len() <= 1, "{failed:?}");
+        // The `*` provider's models are listed seconds later, not minutes.
+        while list_ids(gw, t).await.is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never listed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
