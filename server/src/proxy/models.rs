@@ -45,10 +45,7 @@ pub async fn retrieve(
     let resolved = authorize(&req, &state)?;
     let id = id.into_inner();
     let owner = allowed(&resolved, &id)
-        .then(|| {
-            visible_providers(&state, &resolved)
-                .find(|p| p.advertised_models().iter().any(|m| *m == id))
-        })
+        .then(|| visible_providers(&state, &resolved).find(|p| p.advertised_models().contains(&id)))
         .flatten()
         .ok_or_else(|| ProxyError::ModelNotFound(id.clone()))?;
     Ok(HttpResponse::Ok().json(model_object(&id, &owner.name)))
