@@ -26,4 +26,5 @@ mod rate_limits;
 mod secrets;
 mod shutdown;
 mod tls;
+mod upstream_errors;
 mod usage_records;
