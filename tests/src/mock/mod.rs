@@ -76,6 +76,7 @@ pub async fn serve(
             .route("/_mock/last", web::get().to(control::last))
             .route("/_mock/reset", web::post().to(control::reset))
             .route("/_mock/fail-next", web::post().to(control::fail_next))
+            .route("/_mock/models-delay", web::post().to(control::models_delay))
             .default_service(web::to(v1))
     })
     .workers(opts.workers.max(1))
@@ -118,6 +119,10 @@ async fn v1(req: HttpRequest, body: Bytes, mock: Shared) -> HttpResponse {
     if req.method() == Method::GET && path.starts_with("/v1/models") {
         // A single-slot server answers nothing while it generates.
         mock.slot_free().await;
+        let delay = mock.models_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         guard.answered = true;
         return models(&mock, path.strip_prefix("/v1/models"));
     }

@@ -20,6 +20,7 @@ mod key_rotation;
 mod manage_projects;
 mod manage_tokens;
 mod metrics;
+mod provider_health;
 mod proxy_forwarding;
 mod proxy_policy;
 mod proxy_streaming;
