@@ -27,4 +27,5 @@ mod secrets;
 mod shutdown;
 mod third_party_upstream;
 mod tls;
+mod upstream_errors;
 mod usage_records;
