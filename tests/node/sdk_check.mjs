@@ -1,8 +1,9 @@
 // Drives Palisade with the official `openai` Node SDK, as an application would.
 //
 // Environment: PALISADE_BASE_URL (the gateway's /v1 URL), PALISADE_TOKEN (a tok- token),
-// PALISADE_MODEL (the model to ask for). Prints one JSON summary line; exits non-zero
-// with the reason on stderr on any failure.
+// PALISADE_MODEL (the model to ask for), optionally PALISADE_EXTRA_HEADERS (a JSON object
+// of headers sent with every request, e.g. to pick a mock upstream's dialect). Prints one
+// JSON summary line; exits non-zero with the reason on stderr on any failure.
 
 import assert from "node:assert/strict";
 import OpenAI from "openai";
@@ -11,6 +12,7 @@ const client = new OpenAI({
   baseURL: process.env.PALISADE_BASE_URL,
   apiKey: process.env.PALISADE_TOKEN,
   maxRetries: 0,
+  defaultHeaders: JSON.parse(process.env.PALISADE_EXTRA_HEADERS ?? "{}"),
 });
 const model = process.env.PALISADE_MODEL;
 const messages = [{ role: "user", content: "hello node" }];
