@@ -71,6 +71,7 @@ pub struct Metrics {
     queue_waiting: Gauge,
     audit_backlog: Gauge,
     audit_waits: Counter,
+    models_refresh_failures: Family<ProviderLabel, Counter>,
 }
 
 /// The process's metrics (one registry per process, as Prometheus expects).
@@ -94,6 +95,7 @@ impl Metrics {
             queue_waiting: Gauge::default(),
             audit_backlog: Gauge::default(),
             audit_waits: Counter::default(),
+            models_refresh_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,7 +154,20 @@ impl Metrics {
             "Times a request or management action waited for room in the audit buffer",
             m.audit_waits.clone(),
         );
+        registry.register(
+            "models_refresh_failures",
+            "Failed refreshes of a `*` provider's model list (GET /models), by provider",
+            m.models_refresh_failures.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    pub fn models_refresh_failed(&self, provider: &str) {
+        self.models_refresh_failures
+            .get_or_create(&ProviderLabel {
+                provider: Cow::Owned(provider.to_owned()),
+            })
+            .inc();
     }
 
     pub fn response(&self, route: Label, status: u16, took: Duration) {
@@ -263,6 +278,7 @@ pub fn route_label(req: &HttpRequest) -> Label {
     }
     match req.match_pattern() {
         Some(p) if p.starts_with("/manage") => Cow::Owned(p),
+        Some(p) if p.starts_with("/v1/models/") => Cow::Borrowed("/v1/models/{id}"),
         _ if path.starts_with("/v1/") => Cow::Borrowed("/v1/other"),
         _ => Cow::Borrowed("other"),
     }

@@ -16,7 +16,8 @@
 //! Observation and control (not under `/v1`): `GET /_mock/stats`, `GET /_mock/requests`,
 //! `GET /_mock/last`, `POST /_mock/reset`,
 //! `POST /_mock/fail-next {"count","status","hang","retry_after"}` (this instance
-//! only: the next `count` completion-style requests answer `status`, or hang).
+//! only: the next `count` completion-style requests answer `status`, or hang),
+//! `POST /_mock/models-delay {"ms"}` (`GET /v1/models` answers after `ms`).
 
 // The one stdout line is the port handshake the test harness reads.
 #![allow(clippy::print_stdout)]
@@ -272,6 +273,7 @@ async fn v1(req: HttpRequest, body: Bytes, mock: Shared) -> HttpResponse {
     record(&mock, &req, &body);
     let path = req.path().to_owned();
     if req.method() == actix_web::http::Method::GET && path == "/v1/models" {
+        models_delay().await;
         guard.answered = true;
         let data: Vec<Value> = mock
             .models
@@ -542,6 +544,22 @@ async fn fail_next(mock: Shared, body: web::Json<Value>) -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
+/// `POST /_mock/models-delay {"ms": N}`: `GET /v1/models` waits N ms before its
+/// answer (a slow health check, as behind llama.cpp's generation lock); 0 = none.
+static MODELS_DELAY_MS: AtomicU64 = AtomicU64::new(0);
+
+async fn set_models_delay(body: web::Json<Value>) -> HttpResponse {
+    MODELS_DELAY_MS.store(body["ms"].as_u64().unwrap_or(0), Ordering::SeqCst);
+    HttpResponse::NoContent().finish()
+}
+
+async fn models_delay() {
+    let ms = MODELS_DELAY_MS.load(Ordering::SeqCst);
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
@@ -563,6 +581,7 @@ async fn main() -> std::io::Result<()> {
             .route("/_mock/last", web::get().to(last))
             .route("/_mock/reset", web::post().to(reset))
             .route("/_mock/fail-next", web::post().to(fail_next))
+            .route("/_mock/models-delay", web::post().to(set_models_delay))
             .default_service(web::to(v1))
     })
     .workers(args.workers.max(1))

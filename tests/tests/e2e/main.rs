@@ -18,6 +18,7 @@ mod manage_projects;
 mod manage_tokens;
 mod metrics;
 mod node_sdk;
+mod provider_health;
 mod proxy_forwarding;
 mod proxy_policy;
 mod proxy_streaming;
