@@ -2,7 +2,7 @@
 // one dialect of a real server (the mock's `x-mock-dialect`, docs/mock-upstream.md).
 //
 // Environment: PALISADE_BASE_URL (the gateway's /v1 URL), PALISADE_TOKEN, MOCK_DIALECT,
-// MOCK_GZIP (optional, sent as `x-mock-gzip`); NODE_PATH finds the `openai` package.
+// MOCK_GZIP (optional, sent as `x-mock-gzip`); `openai` comes from tests/node/node_modules.
 // Prints one JSON summary line; exits non-zero with the reason on failure.
 "use strict";
 
