@@ -183,7 +183,8 @@ async fn admit_and_forward(
             latency_ms: 0.0,
             ttfb_ms: None,
             client_closed: false,
-            body_tail: Vec::new(),
+            request: crate::usage::KeptRequest::of(&bytes),
+            response: crate::usage::KeptResponse::default(),
         },
         admission,
     );
