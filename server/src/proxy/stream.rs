@@ -220,7 +220,7 @@ impl Stream for Relay {
                     let Some(stripper) = this.stripper.as_mut() else {
                         return Poll::Ready(Some(Ok(chunk)));
                     };
-                    let out = stripper.push(&chunk);
+                    let out = stripper.push(chunk);
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out)));
                     }
