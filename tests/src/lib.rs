@@ -1,1 +1,3 @@
 pub mod bench;
+pub mod mock;
+pub mod sse;
