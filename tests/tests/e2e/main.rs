@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod access_log;
 mod admin_sessions;
 mod admission;
 mod audit_trail;
@@ -25,4 +26,5 @@ mod rate_limits;
 mod secrets;
 mod shutdown;
 mod tls;
+mod usage_estimates;
 mod usage_records;
