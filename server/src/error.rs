@@ -50,8 +50,21 @@ pub enum ProxyError {
     PayloadTooLarge(u64),
     #[error("This API key has used all of its {0} allowed requests.")]
     QuotaExceeded(i64),
+    /// No answer came: connection refused or reset, TLS failure, a body that broke
+    /// before its first byte. The detail (for the log) names the provider.
     #[error("The upstream provider could not be reached.")]
     UpstreamError(String),
+    /// The attempts ended on an upstream HTTP answer that is retryable (5xx, 408):
+    /// the client learns the status, never that the provider "could not be reached".
+    #[error("The upstream provider answered {status}{}.", reason_phrase(*status))]
+    UpstreamStatus {
+        status: u16,
+        /// The upstream's `Retry-After`, in whole seconds, when it sent one.
+        retry_after: Option<u64>,
+    },
+    /// The attempts ended on an upstream 429.
+    #[error("The upstream provider is rate limiting requests; retry later.")]
+    UpstreamRateLimited { retry_after: Option<u64> },
     #[error("The upstream provider did not answer in time.")]
     UpstreamTimeout,
     #[error("The gateway is not ready to serve requests.")]
@@ -97,7 +110,8 @@ impl ProxyError {
             Self::ModelNotFound(_) => "model_not_found",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::QuotaExceeded(_) => "quota_exceeded",
-            Self::UpstreamError(_) => "upstream_error",
+            Self::UpstreamError(_) | Self::UpstreamStatus { .. } => "upstream_error",
+            Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Unavailable(_) => "service_unavailable",
             Self::NoHealthyProvider { .. } => "no_healthy_provider",
@@ -112,6 +126,8 @@ impl ProxyError {
         match self {
             Self::UpstreamError(d) | Self::Unavailable(d) => d.clone(),
             Self::UpstreamTimeout => "first-byte timeout".to_owned(),
+            Self::UpstreamStatus { status, .. } => format!("status {status}"),
+            Self::UpstreamRateLimited { .. } => "status 429".to_owned(),
             other => other.code().to_owned(),
         }
     }
@@ -132,6 +148,41 @@ impl ProxyError {
                 | Self::QuotaExceeded(_)
                 | Self::RateLimited { .. }
         )
+    }
+
+    /// `x-should-retry`, which the official SDKs obey before their own rules.
+    /// Palisade owns retries towards the upstream: once it made upstream calls it
+    /// has spent `retry.max_attempts` (or learned that waiting is needed), so an
+    /// SDK retry on top would multiply the calls. Permanent refusals never change
+    /// on a retry; capacity refusals do (they carry `retry-after`).
+    pub fn should_retry(&self) -> bool {
+        match self {
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::TokenExpired
+            | Self::TokenRevoked
+            | Self::TokenInactive
+            | Self::ProjectInactive
+            | Self::ModelNotAllowed(_)
+            | Self::IpNotAllowed
+            | Self::InvalidJson(_)
+            | Self::MissingModel
+            | Self::UnknownEndpoint(_)
+            | Self::InvalidHost
+            | Self::ModelNotFound(_)
+            | Self::PayloadTooLarge(_)
+            | Self::QuotaExceeded(_)
+            | Self::UpstreamError(_)
+            | Self::UpstreamStatus { .. }
+            | Self::UpstreamRateLimited { .. }
+            | Self::UpstreamTimeout => false,
+            Self::Unavailable(_)
+            | Self::NoHealthyProvider { .. }
+            | Self::RateLimited { .. }
+            | Self::IpRateLimited { .. }
+            | Self::QueueFull { .. }
+            | Self::QueueTimeout { .. } => true,
+        }
     }
 
     fn error_type(&self) -> &'static str {
@@ -165,7 +216,8 @@ impl ResponseError for ProxyError {
             Self::QuotaExceeded(_) | Self::RateLimited { .. } | Self::IpRateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::UpstreamError(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamError(_) | Self::UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_)
             | Self::NoHealthyProvider { .. }
@@ -177,7 +229,10 @@ impl ResponseError for ProxyError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         match self {
-            Self::UpstreamError(_) | Self::UpstreamTimeout => {}
+            Self::UpstreamError(_)
+            | Self::UpstreamStatus { .. }
+            | Self::UpstreamRateLimited { .. }
+            | Self::UpstreamTimeout => {}
             Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::TokenExpired
@@ -192,6 +247,13 @@ impl ResponseError for ProxyError {
             Self::UpstreamError(detail) | Self::Unavailable(detail) => {
                 tracing::warn!(code = self.code(), detail = %detail, "proxy request failed");
             }
+            Self::UpstreamStatus { status, .. } => {
+                tracing::warn!(
+                    code = self.code(),
+                    upstream_status = status,
+                    "proxy request failed"
+                );
+            }
             _ => tracing::debug!(
                 code = self.code(),
                 status = status.as_u16(),
@@ -199,7 +261,20 @@ impl ResponseError for ProxyError {
             ),
         }
         let mut resp = HttpResponse::build(status);
+        resp.insert_header((
+            SHOULD_RETRY,
+            HeaderValue::from_static(if self.should_retry() { "true" } else { "false" }),
+        ));
         match self {
+            Self::UpstreamStatus {
+                retry_after: Some(secs),
+                ..
+            }
+            | Self::UpstreamRateLimited {
+                retry_after: Some(secs),
+            } => {
+                resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
             Self::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
@@ -229,6 +304,18 @@ impl ResponseError for ProxyError {
             }
         }))
     }
+}
+
+/// The header the official OpenAI SDKs read before deciding to retry.
+pub const SHOULD_RETRY: &str = "x-should-retry";
+
+/// `" Service Unavailable"` for 503; empty for statuses without a known phrase.
+fn reason_phrase(status: u16) -> String {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default()
 }
 
 // === ManageError ===

@@ -3,15 +3,20 @@
 //! The candidates come ordered from routing. Attempt *n* goes to candidate
 //! *n mod len*: the very first retryable failure moves on to the next provider at
 //! once (no waiting, no breaker needed); only a provider tried again within the same
-//! request is waited for: exponential backoff with full jitter, or the upstream's
-//! `Retry-After` (`retry-after-ms`), both capped at `retry.max_delay`. At most
-//! `retry.max_attempts` attempts in all; the body is replayed byte for byte.
+//! request is waited for: exponential backoff with full jitter (capped at
+//! `retry.max_delay`), or that provider's own `Retry-After` (`retry-after-ms`). A
+//! provider asking for longer than `retry.max_delay` is not tried again in this
+//! request: once no other candidate is left, its answer goes back to the client
+//! at once, with its `retry-after`. At most `retry.max_attempts` upstream calls in
+//! all; the body is replayed byte for byte.
 //!
 //! Retryable: connection errors, the first-byte timeout (for SSE: until the first
 //! chunk), and statuses in `retry.retry_on`. Anything else, 4xx included, is the
-//! answer and is passed through. When every attempt failed: 504 `upstream_timeout`
-//! if the last one timed out, else 502 `upstream_error`. Each verdict goes to the
-//! `ProviderSupervisor` with a fire-and-forget message.
+//! answer and is passed through. When the attempts ran out, the last one decides
+//! what the client hears: 429 `upstream_rate_limited` for an upstream 429, 502
+//! `upstream_error` naming the status for a 5xx, 504 `upstream_timeout` for a
+//! first-byte timeout, and "could not be reached" only when no answer came. Each
+//! verdict goes to the `ProviderSupervisor` with a fire-and-forget message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,24 +57,30 @@ pub async fn forward(
     let max_attempts = usize::try_from(retry.max_attempts).unwrap_or(1).max(1);
     let n = plan.candidates.len();
     let mut tried = vec![false; n];
+    // A provider that asked for a longer wait than `retry.max_delay` is not tried
+    // again in this request; its answer goes back to the client at once.
+    let mut resting = vec![false; n];
+    let mut hints: Vec<Option<Duration>> = vec![None; n];
     let mut backoffs = 0u32;
-    let mut hint: Option<Duration> = None;
+    let mut turn = 0;
     // Only left standing if every candidate was half-open with its probes taken.
     let mut last = ProxyError::NoHealthyProvider {
         model: tap.record.model.clone().unwrap_or_default(),
         retry_after: 1,
     };
-    for attempt in 0..max_attempts {
-        let provider = &plan.candidates[attempt % n];
-        if std::mem::replace(&mut tried[attempt % n], true) {
-            let wait = hint.take().map_or_else(
-                || full_jitter(retry, backoffs),
-                |d| d.min(retry.max_delay.0),
-            );
+    for _ in 0..max_attempts {
+        let Some(i) = (0..n).map(|k| (turn + k) % n).find(|&i| !resting[i]) else {
+            break;
+        };
+        turn = i + 1;
+        let provider = &plan.candidates[i];
+        if std::mem::replace(&mut tried[i], true) {
+            let wait = hints[i]
+                .take()
+                .unwrap_or_else(|| full_jitter(retry, backoffs));
             backoffs += 1;
             tokio::time::sleep(wait).await;
         }
-        hint = None;
         let Some(verdict) = Attempt::start(plan.state, provider) else {
             // Half-open and its probes are taken: let another request probe it.
             continue;
@@ -98,10 +109,13 @@ pub async fn forward(
         };
         let status = resp.status().as_u16();
         if retry.retry_on.contains(&status) {
-            hint = retry_after(resp.headers());
+            let wait = retry_after(resp.headers());
             verdict.failure(format!("status {status}"));
-            last =
-                ProxyError::UpstreamError(format!("provider {} answered {status}", provider.name));
+            last = upstream_status(status, wait);
+            match wait {
+                Some(w) if w > retry.max_delay.0 => resting[i] = true,
+                w => hints[i] = w,
+            }
             continue;
         }
         match stream::relay(resp, provider.first_byte_timeout, tap, plan.strip_usage).await {
@@ -117,6 +131,19 @@ pub async fn forward(
         }
     }
     Err((last, tap))
+}
+
+/// The client's error when the attempts ended on a retryable upstream answer.
+fn upstream_status(status: u16, wait: Option<Duration>) -> ProxyError {
+    // Whole seconds, rounded up: `Retry-After: 0.5` must not become "now".
+    let retry_after = wait.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    match status {
+        429 => ProxyError::UpstreamRateLimited { retry_after },
+        _ => ProxyError::UpstreamStatus {
+            status,
+            retry_after,
+        },
+    }
 }
 
 /// One attempt's verdict, owed to the supervisor. Dropped without one (the client

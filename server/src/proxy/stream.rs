@@ -158,6 +158,20 @@ fn build(
             out.append_header((name.as_str(), v));
         }
     }
+    if sdk_would_retry(status) {
+        // A 4xx/5xx relayed as the answer (not in `retry.retry_on`): Palisade
+        // already decided it is not worth another call, so the SDK should not
+        // make one either (the retry budget, see `error::ProxyError::should_retry`).
+        out.insert_header((crate::error::SHOULD_RETRY, "false"));
+    }
+    if let Some(encoding) = resp.headers().get(reqwest::header::CONTENT_ENCODING) {
+        // Asked for `identity`, and gzip/deflate/br are decoded on the way in:
+        // whatever is left cannot be read, so usage will be missing.
+        tracing::warn!(
+            encoding = %String::from_utf8_lossy(encoding.as_bytes()),
+            "upstream sent an encoding Palisade cannot read; relayed as is, usage not recorded"
+        );
+    }
     let length = resp.content_length();
     tap.record.status = status.as_u16();
     tap.record.streamed = sse;
@@ -178,6 +192,11 @@ fn build(
         Some(len) if !sse => out.body(SizedStream::new(len, body)),
         _ => out.streaming(body),
     }
+}
+
+/// The statuses the official SDKs retry on their own (408, 409, 429, 5xx).
+fn sdk_would_retry(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 409 | 429) || status.is_server_error()
 }
 
 #[derive(PartialEq, Eq)]

@@ -1,5 +1,13 @@
 //! Building and sending the upstream request: credential substitution, header
 //! hygiene and the first-byte timeout.
+//!
+//! Encoding: Palisade reads every body it relays (usage accounting, the SSE
+//! usage strip), so it asks upstream for `Accept-Encoding: identity` whatever the
+//! client sent. Compressing a loopback or LAN hop costs CPU on both ends and makes
+//! a stock gzip middleware buffer SSE events; the client side is Palisade's own
+//! and is not compressed either. An upstream that compresses anyway (gzip,
+//! deflate, brotli) is decoded by the client (reqwest's decoders) before anything
+//! reads the body; any other encoding passes through untouched and is logged.
 
 use actix_web::HttpRequest;
 use actix_web::web::Bytes;
@@ -31,6 +39,8 @@ const STRIPPED: &[&str] = &[
     "forwarded",
     "x-real-ip",
     "x-request-id",
+    // Replaced by `identity`: see the module comment.
+    "accept-encoding",
 ];
 
 fn is_stripped(name: &str, connection_listed: &[String]) -> bool {
@@ -79,6 +89,10 @@ pub fn forward_headers(
     {
         out.insert(HeaderName::from_static("x-request-id"), v);
     }
+    out.insert(
+        reqwest::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     out
 }
 
@@ -140,6 +154,7 @@ mod tests {
             .insert_header(("x-secret-hop", "1"))
             .insert_header(("openai-organization", "org-1"))
             .insert_header(("content-type", "application/json"))
+            .insert_header(("accept-encoding", "gzip, deflate, br"))
             .to_http_request();
         let h = forward_headers(&req, &Secret::new("sk-up"), None);
         assert_eq!(h.get("authorization").unwrap(), "Bearer sk-up");
@@ -156,5 +171,7 @@ mod tests {
         }
         assert_eq!(h.get("openai-organization").unwrap(), "org-1");
         assert_eq!(h.get("content-type").unwrap(), "application/json");
+        assert_eq!(h.get_all("accept-encoding").iter().count(), 1);
+        assert_eq!(h.get("accept-encoding").unwrap(), "identity");
     }
 }

@@ -26,5 +26,6 @@ mod rate_limits;
 mod secrets;
 mod shutdown;
 mod tls;
+mod upstream_errors;
 mod usage_estimates;
 mod usage_records;

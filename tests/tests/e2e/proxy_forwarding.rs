@@ -128,7 +128,7 @@ async fn forwarding_upstream_client_errors_pass_through_unchanged() {
         r#"{"error":{"message":"mock bad request","type":"invalid_request_error","param":null,"code":"mock_bad_request"}}"#
     );
     // 429 is retryable: retried (after its Retry-After), and when every attempt
-    // is rate limited the client gets 502 `upstream_error` (SPEC §2).
+    // is rate limited the client gets 429 `upstream_rate_limited` (SPEC §2).
     let resp = gw
         .post("/v1/chat/completions")
         .bearer_auth(&t)
@@ -139,7 +139,7 @@ async fn forwarding_upstream_client_errors_pass_through_unchanged() {
         .await
         .unwrap();
     let (status, body) = error_of(resp).await;
-    assert_proxy_error(status, &body, 502, "upstream_error");
+    assert_proxy_error(status, &body, 429, "upstream_rate_limited");
 }
 
 #[tokio::test]

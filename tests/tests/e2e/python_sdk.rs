@@ -20,7 +20,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("PALISADE_PYTHON") {
         return PathBuf::from(p);
     }
