@@ -85,6 +85,7 @@ pub struct Metrics {
     audit_waits: Counter,
     usage_tokens: Family<TokenLabels, Counter>,
     usage_records: Family<EstimatedLabel, Counter>,
+    models_refresh_failures: Family<ProviderLabel, Counter>,
 }
 
 /// The process's metrics (one registry per process, as Prometheus expects).
@@ -110,6 +111,7 @@ impl Metrics {
             audit_waits: Counter::default(),
             usage_tokens: Family::default(),
             usage_records: Family::default(),
+            models_refresh_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -178,7 +180,20 @@ impl Metrics {
             "Usage records with token counts, by whether Palisade estimated them",
             m.usage_records.clone(),
         );
+        registry.register(
+            "models_refresh_failures",
+            "Failed refreshes of a `*` provider's model list (GET /models), by provider",
+            m.models_refresh_failures.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    pub fn models_refresh_failed(&self, provider: &str) {
+        self.models_refresh_failures
+            .get_or_create(&ProviderLabel {
+                provider: Cow::Owned(provider.to_owned()),
+            })
+            .inc();
     }
 
     pub fn response(&self, route: Label, status: u16, took: Duration) {

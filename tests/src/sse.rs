@@ -44,10 +44,7 @@ impl Reader {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Event> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r') else {
-                break;
-            };
+        while let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r') {
             // A `\r` at the very end may be the first half of `\r\n`: wait.
             if self.buf[end] == b'\r' && end + 1 == self.buf.len() {
                 break;

@@ -2,8 +2,8 @@
 //! (SPEC §1).
 //!
 //! Messages: [`Outcome`] (fire-and-forget `do_send` from the proxy after each
-//! attempt's verdict), plus its own timers: `HalfOpen` when a cooldown ends and one
-//! health check per provider every `health_check.interval`.
+//! attempt's verdict, skipped when it would change nothing), plus its own timers:
+//! `HalfOpen` when a cooldown ends, and each provider's next health check.
 //!
 //! Request handlers never wait on this actor: they read the state it publishes in
 //! each provider's lock-free [`ProviderStatus`](crate::providers::status) and
@@ -12,15 +12,18 @@
 //! half-open after `cooldown` (admits `half_open_max_requests` probes) → closed once
 //! they all succeed, or open again on the first probe that fails.
 //! Health checks only ever `GET {base_url}{health_check.path}` (default `/models`,
-//! no token cost) and set the `healthy` flag; routing skips unhealthy providers.
-//! Unhealthy means no answer within `health_check.timeout`, or a 5xx.
+//! no token cost); a check fails on no answer within `health_check.timeout` or a
+//! 5xx. What checks and answered requests do to the `healthy` flag, and when the
+//! next check runs, is [`crate::providers::health`]. The first check runs at
+//! start-up, and the provider is usable until checks say otherwise.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::providers::Providers;
+use crate::providers::health::{self, CheckEffect};
 use crate::providers::status::BreakerState;
+use crate::providers::{Provider, Providers};
 
 /// What one attempt against a provider came to.
 #[derive(Debug)]
@@ -51,8 +54,8 @@ pub struct ProviderSupervisor {
     generation: Vec<u64>,
     /// Successful probes since the breaker went half-open.
     probe_successes: Vec<u64>,
-    /// A health check still running is not started again.
-    checking: Vec<bool>,
+    /// Whether a health check has passed once (see `health::next_check_in`).
+    passed_once: Vec<bool>,
     /// Health checks get their own small client: they must not borrow (or keep
     /// alive) the request path's pooled connections.
     health_clients: Vec<Option<reqwest::Client>>,
@@ -81,7 +84,7 @@ impl ProviderSupervisor {
             providers,
             generation: vec![0; n],
             probe_successes: vec![0; n],
-            checking: vec![false; n],
+            passed_once: vec![false; n],
             health_clients,
         };
         let arbiter = Arbiter::new();
@@ -113,67 +116,93 @@ impl ProviderSupervisor {
         tracing::info!(provider = %p.name, "circuit breaker closed");
     }
 
+    /// Runs one health check; when it ends, schedules the next (checks of one
+    /// provider never overlap).
     fn check(&mut self, i: usize, ctx: &mut Context<Self>) {
         let Some(client) = self.health_clients[i].clone() else {
             return;
         };
-        if std::mem::replace(&mut self.checking[i], true) {
-            return;
-        }
         let p = Arc::clone(&self.providers.all()[i]);
+        let started = tokio::time::Instant::now();
         let probe = async move {
-            let result = p
+            let answer = p
                 .get(&client, &p.health_check.path, p.health_check.timeout.0)
-                .await
-                // Any answer below 500 proves the provider is up: a 404 from one
-                // that lacks `/models` or a 401 for a bad key must not take it out
-                // of rotation (requests would show those errors as they are).
-                .and_then(|(status, body)| match status.is_server_error() {
-                    true => Err(format!("status {}", status.as_u16())),
-                    false => Ok((status.is_success(), body)),
-                });
-            (p, result)
+                .await;
+            (p, answer)
         };
-        ctx.spawn(probe.into_actor(self).map(move |(p, result), act, _| {
-            act.checking[i] = false;
-            let now = crate::time::now();
-            match result {
-                Ok((listed, body)) => {
-                    if !p.status.healthy() {
-                        tracing::info!(provider = %p.name, "health check passes again");
-                    }
-                    p.status.set_healthy(true);
-                    if listed && p.has_glob() && p.health_check_lists_models() {
-                        p.learn_models(&body);
-                    }
-                    p.status.note(|d| d.last_check_at = Some(now));
-                }
-                Err(e) => {
-                    if p.status.healthy() {
-                        tracing::warn!(provider = %p.name, error = %e, "health check failed");
-                    }
-                    p.status.set_healthy(false);
-                    p.status.note(|d| {
-                        d.last_check_at = Some(now);
-                        d.last_error = Some(format!("health check: {e}"));
-                    });
-                }
-            }
+        ctx.spawn(probe.into_actor(self).map(move |(p, answer), act, ctx| {
+            act.passed_once[i] |= record_check(&p, answer);
+            let next = health::next_check_in(&p.status, &p.health_check, act.passed_once[i])
+                .saturating_sub(started.elapsed());
+            ctx.run_later(next, move |act, ctx| act.check(i, ctx));
         }));
     }
+}
+
+type CheckAnswer = Result<(reqwest::StatusCode, bytes::Bytes), String>;
+
+/// Applies a health check's answer: the health flag, the diagnostics and, when
+/// the check is a `*` provider's `GET /models`, its model list. True if it passed.
+fn record_check(p: &Provider, answer: CheckAnswer) -> bool {
+    // Any answer below 500 proves the provider is up: a 404 from one that lacks
+    // `/models` or a 401 for a bad key must not take it out of rotation (requests
+    // would show those errors as they are).
+    let verdict = match &answer {
+        Ok((status, _)) if status.is_server_error() => Err(format!("status {}", status.as_u16())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.clone()),
+    };
+    let effect = health::apply_check(&p.status, &p.health_check, verdict.is_ok());
+    let failures = p.status.check_failures();
+    match (&verdict, effect) {
+        (_, CheckEffect::Recovered) => {
+            tracing::info!(provider = %p.name, "health check passes again");
+        }
+        (Err(e), CheckEffect::TakenOut) => tracing::warn!(
+            provider = %p.name, error = %e, failures,
+            "health check failed {failures} time(s) in a row: provider marked unhealthy"
+        ),
+        (Err(e), CheckEffect::Excused) => tracing::debug!(
+            provider = %p.name, error = %e,
+            "health check failed, not counted: the provider answered a request within the interval"
+        ),
+        // Below the threshold: worth an info line; already unhealthy (checked
+        // every second): only at debug.
+        (Err(e), CheckEffect::Unchanged) if p.status.healthy() => {
+            tracing::info!(provider = %p.name, error = %e, failures, "health check failed");
+        }
+        (Err(e), CheckEffect::Unchanged) => {
+            tracing::debug!(provider = %p.name, error = %e, failures, "health check still failing");
+        }
+        (Ok(()), _) => {}
+    }
+    let now = crate::time::now();
+    p.status.note(|d| {
+        d.last_check_at = Some(now);
+        if let Err(e) = &verdict {
+            d.last_error = Some(format!("health check: {e}"));
+        }
+    });
+    if p.has_glob() && p.health_check_lists_models() {
+        let listed = match answer {
+            Ok((status, body)) if status.is_success() => p
+                .learn_models(&body)
+                .ok_or_else(|| "not a model list".to_owned()),
+            Ok((status, _)) => Err(format!("status {}", status.as_u16())),
+            Err(e) => Err(e),
+        };
+        p.note_models_refresh(listed);
+    }
+    verdict.is_ok()
 }
 
 impl Actor for ProviderSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let providers = Arc::clone(&self.providers);
-        for (i, p) in providers.all().iter().enumerate() {
-            if !p.health_check.enabled {
-                continue;
-            }
+        // Each enabled check runs now, then reschedules itself (`check`).
+        for i in 0..self.providers.all().len() {
             self.check(i, ctx);
-            ctx.run_interval(p.health_check.interval.0, move |act, ctx| act.check(i, ctx));
         }
     }
 }
@@ -190,6 +219,9 @@ impl Handler<Outcome> for ProviderSupervisor {
         match msg.verdict {
             Verdict::Success => {
                 status.set_failures(0);
+                if health::apply_answered_request(status) == CheckEffect::Recovered {
+                    tracing::info!(provider = %p.name, "provider answered a request: marked healthy again");
+                }
                 if status.state() == BreakerState::HalfOpen {
                     self.probe_successes[i] += 1;
                     if self.probe_successes[i] >= p.breaker.half_open_max_requests {

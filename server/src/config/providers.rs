@@ -13,6 +13,8 @@ pub const DEFAULT_HEALTH_INTERVAL: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration::secs(5);
 /// `GET /models` costs no tokens at any OpenAI-compatible provider.
 pub const DEFAULT_HEALTH_PATH: &str = "/models";
+/// Consecutive failed health checks before a provider is taken out (SPEC §4).
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u64 = 2;
 pub const DEFAULT_FAILURE_THRESHOLD: u64 = 5;
 pub const DEFAULT_BREAKER_COOLDOWN: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_HALF_OPEN_MAX_REQUESTS: u64 = 1;
@@ -71,6 +73,7 @@ impl Default for ProviderTimeouts {
 }
 
 /// A periodic `GET {base_url}{path}`; never a completion, so it costs no tokens.
+/// How its results and live traffic decide health: `providers::health`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
@@ -79,6 +82,10 @@ pub struct HealthCheckConfig {
     pub timeout: HumanDuration,
     /// Relative to `base_url`, e.g. `/models`.
     pub path: String,
+    /// Consecutive failed checks that take the provider out (at least 1); one
+    /// passing check, or one answered request, brings it back.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub unhealthy_threshold: u64,
 }
 
 impl Default for HealthCheckConfig {
@@ -88,6 +95,7 @@ impl Default for HealthCheckConfig {
             interval: DEFAULT_HEALTH_INTERVAL,
             timeout: DEFAULT_HEALTH_TIMEOUT,
             path: DEFAULT_HEALTH_PATH.to_owned(),
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
         }
     }
 }

@@ -115,3 +115,24 @@ fn bad_values_are_rejected_with_paths() {
             .contains("tokens.default_ttl")
     );
 }
+
+#[test]
+fn health_check_unhealthy_threshold_defaults_to_2_and_must_be_positive() {
+    let cfg = load(&minimal(), &[]).unwrap();
+    assert_eq!(cfg.providers[0].health_check.unhealthy_threshold, 2);
+    let with = |n: &str| {
+        minimal().replace(
+            "base_url: \"http://127.0.0.1:1/v1\" }",
+            &format!(
+                "base_url: \"http://127.0.0.1:1/v1\", health_check: {{ unhealthy_threshold: {n} }} }}"
+            ),
+        )
+    };
+    let cfg = load(&with("3"), &[]).unwrap();
+    assert_eq!(cfg.providers[0].health_check.unhealthy_threshold, 3);
+    let err = load(&with("0"), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("providers[0].health_check.unhealthy_threshold: must be at least 1"),
+        "{err}"
+    );
+}

@@ -177,6 +177,11 @@ impl Config {
                     "{at}.health_check: interval and timeout must be positive"
                 ));
             }
+            if h.unhealthy_threshold == 0 {
+                errors.push(format!(
+                    "{at}.health_check.unhealthy_threshold: must be at least 1"
+                ));
+            }
             if !h.path.starts_with('/') {
                 errors.push(format!(
                     "{at}.health_check.path: must start with / (it is appended to base_url)"

@@ -4,8 +4,18 @@
 //! ring) because connect and idle timeouts are per-client settings in reqwest; the
 //! first-byte timeout is applied per request by the proxy. Which provider a request
 //! tries, in which order, is [`routing`]; breaker and health state live in
-//! [`status`] and are moved by the `ProviderSupervisor` actor.
+//! [`status`] and are moved by the `ProviderSupervisor` actor, health by the rules
+//! in [`health`].
+//!
+//! Providers configured with a `*` glob learn their model list from the
+//! upstream's `GET /models` (for `GET /v1/models`): at every health check when the
+//! check is that call, else every `proxy.models_refresh_interval`. A failed
+//! refresh keeps the last list; it is logged at WARN when refreshes start failing
+//! and at INFO when they work again (once per change, not per refresh), shown in
+//! `/manage/providers` (`last_error`, `models_error`) and counted in
+//! `palisade_models_refresh_failures_total{provider}`.
 
+pub mod health;
 pub mod routing;
 pub mod status;
 
@@ -110,6 +120,34 @@ impl Provider {
             .unwrap_or_else(|_| Err("timed out".to_owned()))
     }
 
+    /// Records how a refresh of the model list went (see the module doc).
+    pub(crate) fn note_models_refresh(&self, outcome: Result<usize, String>) {
+        match outcome {
+            Ok(n) => match self.status.note(|d| d.models_error.take()).flatten() {
+                Some(_) => {
+                    tracing::info!(provider = %self.name, models = n, "model list refreshed again");
+                }
+                None => tracing::debug!(provider = %self.name, models = n, "refreshed model list"),
+            },
+            Err(e) => {
+                crate::metrics::global().models_refresh_failed(&self.name);
+                let started_failing = self
+                    .status
+                    .note(|d| {
+                        d.last_error = Some(format!("models: {e}"));
+                        d.models_error.replace(e.clone()).is_none()
+                    })
+                    .unwrap_or(true);
+                if started_failing {
+                    tracing::warn!(provider = %self.name, error = %e,
+                        "cannot refresh the model list from GET /models; GET /v1/models keeps the last one");
+                } else {
+                    tracing::debug!(provider = %self.name, error = %e, "model list refresh still failing");
+                }
+            }
+        }
+    }
+
     /// Model ids to advertise in `GET /v1/models`.
     pub fn advertised_models(&self) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -136,7 +174,7 @@ impl Provider {
             .get(&self.client, "/models", self.first_byte_timeout)
             .await?;
         if !status.is_success() {
-            return Err(format!("status {status}"));
+            return Err(format!("status {}", status.as_u16()));
         }
         self.learn_models(&body)
             .ok_or_else(|| "not a model list".to_owned())
@@ -222,21 +260,43 @@ fn build_client(t: &ProviderTimeouts) -> Result<reqwest::Client, reqwest::Error>
         .build()
 }
 
+/// How soon a failed model-list refresh is tried again (when `interval` is longer),
+/// so an upstream that was not up yet at start-up is listed seconds later.
+pub const MODELS_RETRY: Duration = Duration::from_secs(5);
+
 /// Refreshes glob providers' model lists now and then every `interval`, for those
-/// whose health check does not already ask `GET /models`.
+/// whose health check does not already ask `GET /models`; one that failed is
+/// asked again after [`MODELS_RETRY`].
 pub async fn refresh_models_forever(providers: Arc<Providers>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
+    let listed: Vec<&Arc<Provider>> = providers
+        .all()
+        .iter()
+        .filter(|p| p.has_glob() && !p.health_check_lists_models())
+        .collect();
+    if listed.is_empty() {
+        return;
+    }
+    let mut due = vec![tokio::time::Instant::now(); listed.len()];
     loop {
-        tick.tick().await;
-        for p in providers
-            .all()
+        let next = due
             .iter()
-            .filter(|p| p.has_glob() && !p.health_check_lists_models())
+            .min()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        tokio::time::sleep_until(next).await;
+        let now = tokio::time::Instant::now();
+        for (p, due) in listed
+            .iter()
+            .zip(due.iter_mut())
+            .filter(|(_, d)| **d <= now)
         {
-            match p.discover_models().await {
-                Ok(n) => tracing::debug!(provider = %p.name, models = n, "refreshed model list"),
-                Err(e) => tracing::warn!(provider = %p.name, error = %e, "cannot list models"),
-            }
+            let outcome = p.discover_models().await;
+            let wait = match outcome.is_ok() {
+                true => interval,
+                false => interval.min(MODELS_RETRY),
+            };
+            p.note_models_refresh(outcome);
+            *due = now + wait;
         }
     }
 }

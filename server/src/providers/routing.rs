@@ -1,13 +1,21 @@
 //! Which providers a request tries, in which order.
 //!
 //! Candidates are the providers whose `models` serve the model, skipping those whose
-//! breaker is open or whose health check fails; by `priority` (lower first), and
-//! among equal priorities in a weighted random order (each provider's chance of
-//! going first is its share of the group's weight). A project that pins providers
-//! gets exactly those, in its order. Reads only the lock-free [`super::status`]:
-//! no mailbox, no lock.
+//! breaker is open or that are unhealthy; by `priority` (lower first), and among
+//! equal priorities in a weighted random order (each provider's chance of going
+//! first is its share of the group's weight). A project that pins providers gets
+//! exactly those, in its order. Reads only the lock-free [`super::status`]: no
+//! mailbox, no lock.
+//!
+//! Fail open on health, closed on breakers: when every provider serving the model
+//! is unhealthy but some have a breaker that is not open, those are tried anyway
+//! (a health check is indirect evidence, an open breaker is what requests saw),
+//! best first: the one that answered a request most recently, then the one with
+//! the fewest failed health checks, then the usual order. Only when every breaker
+//! is open is the answer 503 `no_healthy_provider`, with nothing tried.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -23,28 +31,43 @@ impl Providers {
         model: Option<&str>,
         pinned: &[String],
     ) -> Result<Vec<Arc<Provider>>, ProxyError> {
-        let usable: Vec<&Arc<Provider>> = self
-            .serving(model, pinned)
-            .filter(|p| p.status.usable())
-            .collect();
-        if usable.is_empty() {
-            // The error path alone looks again, to tell "nobody serves it" from
-            // "nobody serving it is usable now".
-            let serving: Vec<&Arc<Provider>> = self.serving(model, pinned).collect();
-            let model = model.unwrap_or_default().to_owned();
-            return Err(match serving.is_empty() {
-                true => ProxyError::ModelNotFound(model),
-                false => ProxyError::NoHealthyProvider {
-                    model,
-                    retry_after: retry_after(&serving),
-                },
-            });
+        let mut healthy: Vec<&Arc<Provider>> = Vec::new();
+        // Allocates only when a provider is unhealthy.
+        let mut unhealthy: Vec<&Arc<Provider>> = Vec::new();
+        let mut serving = 0usize;
+        for p in self.serving(model, pinned) {
+            serving += 1;
+            if p.status.state() == BreakerState::Open {
+                continue;
+            }
+            match p.status.healthy() {
+                true => healthy.push(p),
+                false => unhealthy.push(p),
+            }
         }
-        if pinned.is_empty() {
-            Ok(weighted_order(&usable, &mut rand::rng()))
-        } else {
-            Ok(usable.into_iter().cloned().collect())
+        if !healthy.is_empty() {
+            return Ok(in_order(&healthy, pinned));
         }
+        if !unhealthy.is_empty() {
+            let mut order = in_order(&unhealthy, pinned);
+            best_first(&mut order);
+            tracing::debug!(
+                model = model.unwrap_or_default(),
+                provider = %order[0].name,
+                "every provider for the model is unhealthy; trying the best one anyway"
+            );
+            return Ok(order);
+        }
+        // The error path alone looks again, for when to retry.
+        let open: Vec<&Arc<Provider>> = self.serving(model, pinned).collect();
+        let model = model.unwrap_or_default().to_owned();
+        Err(match serving {
+            0 => ProxyError::ModelNotFound(model),
+            _ => ProxyError::NoHealthyProvider {
+                model,
+                retry_after: retry_after(&open),
+            },
+        })
     }
 
     /// The providers that serve `model`: the pinned ones in pin order, else all
@@ -64,23 +87,43 @@ impl Providers {
             .filter(move |p| model.is_none_or(|m| p.serves(m)))
     }
 
-    /// `/ready`: at least one provider is healthy with a breaker that is not open.
+    /// `/ready` (SPEC §4): at least one provider has a breaker that is not open,
+    /// so some request would be tried (health alone never refuses one).
     pub fn any_usable(&self) -> bool {
-        self.all().iter().any(|p| p.status.usable())
+        self.all()
+            .iter()
+            .any(|p| p.status.state() != BreakerState::Open)
     }
 }
 
-/// Seconds until the first of these providers is worth trying again.
+/// Pin order when pinned, else priority groups in weighted random order.
+fn in_order(list: &[&Arc<Provider>], pinned: &[String]) -> Vec<Arc<Provider>> {
+    match pinned.is_empty() {
+        true => weighted_order(list, &mut rand::rng()),
+        false => list.iter().map(|p| Arc::clone(p)).collect(),
+    }
+}
+
+/// Unhealthy providers, most promising first: answered a request most recently
+/// (never: last), then fewest failed health checks; ties keep their order.
+fn best_first(list: &mut [Arc<Provider>]) {
+    list.sort_by_key(|p| {
+        (
+            p.status.since_last_success().unwrap_or(Duration::MAX),
+            p.status.check_failures(),
+        )
+    });
+}
+
+/// Seconds until the first of these (open) breakers turns half-open; at least 1.
 fn retry_after(providers: &[&Arc<Provider>]) -> u64 {
     let now = crate::time::now().timestamp_millis().max(0).unsigned_abs();
     providers
         .iter()
-        .map(|p| {
-            if p.status.state() == BreakerState::Open {
-                p.status.open_until_ms().saturating_sub(now).div_ceil(1000)
-            } else {
-                p.health_check.interval.0.as_secs()
-            }
+        .map(|p| match p.status.state() {
+            BreakerState::Open => p.status.open_until_ms().saturating_sub(now).div_ceil(1000),
+            // It left the open state since we looked: worth trying at once.
+            BreakerState::Closed | BreakerState::HalfOpen => 0,
         })
         .min()
         .unwrap_or(1)
@@ -159,18 +202,65 @@ mod tests {
 
     #[test]
     fn routing_skips_open_and_unhealthy_then_reports_when_to_retry() {
-        let ps = providers(&[provider("a", &["*"], 0, 1), provider("b", &["*"], 1, 1)]);
+        let ps = providers(&[
+            provider("a", &["*"], 0, 1),
+            provider("b", &["*"], 1, 1),
+            provider("c", &["*"], 2, 1),
+        ]);
         let now = crate::time::now().timestamp_millis().unsigned_abs();
         ps.all()[0]
             .status
             .set_state(BreakerState::Open, now + 4_500, 0);
-        assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["b"]);
         ps.all()[1].status.set_healthy(false);
+        // Unhealthy is skipped while a healthy provider is left.
+        assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["c"]);
+        ps.all()[2]
+            .status
+            .set_state(BreakerState::Open, now + 9_000, 0);
+        // Fail open on health: the unhealthy one is still tried ...
+        assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["b"]);
+        assert!(ps.any_usable());
+        // ... closed on breakers.
+        ps.all()[1]
+            .status
+            .set_state(BreakerState::Open, now + 7_000, 0);
         match ps.candidates(Some("m"), &[]) {
             Err(ProxyError::NoHealthyProvider { retry_after, .. }) => assert_eq!(retry_after, 5),
             other => panic!("{other:?}"),
         }
         assert!(!ps.any_usable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routing_all_unhealthy_tries_the_best_first() {
+        let ps = providers(&[
+            provider("a", &["*"], 0, 1),
+            provider("b", &["*"], 1, 1),
+            provider("c", &["*"], 2, 1),
+        ]);
+        let [a, b, c] = [0, 1, 2].map(|i| &ps.all()[i].status);
+        for s in [a, b, c] {
+            s.set_healthy(false);
+        }
+        // No request answered anywhere: fewest failed checks first, then priority.
+        a.set_check_failures(5);
+        b.set_check_failures(2);
+        c.set_check_failures(2);
+        assert_eq!(
+            names(&ps.candidates(Some("m"), &[]).unwrap()),
+            ["b", "c", "a"]
+        );
+        // The most recent answered request wins over everything else.
+        c.note_success();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        a.note_success();
+        assert_eq!(
+            names(&ps.candidates(Some("m"), &[]).unwrap()),
+            ["a", "c", "b"]
+        );
+        // A pinned project gets only its pins, ranked the same way.
+        let pin = ["b".to_owned(), "c".to_owned()];
+        assert_eq!(names(&ps.candidates(Some("m"), &pin).unwrap()), ["c", "b"]);
     }
 
     #[test]

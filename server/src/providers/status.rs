@@ -2,15 +2,18 @@
 //! the `ProviderSupervisor`.
 //!
 //! Ownership: the supervisor alone moves the breaker (`state`, `consecutive_failures`,
-//! `open_until_ms`), the health flag and the diagnostics. Handlers only read them,
-//! take half-open probe permits with a compare-and-swap, and count `in_flight`.
-//! That is the "published routing snapshot": no lock and no mailbox on the request
-//! path.
+//! `open_until_ms`), the health flag, the count of failed health checks and the
+//! diagnostics. Handlers only read them, take half-open probe permits with a
+//! compare-and-swap, count `in_flight`, and stamp `last_success` (one relaxed
+//! store) when an upstream answered. That is the "published routing snapshot": no
+//! lock and no mailbox on the request path.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -50,6 +53,9 @@ impl BreakerState {
 pub struct Diagnostics {
     pub last_error: Option<String>,
     pub last_check_at: Option<DateTime<Utc>>,
+    /// Why the last refresh of a `*` provider's model list failed; `None` once
+    /// one succeeds (so the WARN is logged once per change of state).
+    pub models_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -61,6 +67,13 @@ pub struct ProviderStatus {
     open_until_ms: AtomicU64,
     probes_left: AtomicU64,
     in_flight: AtomicU64,
+    /// Consecutive failed health checks that counted (see `providers::health`).
+    check_failures: AtomicU64,
+    /// When an upstream last answered a request (not a health check), in
+    /// milliseconds after `epoch`, plus one; 0 = never. Monotonic (tokio) time, so
+    /// tests can pause it.
+    last_success: AtomicU64,
+    epoch: Instant,
     diagnostics: Mutex<Diagnostics>,
 }
 
@@ -74,6 +87,9 @@ impl Default for ProviderStatus {
             open_until_ms: AtomicU64::new(0),
             probes_left: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            check_failures: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
+            epoch: Instant::now(),
             diagnostics: Mutex::new(Diagnostics::default()),
         }
     }
@@ -107,6 +123,26 @@ impl ProviderStatus {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    pub fn check_failures(&self) -> u64 {
+        self.check_failures.load(Ordering::Relaxed)
+    }
+
+    /// How long ago an upstream last answered a request; `None`: never.
+    pub fn since_last_success(&self) -> Option<Duration> {
+        let stamp = self.last_success.load(Ordering::Relaxed).checked_sub(1)?;
+        let now = self.millis_since_epoch();
+        Some(Duration::from_millis(now.saturating_sub(stamp)))
+    }
+
+    /// Whether an upstream answered a request within `window`.
+    pub fn succeeded_within(&self, window: Duration) -> bool {
+        self.since_last_success().is_some_and(|age| age <= window)
+    }
+
+    fn millis_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
     pub fn diagnostics(&self) -> Diagnostics {
         self.diagnostics
             .lock()
@@ -126,6 +162,13 @@ impl ProviderStatus {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
                 .is_ok(),
         }
+    }
+
+    /// The upstream answered a request with something other than a retryable
+    /// failure: live proof of health. One clock read and one relaxed store.
+    pub fn note_success(&self) {
+        let stamp = self.millis_since_epoch().saturating_add(1);
+        self.last_success.store(stamp, Ordering::Relaxed);
     }
 
     /// Gives back a probe permit whose attempt ended without a verdict.
@@ -151,10 +194,13 @@ impl ProviderStatus {
         self.healthy.store(healthy, Ordering::Release);
     }
 
-    pub(crate) fn note(&self, f: impl FnOnce(&mut Diagnostics)) {
-        if let Ok(mut d) = self.diagnostics.lock() {
-            f(&mut d);
-        }
+    pub(crate) fn set_check_failures(&self, n: u64) {
+        self.check_failures.store(n, Ordering::Relaxed);
+    }
+
+    /// Updates the diagnostics under their lock (never taken on the request path).
+    pub(crate) fn note<R>(&self, f: impl FnOnce(&mut Diagnostics) -> R) -> Option<R> {
+        self.diagnostics.lock().ok().map(|mut d| f(&mut d))
     }
 }
 

@@ -168,7 +168,12 @@ impl<'a> Attempt<'a> {
 
     fn success(mut self) {
         let status = &self.provider.status;
-        if status.state() == BreakerState::Closed && status.consecutive_failures() == 0 {
+        // Live proof of health, stamped lock-free (`providers::health`).
+        status.note_success();
+        if status.state() == BreakerState::Closed
+            && status.consecutive_failures() == 0
+            && status.healthy()
+        {
             // Nothing for the supervisor to change: no message, so the common case
             // costs the request path no cross-thread wake-up.
             self.done = true;

@@ -54,6 +54,7 @@ pub fn scope(
     web::scope("/v1")
         .wrap(actix_web::middleware::Condition::new(enabled, governor))
         .route("/models", web::get().to(models::list))
+        .route("/models/{id:.+}", web::get().to(models::retrieve))
         .default_service(web::to(forward))
 }
 

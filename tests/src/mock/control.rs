@@ -1,5 +1,6 @@
 //! Observation and control, outside `/v1`: `GET /_mock/stats`, `/_mock/requests`,
-//! `/_mock/last`, `POST /_mock/reset`, `POST /_mock/fail-next`.
+//! `/_mock/last`, `POST /_mock/reset`, `POST /_mock/fail-next`,
+//! `POST /_mock/models-delay`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,5 +97,14 @@ pub async fn fail_next(mock: Shared, body: web::Json<Value>) -> HttpResponse {
         hang: body["hang"].as_bool().unwrap_or(false),
         retry_after: body["retry_after"].as_str().map(str::to_owned),
     };
+    HttpResponse::NoContent().finish()
+}
+
+/// `POST /_mock/models-delay {"ms": N}`: `GET /v1/models` waits N ms before its
+/// answer (a slow health check, whatever the dialect); 0 = none. Not cleared by
+/// `reset`.
+pub async fn models_delay(mock: Shared, body: web::Json<Value>) -> HttpResponse {
+    mock.models_delay_ms
+        .store(body["ms"].as_u64().unwrap_or(0), Ordering::SeqCst);
     HttpResponse::NoContent().finish()
 }

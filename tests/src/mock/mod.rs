@@ -26,6 +26,8 @@ pub mod embeddings;
 pub mod fixtures;
 pub mod gzip;
 pub mod plan;
+mod request;
+pub mod respond;
 pub mod responses;
 pub mod state;
 
@@ -38,13 +40,13 @@ use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{Value, json};
 
-use chat::{Answer, Completion, Frame};
+use chat::Completion;
 use control::{Shared, record};
 pub use dialect::Dialect;
-use gzip::{GzipStream, compress};
 use plan::{Plan, header};
+use respond::Reply;
 use responses::Responses;
-use state::{Generation, HandlerGuard, Mock, StreamGuard};
+use state::{Generation, HandlerGuard, Mock};
 
 /// How to run one mock process.
 pub struct Options {
@@ -74,6 +76,7 @@ pub async fn serve(
             .route("/_mock/last", web::get().to(control::last))
             .route("/_mock/reset", web::post().to(control::reset))
             .route("/_mock/fail-next", web::post().to(control::fail_next))
+            .route("/_mock/models-delay", web::post().to(control::models_delay))
             .default_service(web::to(v1))
     })
     .workers(opts.workers.max(1))
@@ -102,35 +105,6 @@ fn error_response(code: u16, plan: &Plan) -> HttpResponse {
     resp.content_type("application/json").body(body)
 }
 
-fn last_user_text(body: &Value) -> Option<String> {
-    body["messages"].as_array()?.last()?["content"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-fn words(body: &Value) -> u64 {
-    let count = |v: &Value| {
-        v.as_str()
-            .map_or(0, |s| s.split_whitespace().count() as u64)
-    };
-    match body["messages"].as_array() {
-        Some(msgs) => msgs.iter().map(|m| count(&m["content"])).sum(),
-        None => count(&body["prompt"]),
-    }
-}
-
-/// The first tool a chat request offers (unless `tool_choice` is `none`).
-fn offered_tool(body: &Value) -> Option<String> {
-    if body["tool_choice"].as_str() == Some("none") {
-        return None;
-    }
-    let tool = body["tools"].as_array()?.first()?;
-    tool["function"]["name"]
-        .as_str()
-        .or_else(|| tool["name"].as_str())
-        .map(str::to_owned)
-}
-
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -145,6 +119,10 @@ async fn v1(req: HttpRequest, body: Bytes, mock: Shared) -> HttpResponse {
     if req.method() == Method::GET && path.starts_with("/v1/models") {
         // A single-slot server answers nothing while it generates.
         mock.slot_free().await;
+        let delay = mock.models_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         guard.answered = true;
         return models(&mock, path.strip_prefix("/v1/models"));
     }
@@ -189,66 +167,40 @@ async fn v1(req: HttpRequest, body: Bytes, mock: Shared) -> HttpResponse {
         (n, now_secs())
     };
     let model = model.unwrap_or_else(|| "mock".to_owned());
-    let accept = header(&req, "accept-encoding").map(str::to_owned);
     let stream = parsed["stream"].as_bool() == Some(true);
+    drop(guard);
+    let reply = Reply {
+        mock: &mock,
+        accept: header(&req, "accept-encoding"),
+        plan,
+        generation,
+    };
+    let (dialect, chunks) = (reply.plan.dialect, reply.plan.chunks);
     match path.as_str() {
-        "/v1/embeddings" => {
-            let body = plan.dialect.body_json(&embeddings::body(&parsed, &model));
-            json_response(&plan, accept.as_deref(), body)
-        }
+        "/v1/embeddings" => reply.json(dialect.body_json(&embeddings::body(&parsed, &model))),
         "/v1/responses" => {
             let r = Responses {
-                dialect: plan.dialect,
+                dialect,
                 id_n,
                 created,
                 model,
                 input_tokens: responses::input_words(&parsed),
             };
             if stream {
-                drop(guard);
-                let frames = r.frames(plan.chunks);
-                stream_response(&mock, &plan, frames, accept.as_deref(), generation)
+                reply.stream(r.frames(chunks))
             } else {
-                let text = format!(
-                    "mock reply: {}",
-                    responses::input_text(&parsed).unwrap_or_default()
-                );
-                json_response(&plan, accept.as_deref(), r.body(&text))
+                let text = responses::input_text(&parsed).unwrap_or_default();
+                reply.json(r.body(&format!("mock reply: {text}")))
             }
         }
         "/v1/chat/completions" | "/v1/completions" => {
             let chat = path == "/v1/chat/completions";
-            let answer = match (chat, offered_tool(&parsed)) {
-                (true, Some(name)) => Answer::Tool {
-                    name,
-                    arguments: json!({"query": last_user_text(&parsed).unwrap_or_default()})
-                        .to_string(),
-                },
-                (true, None) => Answer::Text(match last_user_text(&parsed) {
-                    Some(text) => format!("mock reply: {text}"),
-                    None => "mock reply".to_owned(),
-                }),
-                (false, _) => Answer::Text(format!(
-                    "mock completion: {}",
-                    parsed["prompt"].as_str().unwrap_or_default()
-                )),
-            };
-            let c = Completion {
-                dialect: plan.dialect,
-                chat,
-                id: format!("{}-mock-{id_n}", if chat { "chatcmpl" } else { "cmpl" }),
-                created,
-                model,
-                prompt_tokens: words(&parsed),
-                answer,
-            };
+            let c = Completion::for_request(&parsed, chat, dialect, id_n, created, model);
             if stream {
-                drop(guard);
                 let usage = parsed["stream_options"]["include_usage"].as_bool() == Some(true);
-                let frames = c.frames(plan.chunks, usage);
-                stream_response(&mock, &plan, frames, accept.as_deref(), generation)
+                reply.stream(c.frames(chunks, usage))
             } else {
-                json_response(&plan, accept.as_deref(), c.body())
+                reply.json(c.body())
             }
         }
         _ => HttpResponse::NotFound().finish(),
@@ -269,102 +221,4 @@ fn models(mock: &Mock, rest: Option<&str>) -> HttpResponse {
             "message": format!("The model '{id}' does not exist"),
             "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})),
     }
-}
-
-/// A JSON body, gzipped when the plan and the client's `Accept-Encoding` say so.
-fn json_response(plan: &Plan, accept: Option<&str>, body: String) -> HttpResponse {
-    let mut resp = HttpResponse::Ok();
-    resp.content_type("application/json");
-    if plan.gzip.applies(accept) {
-        resp.insert_header(("content-encoding", "gzip"))
-            .insert_header(("vary", "Accept-Encoding"));
-        return resp.body(compress(body.as_bytes()));
-    }
-    resp.body(body)
-}
-
-/// Sends `frames` paced by `x-mock-chunk-delay-ms`, cut by `x-mock-cut-after`,
-/// gzipped event by event when asked.
-fn stream_response(
-    mock: &Arc<Mock>,
-    plan: &Plan,
-    frames: Vec<Frame>,
-    accept: Option<&str>,
-    generation: Option<Generation>,
-) -> HttpResponse {
-    let guard = StreamGuard::new(mock, generation);
-    // Index of the frame after the K-th content frame: the stream aborts there.
-    let cut_at = plan.cut_after.map(|k| {
-        let mut seen = 0;
-        frames
-            .iter()
-            .position(|f| {
-                if seen == k {
-                    return true;
-                }
-                seen += u64::from(f.content);
-                false
-            })
-            .unwrap_or(frames.len())
-    });
-    let delay = Duration::from_millis(plan.chunk_delay_ms);
-    let gzip = plan.gzip.applies(accept).then(GzipStream::default);
-    let compressed = gzip.is_some();
-    struct St {
-        frames: Vec<Frame>,
-        i: usize,
-        guard: StreamGuard,
-        gzip: Option<GzipStream>,
-    }
-    let start = St {
-        frames,
-        i: 0,
-        guard,
-        gzip,
-    };
-    let body = futures_util::stream::unfold(start, move |mut st| async move {
-        if cut_at == Some(st.i) {
-            // Let the frames already produced reach the wire before the abort.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            st.i = usize::MAX;
-            return Some((Err(std::io::Error::other("mock: stream cut")), st));
-        }
-        if st.i >= st.frames.len() {
-            if st.i == usize::MAX {
-                return None;
-            }
-            st.i = usize::MAX;
-            st.guard.complete();
-            return match st.gzip.take() {
-                Some(gz) => Some((Ok(gz.finish()), st)),
-                None => None,
-            };
-        }
-        let frame = &st.frames[st.i];
-        if frame.paced && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let bytes = match st.gzip.as_mut() {
-            Some(gz) => gz.piece(&frame.bytes),
-            None => frame.bytes.clone(),
-        };
-        st.i += 1;
-        Some((Ok::<_, std::io::Error>(bytes), st))
-    });
-    let mut resp = HttpResponse::Ok();
-    resp.content_type(plan.dialect.stream_content_type());
-    match plan.dialect {
-        Dialect::Starlette => {
-            resp.insert_header(("cache-control", "no-store"))
-                .insert_header(("x-accel-buffering", "no"));
-        }
-        _ => {
-            resp.insert_header(("cache-control", "no-cache"));
-        }
-    }
-    if compressed {
-        resp.insert_header(("content-encoding", "gzip"))
-            .insert_header(("vary", "Accept-Encoding"));
-    }
-    resp.streaming(body)
 }

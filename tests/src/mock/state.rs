@@ -19,6 +19,8 @@ pub struct Mock {
     /// llama.cpp-dialect generations running now; `GET /v1/models` waits for 0.
     pub generating: AtomicU64,
     pub idle: Notify,
+    /// `POST /_mock/models-delay`: `GET /v1/models` answers after this many ms.
+    pub models_delay_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -58,6 +60,7 @@ impl Mock {
             stats: Stats::default(),
             generating: AtomicU64::new(0),
             idle: Notify::new(),
+            models_delay_ms: AtomicU64::new(0),
         }
     }
 

@@ -17,8 +17,21 @@ pub struct Mock {
 
 impl Mock {
     pub fn start(name: &str) -> Mock {
+        Self::start_dialect(name, "openai")
+    }
+
+    /// A mock whose requests without `x-mock-dialect` get `dialect` (`openai`,
+    /// `litellm`, `starlette`, `llamacpp`, `lastchunk`; `docs/mock-upstream.md`).
+    pub fn start_dialect(name: &str, dialect: &str) -> Mock {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
-            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+                "--dialect",
+                dialect,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -62,6 +75,14 @@ impl Mock {
 
     pub async fn last_request(&self) -> Value {
         self.control_get("last").await
+    }
+
+    /// Every request received (up to the last 1000), oldest first.
+    pub async fn requests(&self) -> Vec<Value> {
+        match self.control_get("requests").await {
+            Value::Array(all) => all,
+            other => panic!("/_mock/requests: {other}"),
+        }
     }
 
     /// `GET /_mock/{what}` as JSON.
