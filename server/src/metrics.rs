@@ -319,6 +319,7 @@ pub fn route_label(req: &HttpRequest) -> Label {
     }
     match req.match_pattern() {
         Some(p) if p.starts_with("/manage") => Cow::Owned(p),
+        Some(p) if p.starts_with("/v1/models/") => Cow::Borrowed("/v1/models/{id}"),
         _ if path.starts_with("/v1/") => Cow::Borrowed("/v1/other"),
         _ => Cow::Borrowed("other"),
     }

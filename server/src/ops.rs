@@ -13,8 +13,9 @@ pub async fn health() -> HttpResponse {
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let db = Query::ping(&state.db).await.is_ok();
-    // At least one provider healthy with its breaker not open (half-open counts:
-    // it is about to be probed).
+    // At least one provider whose breaker is not open (SPEC §4; half-open counts:
+    // it is about to be probed). Health checks alone never make the gateway
+    // unready: routing fails open on health (docs/health.md).
     let providers = state.providers.any_usable();
     let body = json!({
         "status": if db && providers { "ready" } else { "unavailable" },
