@@ -74,7 +74,22 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<LoggedBody>, actix_web::Error> {
     let started = Instant::now();
     req.extensions_mut().insert(AccessNote::default());
-    let res = next.call(req).await?;
+    let res = match next.call(req).await {
+        Ok(res) => res,
+        Err(e) => {
+            // Nothing inside answers with `Err` on purpose (errors become
+            // responses there), but a line is owed all the same; the request is
+            // gone with the error, so only what the error says is known.
+            tracing::info!(
+                target: "palisade::access",
+                status = e.as_response_error().status_code().as_u16(),
+                duration_ms = millis(started),
+                bytes = 0u64,
+                "access"
+            );
+            return Err(e);
+        }
+    };
     let line = Line::of(res.request(), res.status().as_u16(), started);
     Ok(res.map_body(|_, body| LoggedBody {
         body: body.boxed(),
@@ -115,7 +130,7 @@ impl Line {
 
     fn write(&self) {
         let n = &self.note;
-        let ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let ms = millis(self.started);
         tracing::info!(
             target: "palisade::access",
             method = %self.method,
@@ -133,6 +148,11 @@ impl Line {
             "access"
         );
     }
+}
+
+/// Milliseconds since `started`, to the microsecond.
+fn millis(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// The response body, counted as it goes; the line is written when it is dropped
@@ -166,5 +186,35 @@ impl Drop for LoggedBody {
         if let Some(line) = self.line.take() {
             line.write();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fill_only_a_request_that_carries_one() {
+        let req = actix_web::test::TestRequest::default().to_http_request();
+        note_model(&req, Some("m"));
+        note_attempt(&req, "p", Some(200));
+        assert!(req.extensions().get::<AccessNote>().is_none());
+
+        req.extensions_mut().insert(AccessNote::default());
+        let (token, project) = (Uuid::now_v7(), Uuid::now_v7());
+        note_caller(&req, token, project);
+        note_attempt(&req, "first", None);
+        note_attempt(&req, "second", Some(429));
+        // A client-chosen model name is cut, on a character boundary.
+        note_model(&req, Some(&"é".repeat(MODEL_MAX)));
+        let ext = req.extensions();
+        let n = ext.get::<AccessNote>().unwrap();
+        assert_eq!((n.token_id, n.project_id), (Some(token), Some(project)));
+        assert_eq!(n.attempts, 2);
+        assert_eq!(n.provider.as_deref(), Some("second"));
+        assert_eq!(n.upstream_status, Some(429));
+        let model = n.model.as_deref().unwrap();
+        assert_eq!(model.len(), MODEL_MAX);
+        assert!(model.chars().all(|c| c == 'é'));
     }
 }
