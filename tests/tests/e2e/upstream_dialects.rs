@@ -296,12 +296,26 @@ async fn dialect_starlette_crlf_stream_arrives_chunk_by_chunk() {
 
 #[tokio::test]
 async fn dialect_gzip_upstream_usage_is_recorded_and_client_reads_the_body() {
+    // Compressed when the request accepts gzip (a stock GZip middleware).
+    gzip_upstream("1").await;
+}
+
+#[tokio::test]
+async fn dialect_gzip_always_upstream_is_decoded_and_usage_recorded() {
+    // Compressed whatever the request accepts (a misconfigured CDN): the gateway
+    // must decode what it cannot avoid receiving.
+    gzip_upstream("always").await;
+}
+
+/// An upstream behind gzip (`x-mock-gzip: mode`), the client accepting gzip as the
+/// SDKs do.
+async fn gzip_upstream(mode: &str) {
     let (mock, gw) = start("");
     let (pid, plain_tid, plain) = gw.project_and_token(json!({}), json!({})).await;
     let (stream_tid, streamed) = gw.create_token(&pid, json!({})).await;
     let gz = |t: Target<'_>| {
         t.post("/v1/chat/completions", "openai")
-            .header("x-mock-gzip", "1")
+            .header("x-mock-gzip", mode)
             .header("accept-encoding", "gzip, deflate")
     };
     // Sanity: the mock does compress for a client that accepts gzip.
@@ -327,19 +341,19 @@ async fn dialect_gzip_upstream_usage_is_recorded_and_client_reads_the_body() {
     assert_eq!(
         (&row["prompt_tokens"], &row["completion_tokens"]),
         (&json!(2), &json!(4)),
-        "a gzip upstream's non-streamed usage must be recorded: {row}"
+        "a gzip ({mode}) upstream's non-streamed usage must be recorded: {row}"
     );
 
     // A compressed stream: readable, the same events, and its usage recorded.
     let body = chat_stream_body(false);
     let direct = fetch(gz(Target::Direct(&mock)), &body).await;
     let via = fetch(gz(Target::Via(&gw, &streamed)), &body).await;
-    assert_same_events("gzip stream", &via, &direct);
+    assert_same_events(&format!("gzip ({mode}) stream"), &via, &direct);
     assert!(with_usage(&events(&via)).is_empty(), "{}", text(&via));
     let row = usage_row(&gw, &stream_tid, 1).await;
     assert_eq!(
         (&row["prompt_tokens"], &row["completion_tokens"]),
         (&json!(2), &json!(5)),
-        "a gzip upstream's streamed usage must be recorded: {row}"
+        "a gzip ({mode}) upstream's streamed usage must be recorded: {row}"
     );
 }
