@@ -4,7 +4,7 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock config.yaml ./
 COPY server ./server
 COPY entity ./entity
 COPY migration ./migration

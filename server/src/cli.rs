@@ -78,7 +78,17 @@ pub enum UserCommand {
 pub async fn run(cli: Cli) -> Result<(), InitError> {
     match cli.command {
         Command::Serve { config, dev } => {
-            let mut cfg = Config::load(&config::resolve_path(config.as_deref()), dev)?;
+            let mut cfg = if config::use_built_in(config.as_deref(), dev) {
+                // Before logging starts, like the dev token line: one line on stderr.
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "palisade --dev: no ./config.yaml (and no --config or PALISADE_CONFIG): using the {}",
+                    config::BUILT_IN_NAME
+                );
+                Config::load_built_in(dev)?
+            } else {
+                Config::load(&config::resolve_path(config.as_deref()), dev)?
+            };
             let _guard = crate::telemetry::init(&cfg.logging);
             if dev {
                 enter_dev_mode(&mut cfg);

@@ -265,3 +265,73 @@ fn serve_refuses_admin_users_without_a_jwt_secret() {
     assert!(stderr.contains("auth.jwt_secret"), "{stderr}");
     assert!(!stderr.contains("a long enough password"), "{stderr}");
 }
+
+/// Reads `child`'s stderr until a line contains `marker` (or the stream ends);
+/// everything read so far.
+fn stderr_until(child: &mut std::process::Child, marker: &str) -> String {
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains(marker) {
+            break;
+        }
+        line.clear();
+    }
+    seen
+}
+
+#[test]
+fn serve_dev_without_any_config_file_runs_on_built_in_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = palisade()
+        .args(["serve", "--dev"])
+        .current_dir(dir.path())
+        .env("PALISADE_LISTEN", "127.0.0.1:0")
+        // The built-in provider reads these; keep it off the network.
+        .env("PALISADE_OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+        .env_remove("PALISADE_OPENAI_API_KEY")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = stderr_until(&mut child, "listening on");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("listening on"), "{seen}");
+    let notes: Vec<_> = seen
+        .lines()
+        .filter(|l| l.contains("using the built-in defaults"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{seen}");
+    // The built-in configuration is the documented one: data under ./data.
+    assert!(dir.path().join("data/palisade.db").exists(), "{seen}");
+}
+
+#[test]
+fn serve_without_a_config_file_refuses_unless_dev_and_none_was_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = palisade()
+        .arg("serve")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("config.yaml"), "{stderr}");
+    // A file that was named and is missing stays an error under --dev too.
+    for named in [["--config", "missing.yaml"].as_slice(), &[]] {
+        let mut cmd = palisade();
+        cmd.args(["serve", "--dev"])
+            .args(named)
+            .current_dir(dir.path());
+        if named.is_empty() {
+            cmd.env("PALISADE_CONFIG", "missing.yaml");
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{named:?}: {stderr}");
+        assert!(stderr.contains("missing.yaml"), "{named:?}: {stderr}");
+        assert!(!stderr.contains("built-in"), "{named:?}: {stderr}");
+    }
+}

@@ -422,7 +422,33 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("config.yaml"))
 }
 
+/// The documented default configuration (the repository's `config.yaml`), built in
+/// for `serve --dev` started where there is no configuration file.
+pub const BUILT_IN_YAML: &str = include_str!("../../../config.yaml");
+
+/// What `serve --dev` calls the built-in configuration in messages.
+pub const BUILT_IN_NAME: &str = "built-in defaults";
+
+/// `serve --dev` uses the built-in configuration only when nothing names a file
+/// (`--config`, `PALISADE_CONFIG`) and `./config.yaml` does not exist: a file that
+/// was asked for and is missing stays an error, with or without `--dev`.
+pub fn use_built_in(flag: Option<&Path>, dev: bool) -> bool {
+    dev && flag.is_none()
+        && std::env::var_os("PALISADE_CONFIG").is_none()
+        && !resolve_path(None).exists()
+}
+
 impl Config {
+    /// [`BUILT_IN_YAML`], expanded from the environment like a file would be.
+    pub fn load_built_in(dev: bool) -> Result<Self, InitError> {
+        Self::from_yaml(
+            BUILT_IN_YAML,
+            BUILT_IN_NAME,
+            &|k| std::env::var(k).ok(),
+            dev,
+        )
+    }
+
     /// Reads, expands, parses and validates. `dev` relaxes only what `--dev` documents.
     pub fn load(path: &Path, dev: bool) -> Result<Self, InitError> {
         let shown = path.display().to_string();

@@ -31,8 +31,7 @@ fn default_config_round_trips() {
 
 #[test]
 fn shipped_config_yaml_is_valid() {
-    let text = include_str!("../../../config.yaml");
-    let cfg = load(text, &[("PALISADE_MANAGEMENT_TOKEN", TOKEN)]).unwrap();
+    let cfg = load(BUILT_IN_YAML, &[("PALISADE_MANAGEMENT_TOKEN", TOKEN)]).unwrap();
     assert_eq!(cfg.server.max_body_bytes.0, DEFAULT_MAX_BODY_BYTES);
 }
 

@@ -317,3 +317,45 @@ fn member_cut_keeps_the_object_valid() {
     assert!(top_level_member(br#"{"a":{"usage":1}}"#, b"usage").is_none());
     assert!(top_level_member(b"[DONE]", b"usage").is_none());
 }
+
+/// The streams the test mock records for each real server's dialect
+/// (`tests/fixtures/sse`, kept in step with the mock by a test there): with usage
+/// asked, and as the client must receive them without.
+#[test]
+fn recorded_dialect_streams_cut_at_random_offsets() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sse");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_f1c5);
+    let mut checked = 0;
+    for dialect in ["openai", "litellm", "starlette", "llamacpp", "lastchunk"] {
+        for kind in ["chat", "tools"] {
+            let read = |name: String| std::fs::read(dir.join(name)).unwrap();
+            let with = read(format!("{dialect}-{kind}-usage.txt"));
+            let plain = read(format!("{dialect}-{kind}.txt"));
+            for round in 0..300 {
+                let cuts: Vec<usize> = match round {
+                    0 => Vec::new(),
+                    1 => (1..with.len()).collect(),
+                    _ => {
+                        let n = rng.random_range(1..=32);
+                        let mut c: Vec<usize> =
+                            (0..n).map(|_| rng.random_range(0..=with.len())).collect();
+                        c.sort_unstable();
+                        c
+                    }
+                };
+                let mut s = UsageStripper::default();
+                let mut out = Vec::new();
+                let mut prev = 0;
+                for cut in cuts.into_iter().chain(std::iter::once(with.len())) {
+                    out.extend_from_slice(&s.push(Bytes::copy_from_slice(&with[prev..cut])));
+                    prev = cut;
+                    assert!(plain.starts_with(&out), "{dialect}-{kind} round {round}");
+                }
+                out.extend_from_slice(&s.finish());
+                assert_eq!(out, plain, "{dialect}-{kind} round {round}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10);
+}
