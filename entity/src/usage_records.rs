@@ -1,6 +1,8 @@
 use sea_orm::entity::prelude::*;
 
-/// One proxied request. Token counts are `None` when the upstream reported none.
+/// One proxied request. Token counts are the upstream's, or Palisade's estimate
+/// (`usage_estimated`) when the upstream reported none; `None` when neither exists
+/// (failed requests, endpoints that count no tokens).
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "usage_records")]
 pub struct Model {
@@ -21,6 +23,7 @@ pub struct Model {
     pub latency_ms: f64,
     pub ttfb_ms: Option<f64>,
     pub client_closed: bool,
+    pub usage_estimated: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

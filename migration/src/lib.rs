@@ -10,6 +10,7 @@ mod m20261123_000003_create_audit_and_usage;
 mod m20261126_000001_add_project_providers;
 mod m20261126_000002_create_users_and_sessions;
 mod m20261126_000003_index_audit_actor_and_result;
+mod m20261130_000001_add_usage_estimated;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_add_project_providers::Migration),
             Box::new(m20261126_000002_create_users_and_sessions::Migration),
             Box::new(m20261126_000003_index_audit_actor_and_result::Migration),
+            Box::new(m20261130_000001_add_usage_estimated::Migration),
         ]
     }
 }

@@ -3,11 +3,13 @@
 //! Middleware order (outermost first), for every route:
 //! 1. `request_id::middleware`: assigns the request id before anything can fail,
 //!    and stamps `x-request-id` on every response, errors included.
-//! 2. `TracingLogger<RootSpan>`: one span per request carrying that id.
-//! 3. [`crate::edge::middleware`]: `Host` check, global IP lists, and the security
+//! 2. [`crate::access_log::middleware`] (when `logging.access_log`): one line per
+//!    request, written when its body ends.
+//! 3. `TracingLogger<RootSpan>`: one span per request carrying that id.
+//! 4. [`crate::edge::middleware`]: `Host` check, global IP lists, and the security
 //!    headers on every response;
-//! 4. CORS (only when `server.cors.allowed_origins` lists any);
-//! 5. Routing: `/v1` → [`crate::proxy`], `/manage` → [`crate::manage`] (which adds
+//! 5. CORS (only when `server.cors.allowed_origins` lists any);
+//! 6. Routing: `/v1` → [`crate::proxy`], `/manage` → [`crate::manage`] (which adds
 //!    its own auth middleware), `/health`, `/ready`, else a JSON 404.
 //!
 //! No compression middleware anywhere: it would buffer SSE streams.
@@ -202,6 +204,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     ));
 
     let origins = config.server.cors.allowed_origins.clone();
+    let access_log = config.logging.access_log;
     let mut server = HttpServer::new(move || {
         let cors = crate::edge::cors::middleware(&origins);
         App::new()
@@ -216,6 +219,12 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             .wrap(from_fn(crate::edge::middleware))
             // The request span, so every log line of the request carries its id.
             .wrap(TracingLogger::<RootSpan>::new())
+            // The access line: inside request ids (it logs the id), outside the
+            // rest so it sees every status, the edge's refusals included.
+            .wrap(actix_web::middleware::Condition::new(
+                access_log,
+                from_fn(crate::access_log::middleware),
+            ))
             // Outer: request ids exist before any other middleware can fail.
             .wrap(from_fn(request_id::middleware))
             .configure(|cfg| configure(cfg, ip_limit.clone(), state.auth_ip_limit.clone()))

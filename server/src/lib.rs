@@ -25,6 +25,7 @@
 //! Retries and failover: `proxy/attempts.rs`; routing: [`providers::routing`].
 //! Database access: [`service`]. Errors and their envelopes: [`error`].
 
+pub mod access_log;
 pub mod actors;
 pub mod app;
 pub mod cli;

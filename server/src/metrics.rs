@@ -51,6 +51,18 @@ struct KindLabel {
     kind: Label,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    kind: &'static str,
+    /// `"true"` when Palisade counted them (the upstream reported none).
+    estimated: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EstimatedLabel {
+    estimated: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 0.5 ms to ~16 s, doubling.
@@ -71,6 +83,8 @@ pub struct Metrics {
     queue_waiting: Gauge,
     audit_backlog: Gauge,
     audit_waits: Counter,
+    usage_tokens: Family<TokenLabels, Counter>,
+    usage_records: Family<EstimatedLabel, Counter>,
     models_refresh_failures: Family<ProviderLabel, Counter>,
 }
 
@@ -95,6 +109,8 @@ impl Metrics {
             queue_waiting: Gauge::default(),
             audit_backlog: Gauge::default(),
             audit_waits: Counter::default(),
+            usage_tokens: Family::default(),
+            usage_records: Family::default(),
             models_refresh_failures: Family::default(),
             registry: Registry::default(),
         };
@@ -155,6 +171,16 @@ impl Metrics {
             m.audit_waits.clone(),
         );
         registry.register(
+            "usage_tokens",
+            "Tokens in usage records, by kind (prompt, completion) and whether Palisade estimated them",
+            m.usage_tokens.clone(),
+        );
+        registry.register(
+            "usage_records_with_tokens",
+            "Usage records with token counts, by whether Palisade estimated them",
+            m.usage_records.clone(),
+        );
+        registry.register(
             "models_refresh_failures",
             "Failed refreshes of a `*` provider's model list (GET /models), by provider",
             m.models_refresh_failures.clone(),
@@ -210,6 +236,21 @@ impl Metrics {
             .get_or_create(&ReasonLabel {
                 reason: Cow::Borrowed(reason),
             })
+            .inc();
+    }
+
+    /// One usage record's tokens (counted on the audit writer's thread).
+    pub fn usage_tokens(&self, prompt: Option<i64>, completion: Option<i64>, estimated: bool) {
+        let estimated = if estimated { "true" } else { "false" };
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            if let Some(n) = n.and_then(|n| u64::try_from(n).ok()) {
+                self.usage_tokens
+                    .get_or_create(&TokenLabels { kind, estimated })
+                    .inc_by(n);
+            }
+        }
+        self.usage_records
+            .get_or_create(&EstimatedLabel { estimated })
             .inc();
     }
 

@@ -382,6 +382,8 @@ pub struct LoggingConfig {
     /// A tracing `EnvFilter` directive; `RUST_LOG` overrides it.
     pub level: String,
     pub format: LogFormat,
+    /// One `info` line per request (target `palisade::access`); `false` silences it.
+    pub access_log: bool,
 }
 
 impl Default for LoggingConfig {
@@ -389,6 +391,7 @@ impl Default for LoggingConfig {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Json,
+            access_log: true,
         }
     }
 }

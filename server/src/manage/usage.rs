@@ -1,4 +1,6 @@
 //! `GET /manage/usage`: request, error and token totals per day, model or token.
+//! `estimated_requests` counts the requests whose tokens Palisade estimated
+//! because the upstream reported none (`docs/usage-accounting.md`).
 
 use std::collections::BTreeMap;
 
@@ -70,6 +72,7 @@ pub async fn summary(
                 "errors": r.errors,
                 "prompt_tokens": r.prompt_tokens,
                 "completion_tokens": r.completion_tokens,
+                "estimated_requests": r.estimated_requests,
             })
         })
         .collect();

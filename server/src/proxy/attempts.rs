@@ -97,6 +97,8 @@ pub async fn forward(
             plan.body.clone(),
         )
         .await;
+        let answered = sent.as_ref().ok().map(|r| r.status().as_u16());
+        crate::access_log::note_attempt(plan.req, &provider.name, answered);
         let resp = match sent {
             Ok(resp) => resp,
             Err(e) => {

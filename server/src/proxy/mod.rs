@@ -116,6 +116,7 @@ async fn admit_and_forward(
     let now = crate::time::now();
     let resolved = auth::resolve(req, &state.registry.cache, now)?;
     *seen = Some(resolved.clone());
+    crate::access_log::note_caller(req, resolved.token.id.0, resolved.project.id.0);
     let ip = crate::net::client_ip(req, &state.trusted_proxies);
     if !ip_allowed(&resolved, ip) {
         return Err(ProxyError::IpNotAllowed);
@@ -125,6 +126,7 @@ async fn admit_and_forward(
     let peek = body::peek(req, &bytes)?;
     let restricted =
         !resolved.token.allowed_models.is_empty() || !resolved.project.allowed_models.is_empty();
+    crate::access_log::note_model(req, peek.model.as_deref());
     let model = match (&peek.model, body::requires_model(tail) || restricted) {
         (Some(m), _) => Some(m.as_str()),
         (None, true) => return Err(ProxyError::MissingModel),
@@ -184,7 +186,8 @@ async fn admit_and_forward(
             latency_ms: 0.0,
             ttfb_ms: None,
             client_closed: false,
-            body_tail: Vec::new(),
+            request: crate::usage::KeptRequest::of(&bytes),
+            response: crate::usage::KeptResponse::default(),
         },
         admission,
     );

@@ -8,7 +8,6 @@
 //! cancels the upstream work. A failure mid-SSE-stream becomes an SSE `error`
 //! event followed by `[DONE]`, so SDKs raise an error instead of hanging.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -77,8 +76,8 @@ pub struct UsageTap {
     ttfb: Option<Duration>,
     sent: u64,
     length: Option<u64>,
-    keep_all: bool,
-    tail: VecDeque<Bytes>,
+    /// What the usage record keeps of the body (bounded; see `crate::usage`).
+    capture: crate::usage::Capture,
     /// Counts this request against the provider that answers it until the body ends.
     in_flight: Option<InFlight>,
     /// The request queue slot, given back when the body ends or is dropped.
@@ -100,8 +99,7 @@ impl UsageTap {
             ttfb: None,
             sent: 0,
             length: None,
-            keep_all: true,
-            tail: VecDeque::new(),
+            capture: crate::usage::Capture::default(),
             in_flight: None,
         }
     }
@@ -121,19 +119,7 @@ impl UsageTap {
             self.ttfb = Some(ttfb);
         }
         self.sent += chunk.len() as u64;
-        if self.record.streamed {
-            if self.tail.len() == crate::usage::STREAM_TAIL_CHUNKS {
-                self.tail.pop_front();
-            }
-            self.tail.push_back(chunk.clone());
-        } else if self.keep_all {
-            if self.sent > crate::usage::MAX_ACCOUNTED_BODY as u64 {
-                self.keep_all = false;
-                self.tail.clear();
-            } else {
-                self.tail.push_back(chunk.clone());
-            }
-        }
+        self.capture.push(chunk, self.record.streamed);
     }
 
     /// Files the record; `completed` is whether the client got the whole body.
@@ -145,29 +131,10 @@ impl UsageTap {
         self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
         self.record.ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1e3);
         self.record.client_closed = !completed;
-        self.record.body_tail = compact(self.tail);
+        self.record.response = self.capture.finish();
         slot.send(Record::Usage(Box::new(self.record)));
     }
 }
-
-/// The chunks a usage record keeps until the writer parses them. Each `Bytes` from
-/// hyper pins its whole read buffer (kilobytes, for a few hundred bytes of JSON), and
-/// records wait up to `audit.flush_interval` in the queue: a small tail is copied
-/// into one exact-size buffer so the read buffers are freed (and reused) right away.
-fn compact(tail: VecDeque<Bytes>) -> Vec<Bytes> {
-    let len: usize = tail.iter().map(Bytes::len).sum();
-    if len > COMPACT_TAIL_MAX {
-        return tail.into_iter().collect();
-    }
-    let mut out = Vec::with_capacity(len);
-    for chunk in &tail {
-        out.extend_from_slice(chunk);
-    }
-    vec![Bytes::from(out)]
-}
-
-/// Above this, copying on the request path would cost more than it saves.
-const COMPACT_TAIL_MAX: usize = 16 * 1024;
 
 fn build(
     resp: reqwest::Response,

@@ -122,6 +122,8 @@ pub struct UsageBucket {
     pub errors: i64,
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
+    /// Requests whose tokens Palisade estimated (the upstream reported none).
+    pub estimated_requests: i64,
 }
 
 impl Query {
@@ -183,7 +185,11 @@ impl Query {
                 "errors",
             )
             .column_as(Expr::cust("SUM(prompt_tokens)"), "prompt_tokens")
-            .column_as(Expr::cust("SUM(completion_tokens)"), "completion_tokens");
+            .column_as(Expr::cust("SUM(completion_tokens)"), "completion_tokens")
+            .column_as(
+                Expr::cust("COALESCE(SUM(CASE WHEN usage_estimated THEN 1 ELSE 0 END), 0)"),
+                "estimated_requests",
+            );
         if let Some(v) = f.project_id {
             q = q.filter(C::ProjectId.eq(v));
         }

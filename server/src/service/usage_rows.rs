@@ -17,10 +17,10 @@ use sea_orm::{DbBackend, Statement, Value};
 
 use crate::usage::UsageRow;
 
-/// 16 columns × 200 rows = 3,200 bound parameters per statement.
+/// 17 columns × 200 rows = 3,400 bound parameters per statement.
 pub const ROWS_PER_STATEMENT: usize = 200;
-const COLUMNS: usize = 16;
-const INSERT_HEAD: &str = "INSERT INTO usage_records (id, timestamp, request_id, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed) VALUES ";
+const COLUMNS: usize = 17;
+const INSERT_HEAD: &str = "INSERT INTO usage_records (id, timestamp, request_id, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed, usage_estimated) VALUES ";
 
 /// One multi-row insert for a chunk of at most [`ROWS_PER_STATEMENT`] rows.
 pub fn insert(backend: DbBackend, rows: &[UsageRow]) -> Statement {
@@ -64,6 +64,7 @@ pub fn insert(backend: DbBackend, rows: &[UsageRow]) -> Statement {
             r.latency_ms.into(),
             r.ttfb_ms.into(),
             r.client_closed.into(),
+            u.estimated.into(),
         ]);
     }
     Statement::from_sql_and_values(backend, sql, values)
@@ -96,6 +97,7 @@ mod tests {
             latency_ms: Set(r.latency_ms),
             ttfb_ms: Set(r.ttfb_ms),
             client_closed: Set(r.client_closed),
+            usage_estimated: Set(u.estimated),
         }
     }
     use crate::actors::audit_writer::UsageRecord;
@@ -118,9 +120,11 @@ mod tests {
                 latency_ms: 1.25 * f64::from(i),
                 ttfb_ms: i.is_multiple_of(3).then_some(0.5),
                 client_closed: i == 1,
-                body_tail: Vec::new(),
+                request: crate::usage::KeptRequest::default(),
+                response: crate::usage::KeptResponse::default(),
             },
             tokens,
+            estimated: tokens.is_some() && i.is_multiple_of(3),
         }
     }
 
@@ -167,6 +171,7 @@ mod tests {
                     latency_ms: m.latency_ms.unwrap(),
                     ttfb_ms: m.ttfb_ms.unwrap(),
                     client_closed: m.client_closed.unwrap(),
+                    usage_estimated: m.usage_estimated.unwrap(),
                 }
             })
             .collect();

@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod access_log;
 mod admin_sessions;
 mod admission;
 mod audit_trail;
@@ -33,4 +34,5 @@ mod third_party_upstream;
 mod tls;
 mod upstream_dialects;
 mod upstream_errors;
+mod usage_estimates;
 mod usage_records;

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
@@ -78,8 +77,9 @@ pub struct AuditEvent {
     pub details: serde_json::Value,
 }
 
-/// One proxied request. The raw tail of the response body rides along so token
-/// counts are parsed on the writer's thread, not on the request path.
+/// One proxied request. What was kept of the request and response bodies rides
+/// along so token counts are parsed (or estimated) on the writer's thread, not on
+/// the request path ([`crate::usage`]).
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
     pub id: Uuid,
@@ -95,8 +95,10 @@ pub struct UsageRecord {
     pub latency_ms: f64,
     pub ttfb_ms: Option<f64>,
     pub client_closed: bool,
-    /// Non-streamed: the whole body (if small enough). Streamed: the last chunks.
-    pub body_tail: Vec<Bytes>,
+    /// The request body (if small enough), for a prompt estimate.
+    pub request: crate::usage::KeptRequest,
+    /// The response body as [`crate::usage::Capture`] kept it.
+    pub response: crate::usage::KeptResponse,
 }
 
 #[derive(Debug)]

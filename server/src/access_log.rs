@@ -1,0 +1,220 @@
+//! The access log: one `info` line per request, target `palisade::access`, written
+//! when the response body ends (for a stream: when the last event left, or the
+//! client went away), with `logging.access_log: true` (the default).
+//!
+//! Fields: `method`, `route` (the route pattern, as the metrics label it: never
+//! the raw path with its ids, nor the query string), `status`, `duration_ms`
+//! (request to end of body), `bytes` (response body bytes sent), `request_id`;
+//! on `/v1` routes also `token_id`, `project_id`, `model` (as the client named it,
+//! cut to [`MODEL_MAX`] bytes), `provider` and `upstream_status` of the last
+//! attempt, and `attempts` (upstream calls made). A field with no value is left
+//! out. Never a header value, a secret, a prompt or a completion: the line is
+//! built only from the request line's method, the route table and the ids the
+//! proxy notes in an [`AccessNote`].
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::HttpMessage;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// The longest model name written to the log (the client chooses it).
+pub const MODEL_MAX: usize = 128;
+
+/// What the proxy learns about a request, kept in its extensions for the line.
+/// Present only while the access log is on.
+#[derive(Debug, Default, Clone)]
+pub struct AccessNote {
+    pub token_id: Option<Uuid>,
+    pub project_id: Option<Uuid>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub attempts: u32,
+}
+
+/// Notes the caller once authenticated.
+pub fn note_caller(req: &actix_web::HttpRequest, token_id: Uuid, project_id: Uuid) {
+    if let Some(n) = req.extensions_mut().get_mut::<AccessNote>() {
+        n.token_id = Some(token_id);
+        n.project_id = Some(project_id);
+    }
+}
+
+/// Notes the model the client asked for.
+pub fn note_model(req: &actix_web::HttpRequest, model: Option<&str>) {
+    if let (Some(n), Some(m)) = (req.extensions_mut().get_mut::<AccessNote>(), model) {
+        let mut cut = m.len().min(MODEL_MAX);
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        n.model = Some(m[..cut].to_owned());
+    }
+}
+
+/// Notes one upstream call: the provider, and its HTTP status (`None`: no answer).
+pub fn note_attempt(req: &actix_web::HttpRequest, provider: &str, upstream_status: Option<u16>) {
+    if let Some(n) = req.extensions_mut().get_mut::<AccessNote>() {
+        n.attempts += 1;
+        provider.clone_into(n.provider.get_or_insert_default());
+        n.upstream_status = upstream_status;
+    }
+}
+
+/// Sits just inside the request-id middleware: the id exists, and every status
+/// (the edge's refusals included) passes through here.
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<LoggedBody>, actix_web::Error> {
+    let started = Instant::now();
+    req.extensions_mut().insert(AccessNote::default());
+    let res = match next.call(req).await {
+        Ok(res) => res,
+        Err(e) => {
+            // Nothing inside answers with `Err` on purpose (errors become
+            // responses there), but a line is owed all the same; the request is
+            // gone with the error, so only what the error says is known.
+            tracing::info!(
+                target: "palisade::access",
+                status = e.as_response_error().status_code().as_u16(),
+                duration_ms = millis(started),
+                bytes = 0u64,
+                "access"
+            );
+            return Err(e);
+        }
+    };
+    let line = Line::of(res.request(), res.status().as_u16(), started);
+    Ok(res.map_body(|_, body| LoggedBody {
+        body: body.boxed(),
+        line: Some(line),
+    }))
+}
+
+/// Everything the line says but the byte count and the end time.
+struct Line {
+    started: Instant,
+    method: actix_web::http::Method,
+    route: std::borrow::Cow<'static, str>,
+    status: u16,
+    request_id: String,
+    proxied: bool,
+    note: AccessNote,
+    bytes: u64,
+}
+
+impl Line {
+    fn of(req: &actix_web::HttpRequest, status: u16, started: Instant) -> Self {
+        let ext = req.extensions();
+        let path = req.path();
+        Self {
+            started,
+            method: req.method().clone(),
+            route: crate::metrics::route_label(req),
+            status,
+            request_id: ext
+                .get::<crate::request_id::RequestId>()
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            proxied: path == "/v1" || path.starts_with("/v1/"),
+            note: ext.get::<AccessNote>().cloned().unwrap_or_default(),
+            bytes: 0,
+        }
+    }
+
+    fn write(&self) {
+        let n = &self.note;
+        let ms = millis(self.started);
+        tracing::info!(
+            target: "palisade::access",
+            method = %self.method,
+            route = %self.route,
+            status = self.status,
+            duration_ms = ms,
+            bytes = self.bytes,
+            request_id = %self.request_id,
+            token_id = n.token_id.map(tracing::field::display),
+            project_id = n.project_id.map(tracing::field::display),
+            model = n.model.as_deref(),
+            provider = n.provider.as_deref(),
+            upstream_status = n.upstream_status,
+            attempts = self.proxied.then_some(n.attempts),
+            "access"
+        );
+    }
+}
+
+/// Milliseconds since `started`, to the microsecond.
+fn millis(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The response body, counted as it goes; the line is written when it is dropped
+/// (finished, failed or abandoned).
+pub struct LoggedBody {
+    body: BoxBody,
+    line: Option<Line>,
+}
+
+impl MessageBody for LoggedBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_next(cx);
+        if let (Poll::Ready(Some(Ok(chunk))), Some(line)) = (&polled, self.line.as_mut()) {
+            line.bytes += chunk.len() as u64;
+        }
+        polled
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fill_only_a_request_that_carries_one() {
+        let req = actix_web::test::TestRequest::default().to_http_request();
+        note_model(&req, Some("m"));
+        note_attempt(&req, "p", Some(200));
+        assert!(req.extensions().get::<AccessNote>().is_none());
+
+        req.extensions_mut().insert(AccessNote::default());
+        let (token, project) = (Uuid::now_v7(), Uuid::now_v7());
+        note_caller(&req, token, project);
+        note_attempt(&req, "first", None);
+        note_attempt(&req, "second", Some(429));
+        // A client-chosen model name is cut, on a character boundary.
+        note_model(&req, Some(&"é".repeat(MODEL_MAX)));
+        let ext = req.extensions();
+        let n = ext.get::<AccessNote>().unwrap();
+        assert_eq!((n.token_id, n.project_id), (Some(token), Some(project)));
+        assert_eq!(n.attempts, 2);
+        assert_eq!(n.provider.as_deref(), Some("second"));
+        assert_eq!(n.upstream_status, Some(429));
+        let model = n.model.as_deref().unwrap();
+        assert_eq!(model.len(), MODEL_MAX);
+        assert!(model.chars().all(|c| c == 'é'));
+    }
+}
