@@ -3,53 +3,20 @@
 //! without `include_usage`, tools, the Responses API, base64 embeddings,
 //! `models.retrieve`; and a permanent refusal the SDK must not retry.
 
-use std::path::Path;
-use std::process::Command;
-
 use serde_json::{Value, json};
 
 use crate::harness::{Gateway, start};
-use crate::python_sdk::python;
+use crate::python_sdk::{Py, run_python};
 use crate::upstream_dialects::usage_row;
 
 /// Runs the script in `mode` against `gw` with `token`; its JSON summary.
 async fn run_script(gw: &Gateway, token: &str, mode: &str, env: &[(&str, &str)]) -> Value {
-    let python = python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/dialect_sdk.py");
-    let base = format!("{}/v1", gw.url);
-    let env: Vec<(String, String)> = env
+    let env = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    let (token, mode) = (token.to_owned(), mode.to_owned());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(mode)
-            .env("PALISADE_BASE_URL", base)
-            .env("PALISADE_TOKEN", token)
-            .envs(env)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{}\nstdout: {stdout}\ngateway logs (tail):\n{}",
-        stderr.trim(),
-        tail(&gw.logs(), 40)
-    );
-    serde_json::from_str(stdout.trim()).unwrap()
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let what = Py::Script("dialect_sdk.py", vec![mode.to_owned()]);
+    run_python(gw, token, what, env).await
 }
 
 async fn sdk_dialect(dialect: &str, gzip: Option<&str>) {

@@ -412,13 +412,12 @@ async fn models_retrieve_answers_one_model_with_the_list_filtering() {
 
 #[tokio::test]
 async fn models_retrieve_works_from_the_python_sdk() {
-    let python = crate::python_sdk::python();
     let mock = Mock::start("up");
     let gw = gateway().provider(&mock, "[\"gpt-4o-mini\"]").start();
     let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
     let script = r#"
 import json, os, openai
-c = openai.OpenAI(base_url=os.environ["BASE"], api_key=os.environ["TOKEN"], max_retries=0)
+c = openai.OpenAI(base_url=os.environ["PALISADE_BASE_URL"], api_key=os.environ["PALISADE_TOKEN"], max_retries=0)
 m = c.models.retrieve("gpt-4o-mini")
 try:
     c.models.retrieve("gpt-5-nope")
@@ -427,26 +426,8 @@ except openai.NotFoundError as e:
     missing = e.code
 print(json.dumps({"id": m.id, "object": m.object, "owned_by": m.owned_by, "missing": missing}))
 "#;
-    let base = format!("{}/v1", gw.url);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-c", script])
-            .env("BASE", base)
-            .env("TOKEN", token)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let what = crate::python_sdk::Py::Code(script);
+    let v = crate::python_sdk::run_python(&gw, &token, what, Vec::new()).await;
     assert_eq!(
         v,
         json!({"id": "gpt-4o-mini", "object": "model", "owned_by": "up", "missing": "model_not_found"})

@@ -53,9 +53,61 @@ pub(crate) fn python() -> PathBuf {
     py
 }
 
+/// What the Python interpreter runs: a script under `tests/python`, or inline code.
+pub(crate) enum Py<'a> {
+    Script(&'a str, Vec<String>),
+    Code(&'static str),
+}
+
+/// Runs Python with the gateway's `/v1` base URL and a token in
+/// `PALISADE_BASE_URL` / `PALISADE_TOKEN` (the SDK's own variables removed, so
+/// nothing can bypass the gateway), plus `env`. Returns the JSON summary it
+/// prints; a failure shows its output and the tail of the gateway's log.
+pub(crate) async fn run_python(
+    gw: &crate::harness::Gateway,
+    token: &str,
+    what: Py<'_>,
+    env: Vec<(String, String)>,
+) -> serde_json::Value {
+    let mut cmd = Command::new(python());
+    match what {
+        Py::Script(name, args) => {
+            cmd.arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("python")
+                    .join(name),
+            )
+            .args(args);
+        }
+        Py::Code(code) => {
+            cmd.args(["-c", code]);
+        }
+    }
+    cmd.env("PALISADE_BASE_URL", format!("{}/v1", gw.url))
+        .env("PALISADE_TOKEN", token)
+        .envs(env)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python failed\nstdout: {stdout}\nstderr: {stderr}\ngateway logs (tail):\n{}",
+        tail(&gw.logs(), 40)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 #[tokio::test]
 async fn sdk_chat_stream_embeddings_models_and_revocation_work() {
-    let python = python();
     let mock = Mock::start("up");
     let gw = gateway()
         .provider(&mock, "[\"gpt-4o-mini\", \"text-embedding-3-small\"]")
@@ -67,32 +119,11 @@ async fn sdk_chat_stream_embeddings_models_and_revocation_work() {
         .await;
     assert_eq!(status, 204);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_check.py");
-    let out = tokio::task::spawn_blocking({
-        let base = format!("{}/v1", gw.url);
-        move || {
-            Command::new(python)
-                .arg(script)
-                .env("PALISADE_BASE_URL", base)
-                .env("PALISADE_TOKEN", token)
-                .env("PALISADE_REVOKED_TOKEN", revoked)
-                .env("PALISADE_MODELS", MODELS)
-                .env_remove("OPENAI_API_KEY")
-                .env_remove("OPENAI_BASE_URL")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "sdk_check failed\nstdout: {stdout}\nstderr: {stderr}\ngateway logs:\n{}",
-        gw.logs()
-    );
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let env = vec![
+        ("PALISADE_REVOKED_TOKEN".to_owned(), revoked),
+        ("PALISADE_MODELS".to_owned(), MODELS.to_owned()),
+    ];
+    let summary = run_python(&gw, &token, Py::Script("sdk_check.py", Vec::new()), env).await;
     assert_eq!(summary["revoked"], "token_revoked");
     assert_eq!(mock.count("/v1/chat/completions").await, 2);
 }

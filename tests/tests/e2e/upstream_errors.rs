@@ -3,9 +3,6 @@
 //! nothing answered), the upstream's `retry-after`, and `x-should-retry` so SDK
 //! retries never multiply the gateway's (SPEC §2).
 
-use std::path::Path;
-use std::process::Command;
-
 use serde_json::json;
 use tokio::time::{Duration, Instant};
 
@@ -154,7 +151,6 @@ async fn upstream_errors_permanent_and_capacity_refusals_carry_x_should_retry() 
 /// client call must cost at most `retry.max_attempts` upstream calls, not 3 × 3.
 #[tokio::test]
 async fn upstream_errors_python_sdk_retries_do_not_multiply_upstream_calls() {
-    let python = crate::python_sdk::python();
     let mock = Mock::start("only");
     let gw = gateway()
         .yaml("retry: { max_attempts: 3, initial_delay: 10ms, max_delay: 50ms }")
@@ -164,34 +160,15 @@ async fn upstream_errors_python_sdk_retries_do_not_multiply_upstream_calls() {
     mock.fail_next(json!({"count": 100, "status": 503})).await;
     let script = r#"
 import json, os, openai
-client = openai.OpenAI(base_url=os.environ["BASE"], api_key=os.environ["TOKEN"])
+client = openai.OpenAI(base_url=os.environ["PALISADE_BASE_URL"], api_key=os.environ["PALISADE_TOKEN"])
 try:
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     print(json.dumps({"raised": None}))
 except openai.APIStatusError as e:
     print(json.dumps({"raised": type(e).__name__, "status": e.status_code}))
 "#;
-    let base = format!("{}/v1", gw.url);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-c", script])
-            .env("BASE", base)
-            .env("TOKEN", t)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let what = crate::python_sdk::Py::Code(script);
+    let summary = crate::python_sdk::run_python(&gw, &t, what, Vec::new()).await;
     assert_eq!(summary["status"], 502, "{summary}");
     assert_eq!(
         mock.count(CHAT).await,

@@ -129,6 +129,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const RETENTION_BATCH: u64 = 1000;
 /// While lingering, how often the queue is checked for a full batch.
 const LINGER_POLL: Duration = Duration::from_millis(10);
+/// How much longer than `flush_interval` records may wait for the idle-priority
+/// thread before the catch-up thread takes over.
+const STARVED_GRACE: Duration = Duration::from_secs(1);
 
 /// What both writer threads share. The receiver's lock is held for a whole batch
 /// (linger, take, write), so one thread writes at a time.
@@ -257,10 +260,21 @@ async fn run(
     let mut batch = Vec::with_capacity(settings.batch_size);
     let mut next_retention = tokio::time::Instant::now();
     let mut purging = false;
+    // Records queued this long without any commit mean the idle-priority thread is
+    // starved: the catch-up thread takes over (see `scheduling`).
+    let starved_after = settings.flush_interval + STARVED_GRACE;
+    let mut stall = sink::StallWatch::default();
     loop {
         // A dropped handle counts as a drain too.
         let closing = *close.borrow() || close.has_changed().is_err();
         if !closing && !role.on_duty(slots.is_behind()) {
+            if role == Role::CatchUp && slots.starved(&mut stall, starved_after) {
+                tracing::info!(
+                    "audit writer got no CPU for {starved_after:?} with records waiting"
+                );
+                slots.set_behind(true);
+                continue;
+            }
             // Off duty: wait for the other thread to hand over (the poll covers a
             // hand-over between the check and the wait).
             tokio::select! {

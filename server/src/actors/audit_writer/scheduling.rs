@@ -11,7 +11,9 @@
 //!   rounds (+160 µs at the median, sign test p = 0.01); with `SCHED_IDLE`, 14 of
 //!   30 and no difference.
 //! - `audit-catchup` runs at nice 10 and writes only while the writer is behind
-//!   (half the buffer taken, or producers waiting for a slot). A saturated core
+//!   (half the buffer taken, producers waiting for a slot, or records waiting
+//!   `flush_interval` + 1 s with no commit at all: the idle thread is starved
+//!   by other work, as on a host whose cores are all busy). A saturated core
 //!   leaves an idle-priority thread only the gaps between requests: it was
 //!   preempted about 15,000 times a second, the request path's own cost per
 //!   request rose by half, and throughput fell to about 12k RPS against 21k at

@@ -23,6 +23,16 @@ pub(super) struct Slots {
     behind: AtomicBool,
     /// Wakes the writer threads when `behind` flips.
     pub(super) turn: Notify,
+    /// Records handed to the writer, and records committed: the difference is
+    /// what waits in the queue or in a batch (reservations not counted).
+    sent: AtomicU64,
+    written: AtomicU64,
+}
+
+/// What the catch-up thread last saw of the writer's progress.
+#[derive(Default)]
+pub(super) struct StallWatch {
+    seen: Option<(u64, tokio::time::Instant)>,
 }
 
 impl Slots {
@@ -33,6 +43,26 @@ impl Slots {
             waited: AtomicU64::new(0),
             behind: AtomicBool::new(false),
             turn: Notify::new(),
+            sent: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether records have waited `after` with no commit at all: the idle-priority
+    /// thread gets no CPU (every core busy with other work), so being "behind" by
+    /// count would never be noticed. Called by the catch-up thread's poll.
+    pub(super) fn starved(&self, watch: &mut StallWatch, after: std::time::Duration) -> bool {
+        let written = self.written.load(Ordering::Relaxed);
+        if self.sent.load(Ordering::Relaxed) <= written {
+            watch.seen = None;
+            return false;
+        }
+        match watch.seen {
+            Some((w, since)) if w == written => since.elapsed() >= after,
+            _ => {
+                watch.seen = Some((written, tokio::time::Instant::now()));
+                false
+            }
         }
     }
 
@@ -54,7 +84,7 @@ impl Slots {
         }
     }
 
-    fn set_behind(&self, behind: bool) {
+    pub(super) fn set_behind(&self, behind: bool) {
         if self.behind.swap(behind, Ordering::Relaxed) != behind {
             if behind {
                 tracing::info!("audit writer is behind; the catch-up thread writes");
@@ -72,6 +102,7 @@ impl Slots {
 
     /// Gives back the slots of committed records.
     pub(super) fn release(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
         self.free.add_permits(n);
     }
 }
@@ -87,12 +118,14 @@ pub struct AuditSink {
 pub struct UsageSlot {
     tx: mpsc::UnboundedSender<Record>,
     permit: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
 }
 
 impl UsageSlot {
     pub fn send(self, record: Record) {
         // The slot now belongs to the record; the writer frees it after the commit.
         self.permit.forget();
+        self.slots.sent.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(record).is_err() {
             tracing::error!("audit writer is gone; record not written");
         }
@@ -128,6 +161,7 @@ impl AuditSink {
         Some(UsageSlot {
             tx: self.tx.clone(),
             permit,
+            slots: Arc::clone(&self.slots),
         })
     }
 
@@ -146,4 +180,39 @@ impl AuditSink {
 fn closed() -> Option<UsageSlot> {
     tracing::error!("audit writer is closed; record not written");
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn starved_only_when_sent_records_see_no_commit_for_the_whole_bound() {
+        let slots = Slots::new(8);
+        let mut watch = StallWatch::default();
+        let after = Duration::from_secs(1);
+        assert!(!slots.starved(&mut watch, after), "nothing sent");
+        slots.sent.fetch_add(2, Ordering::Relaxed);
+        assert!(
+            !slots.starved(&mut watch, after),
+            "first sight starts the clock"
+        );
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!slots.starved(&mut watch, after));
+        // A commit is progress: the clock starts again.
+        slots.release(1);
+        assert!(!slots.starved(&mut watch, after));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!slots.starved(&mut watch, after));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(
+            slots.starved(&mut watch, after),
+            "one record waited a second"
+        );
+        // Everything written: not starved, whatever the time.
+        slots.release(1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!slots.starved(&mut watch, after));
+    }
 }

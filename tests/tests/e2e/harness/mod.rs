@@ -319,7 +319,10 @@ impl Gateway {
     /// batches, shortly after the action).
     pub async fn wait_for(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
-        for _ in 0..100 {
+        // Generous: the writer runs at idle or low priority, and the suite keeps
+        // both cores busy (a starved writer hands over after about a second).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::time::Instant::now() < deadline {
             let (status, body) = self.manage("GET", path, None).await;
             assert_eq!(status, 200, "{body}");
             if done(&body) {
@@ -328,7 +331,20 @@ impl Gateway {
             last = body;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("condition not met for {path}: {last}");
+        let logs = self.logs();
+        // The polls themselves would fill the tail: leave them out.
+        let polled = path.split('?').next().unwrap_or(path);
+        let tail: Vec<&str> = logs
+            .lines()
+            .rev()
+            .filter(|l| !l.contains(polled))
+            .take(30)
+            .collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "condition not met for {path}: {last}\ngateway log (tail):\n{}",
+            tail.join("\n")
+        );
     }
 
     pub fn db_path(&self) -> PathBuf {
