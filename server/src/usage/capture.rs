@@ -126,7 +126,8 @@ impl Capture {
             overflow,
         } = self;
         let head = if copied.is_empty() {
-            chunks
+            // Non-streamed: the same reasoning as for a stream's tail.
+            compact(chunks.into())
         } else {
             copied.shrink_to_fit();
             vec![Bytes::from(copied)]

@@ -129,11 +129,17 @@ pub fn spawn_mock(cpu: Option<usize>) -> Result<Proc, String> {
     })
 }
 
+/// The `palisade` binary built beside this one.
+pub fn palisade_bin() -> std::path::PathBuf {
+    bin_dir().join("palisade")
+}
+
 pub const BENCH_MANAGEMENT_TOKEN: &str = "bench-management-token-0123456789abcdef";
 
 /// `extra` is appended to the config (e.g. to switch audit and usage off); the
 /// gateway's log goes to `log`.
 pub fn spawn_palisade(
+    bin: &Path,
     cpu: Option<usize>,
     dir: &Path,
     mock_url: &str,
@@ -156,7 +162,7 @@ pub fn spawn_palisade(
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
-    let mut child = command(&bin_dir().join("palisade"), cpu)
+    let mut child = command(bin, cpu)
         .args(["serve", "--config"])
         .arg(&path)
         .env_remove("RUST_LOG")

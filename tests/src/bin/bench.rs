@@ -70,6 +70,10 @@ struct Args {
     /// off, to show what admission costs on the request path.
     #[arg(long)]
     limits_off: bool,
+    /// Another `palisade` binary (a build of an earlier commit) run with the same
+    /// config as the side `palisade-before`: a same-run before/after.
+    #[arg(long)]
+    before: Option<PathBuf>,
     /// Another OpenAI-compatible gateway in front of the same mock: NAME=URL[,KEY]
     /// (URL is its `/v1` base). The mock's address is printed at start.
     #[arg(long = "compare")]
@@ -122,6 +126,7 @@ fn main() -> Result<(), String> {
     let palisade = match &args.gateway_url {
         Some(_) => None,
         None => Some(procs::spawn_palisade(
+            &procs::palisade_bin(),
             gw_cpu,
             dir.path(),
             &mock.url,
@@ -136,6 +141,7 @@ fn main() -> Result<(), String> {
             "{LIMITS_ON}usage: {{ enabled: false }}\naudit: {{ file: \"\", store_in_db: false }}\n"
         );
         Some(procs::spawn_palisade(
+            &procs::palisade_bin(),
             gw_cpu,
             &quiet_dir,
             &mock.url,
@@ -150,6 +156,7 @@ fn main() -> Result<(), String> {
         std::fs::create_dir_all(&open_dir).map_err(|e| e.to_string())?;
         let off = "queue: { max_in_flight: 0 }\n";
         Some(procs::spawn_palisade(
+            &procs::palisade_bin(),
             gw_cpu,
             &open_dir,
             &mock.url,
@@ -158,6 +165,16 @@ fn main() -> Result<(), String> {
         )?)
     } else {
         None
+    };
+    let before_dir = dir.path().join("before");
+    let before = match &args.before {
+        Some(bin) => {
+            std::fs::create_dir_all(&before_dir).map_err(|e| e.to_string())?;
+            let log = log("palisade-before");
+            let p = procs::spawn_palisade(bin, gw_cpu, &before_dir, &mock.url, LIMITS_ON, &log)?;
+            Some(p)
+        }
+        None => None,
     };
     let nginx_dir = dir.path().join("nginx");
     let nginx = if args.nginx {
@@ -178,6 +195,7 @@ fn main() -> Result<(), String> {
         Extra {
             quiet,
             unlimited,
+            before,
             nginx,
         },
     ))
@@ -192,6 +210,7 @@ const LIMITS_ON: &str = "rate_limits: { per_ip_rps: 1000000 }\n";
 struct Extra {
     quiet: Option<procs::Proc>,
     unlimited: Option<procs::Proc>,
+    before: Option<procs::Proc>,
     nginx: Option<procs::Proc>,
 }
 
@@ -205,6 +224,7 @@ async fn run(
     let Extra {
         quiet,
         unlimited,
+        before,
         nginx,
     } = extra;
     let client = load::client();
@@ -244,6 +264,14 @@ async fn run(
         gateways.push(Target {
             name: "palisade-limits-off".into(),
             base: format!("{}/v1", u.url),
+            key: Some(token),
+        });
+    }
+    if let Some(b) = &before {
+        let token = setup_token(&client, &b.url, true).await?;
+        gateways.push(Target {
+            name: "palisade-before".into(),
+            base: format!("{}/v1", b.url),
             key: Some(token),
         });
     }
@@ -469,6 +497,6 @@ async fn run(
     std::fs::write(args.out.join("bench.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("bench.svg"), report::svg(&report)).map_err(|e| e.to_string())?;
     println!("written to {}/bench.{{md,json,svg}}", args.out.display());
-    drop((mock, palisade, quiet, unlimited, nginx));
+    drop((mock, palisade, quiet, unlimited, before, nginx));
     Ok(())
 }
