@@ -111,6 +111,8 @@ struct Line {
 
 impl Line {
     fn of(req: &actix_web::HttpRequest, status: u16, started: Instant) -> Self {
+        // Taken, not cloned: nothing after this middleware reads the note.
+        let note = req.extensions_mut().remove::<AccessNote>();
         let ext = req.extensions();
         let path = req.path();
         Self {
@@ -123,7 +125,7 @@ impl Line {
                 .map(|r| r.as_str().to_owned())
                 .unwrap_or_default(),
             proxied: path == "/v1" || path.starts_with("/v1/"),
-            note: ext.get::<AccessNote>().cloned().unwrap_or_default(),
+            note: note.unwrap_or_default(),
             bytes: 0,
         }
     }
@@ -131,8 +133,11 @@ impl Line {
     fn write(&self) {
         let n = &self.note;
         let ms = millis(self.started);
+        // A root event: the line carries its own fields, so the JSON formatter
+        // need not serialize the request's span and span list again.
         tracing::info!(
             target: "palisade::access",
+            parent: None,
             method = %self.method,
             route = %self.route,
             status = self.status,
