@@ -11,6 +11,12 @@
 //! out. Never a header value, a secret, a prompt or a completion: the line is
 //! built only from the request line's method, the route table and the ids the
 //! proxy notes in an [`AccessNote`].
+//!
+//! The request path only collects the fields and hands them to the `access-log`
+//! thread (nice 10), which formats and emits the line: formatting a JSON line and
+//! waking the log writer per request cost about 25 µs of added latency at c=1 on
+//! the bench when done inline. A full hand-off queue ([`QUEUE_LINES`]) writes the
+//! line inline instead of dropping it; shutdown drains the queue ([`drain`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,6 +31,79 @@ use uuid::Uuid;
 
 /// The longest model name written to the log (the client chooses it).
 pub const MODEL_MAX: usize = 128;
+
+/// How long the `access-log` thread rests after each burst of lines.
+const BURST_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Lines waiting for the `access-log` thread; past this they are written inline.
+pub const QUEUE_LINES: usize = 16 * 1024;
+
+enum Msg {
+    Line(Box<Line>),
+    /// Answered once every line sent before it is written.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+static QUEUE: std::sync::OnceLock<std::sync::mpsc::SyncSender<Msg>> = std::sync::OnceLock::new();
+
+/// Starts the thread that writes the lines (once per process, when the access
+/// log is on).
+pub fn start() -> std::io::Result<()> {
+    if QUEUE.get().is_some() {
+        return Ok(());
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE_LINES);
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            // Below the request path, like the audit writer's catch-up thread.
+            if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10)
+            {
+                tracing::debug!(error = %e, "cannot lower the access log's priority");
+            }
+            while let Ok(first) = rx.recv() {
+                // Whatever else is queued goes in the same burst, so the log
+                // writer wakes (and writes) once per burst, not once per line;
+                // the pause lets a burst form on a busy gateway.
+                for msg in std::iter::once(first).chain(rx.try_iter()) {
+                    match msg {
+                        Msg::Line(line) => line.write(),
+                        Msg::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                std::thread::sleep(BURST_PAUSE);
+            }
+        })?;
+    let _ = QUEUE.set(tx);
+    Ok(())
+}
+
+/// Waits (at most `timeout`) until the lines queued so far are written.
+pub fn drain(timeout: std::time::Duration) {
+    let Some(tx) = QUEUE.get() else {
+        return;
+    };
+    let (done, wait) = std::sync::mpsc::channel();
+    if tx.send(Msg::Flush(done)).is_ok() && wait.recv_timeout(timeout).is_err() {
+        tracing::warn!("access log lines still queued at exit");
+    }
+}
+
+fn emit(line: Line) {
+    match QUEUE.get() {
+        Some(tx) => match tx.try_send(Msg::Line(Box::new(line))) {
+            Ok(()) => {}
+            Err(
+                std::sync::mpsc::TrySendError::Full(Msg::Line(line))
+                | std::sync::mpsc::TrySendError::Disconnected(Msg::Line(line)),
+            ) => line.write(),
+            Err(_) => {}
+        },
+        None => line.write(),
+    }
+}
 
 /// What the proxy learns about a request, kept in its extensions for the line.
 /// Present only while the access log is on.
@@ -97,9 +176,10 @@ pub async fn middleware(
     }))
 }
 
-/// Everything the line says but the byte count and the end time.
+/// Everything the line says; `duration_ms` and `bytes` are filled at the end.
 struct Line {
     started: Instant,
+    duration_ms: f64,
     method: actix_web::http::Method,
     route: std::borrow::Cow<'static, str>,
     status: u16,
@@ -117,6 +197,7 @@ impl Line {
         let path = req.path();
         Self {
             started,
+            duration_ms: 0.0,
             method: req.method().clone(),
             route: crate::metrics::route_label(req),
             status,
@@ -132,7 +213,7 @@ impl Line {
 
     fn write(&self) {
         let n = &self.note;
-        let ms = millis(self.started);
+        let ms = self.duration_ms;
         // A root event: the line carries its own fields, so the JSON formatter
         // need not serialize the request's span and span list again.
         tracing::info!(
@@ -188,8 +269,9 @@ impl MessageBody for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        if let Some(line) = self.line.take() {
-            line.write();
+        if let Some(mut line) = self.line.take() {
+            line.duration_ms = millis(line.started);
+            emit(line);
         }
     }
 }

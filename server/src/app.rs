@@ -205,6 +205,10 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
 
     let origins = config.server.cors.allowed_origins.clone();
     let access_log = config.logging.access_log;
+    if access_log {
+        crate::access_log::start()
+            .map_err(|e| InitError::Other(format!("cannot start the access log: {e}")))?;
+    }
     let mut server = HttpServer::new(move || {
         let cors = crate::edge::cors::middleware(&origins);
         App::new()
@@ -293,6 +297,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         )
         .await;
     tracing::info!("audit records written");
+    crate::access_log::drain(std::time::Duration::from_secs(5));
     Ok(())
 }
 

@@ -10,7 +10,10 @@ use crate::config::{LogFormat, LoggingConfig};
 /// Installs the global subscriber; keep the guard alive until exit so buffered
 /// lines are flushed.
 pub fn init(cfg: &LoggingConfig) -> WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Buffered: the writer thread flushes once per batch of queued lines, so a
+    // busy gateway makes one `write` per batch instead of one per line.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
