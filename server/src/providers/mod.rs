@@ -1,8 +1,8 @@
 //! Configured upstream providers: clients, live status and model routing.
 //!
 //! Each provider gets its own pooled reqwest client (one HTTP stack, rustls with
-//! ring) because connect and idle timeouts are per-client settings in reqwest; the
-//! first-byte timeout is applied per request by the proxy. Which provider a request
+//! ring) because the connect timeout is a per-client setting in reqwest; the
+//! first-byte and idle timeouts are applied per request by the proxy. Which provider a request
 //! tries, in which order, is [`routing`]; breaker and health state live in
 //! [`status`] and are moved by the `ProviderSupervisor` actor, health by the rules
 //! in [`health`].
@@ -39,6 +39,8 @@ pub struct Provider {
     pub priority: i64,
     pub weight: u64,
     pub first_byte_timeout: Duration,
+    /// The longest silence allowed between two body chunks (`timeouts.idle`).
+    pub idle_timeout: Duration,
     pub health_check: HealthCheckConfig,
     pub breaker: BreakerConfig,
     pub client: reqwest::Client,
@@ -218,6 +220,7 @@ impl Providers {
                     priority: c.priority,
                     weight: c.weight.max(1),
                     first_byte_timeout: c.timeouts.first_byte.0,
+                    idle_timeout: c.timeouts.idle.0,
                     health_check: c.health_check.clone(),
                     breaker: c.circuit_breaker.clone(),
                     status: status::ProviderStatus::default(),
@@ -250,8 +253,9 @@ impl Providers {
 fn build_client(t: &ProviderTimeouts) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(t.connect.0)
-        // Per read, not total: a long stream is fine as long as it keeps talking.
-        .read_timeout(t.idle.0)
+        // No `read_timeout`: reqwest's would also cut the wait for the response head,
+        // so `idle` would bound `first_byte` too. The head is timed per request
+        // (`first_byte`), the gaps between body chunks by the relay (`idle`).
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)

@@ -118,7 +118,7 @@ pub async fn forward(
             }
             continue;
         }
-        match stream::relay(resp, provider.first_byte_timeout, tap, plan.strip_usage).await {
+        match stream::relay(resp, provider, tap, plan.strip_usage).await {
             Ok(response) => {
                 verdict.success();
                 return Ok(response);

@@ -186,6 +186,7 @@ async fn admit_and_forward(
             latency_ms: 0.0,
             ttfb_ms: None,
             client_closed: false,
+            body_cut: false,
             request: crate::usage::KeptRequest::of(&bytes),
             response: crate::usage::KeptResponse::default(),
         },

@@ -1,15 +1,22 @@
 //! Relaying the upstream response: status and end-to-end headers as they are, body
 //! chunk by chunk as it arrives (each chunk is written and flushed on its own, so
-//! SSE frames are not held back). No total timeout: the client's per-read idle
-//! timeout guards silence instead.
+//! SSE frames are not held back). No total timeout: the provider's `idle` timeout
+//! bounds each silence between body chunks ([`IdleTimer`]), so a long stream is
+//! fine as long as it keeps talking. The wait for the head (and for SSE the first
+//! chunk) is bounded by `first_byte` instead, never by `idle`.
 //!
 //! When the client goes away actix drops the body stream at its next write; dropping
 //! it drops the upstream response, which closes the upstream connection and so
-//! cancels the upstream work. A failure mid-SSE-stream becomes an SSE `error`
-//! event followed by `[DONE]`, so SDKs raise an error instead of hanging.
+//! cancels the upstream work. A failure mid-SSE-stream (an upstream error, or
+//! `idle` passing without a chunk) becomes an SSE `error` event followed by
+//! `[DONE]`, so SDKs raise an error instead of hanging; a plain body is cut with an
+//! error instead. Either way the head already said 200, so the usage record gets
+//! the status the failure would have had (502 `upstream_error`, 504
+//! `upstream_timeout`) and counts as an error in `/manage/usage`.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use actix_web::HttpResponse;
@@ -17,10 +24,11 @@ use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::actors::audit_writer::{Record, UsageRecord, UsageSlot};
 use crate::actors::request_queue::Permit;
+use crate::providers::Provider;
 use crate::providers::status::InFlight;
 
 /// Response headers that belong to the upstream hop, not to our client.
@@ -42,7 +50,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// can still become a proper error, and head and first frame leave in one write.
 pub async fn relay(
     resp: reqwest::Response,
-    first_byte: std::time::Duration,
+    provider: &Provider,
     tap: UsageTap,
     strip_usage: bool,
 ) -> Result<HttpResponse, (crate::error::ProxyError, UsageTap)> {
@@ -50,17 +58,18 @@ pub async fn relay(
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let idle = provider.idle_timeout;
     if !is_sse {
-        return Ok(build(resp, None, tap, strip_usage));
+        return Ok(build(resp, None, tap, strip_usage, idle));
     }
     let mut resp = resp;
-    match tokio::time::timeout(first_byte, resp.chunk()).await {
+    match tokio::time::timeout(provider.first_byte_timeout, resp.chunk()).await {
         Err(_) => Err((crate::error::ProxyError::UpstreamTimeout, tap)),
         Ok(Err(e)) => Err((
             crate::error::ProxyError::UpstreamError(crate::providers::without_url(&e)),
             tap,
         )),
-        Ok(Ok(first)) => Ok(build(resp, first, tap, strip_usage)),
+        Ok(Ok(first)) => Ok(build(resp, first, tap, strip_usage, idle)),
     }
 }
 
@@ -122,6 +131,17 @@ impl UsageTap {
         self.capture.push(chunk, self.record.streamed);
     }
 
+    /// The body was cut after the head (upstream error or idle timeout): the
+    /// record gets the status the failure would have answered had it come before
+    /// the head, so it counts as an error; the tokens already sent still count.
+    fn cut(&mut self, reason: Cut) {
+        self.record.status = match reason {
+            Cut::Timeout => StatusCode::GATEWAY_TIMEOUT.as_u16(),
+            Cut::Error => StatusCode::BAD_GATEWAY.as_u16(),
+        };
+        self.record.body_cut = true;
+    }
+
     /// Files the record; `completed` is whether the client got the whole body.
     pub fn finish(mut self, completed: bool) {
         let Some(slot) = self.slot.take() else {
@@ -141,6 +161,7 @@ fn build(
     first: Option<Bytes>,
     mut tap: UsageTap,
     strip_usage: bool,
+    idle: Duration,
 ) -> HttpResponse {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
@@ -185,6 +206,7 @@ fn build(
         inner,
         sse,
         state: State::Streaming,
+        idle: IdleTimer::new(idle),
         stripper: (sse && strip_usage).then(super::sse::UsageStripper::default),
         tap: Some(tap),
     };
@@ -207,10 +229,68 @@ enum State {
     Done,
 }
 
+/// Why a body ended before the upstream finished it.
+#[derive(Clone, Copy)]
+enum Cut {
+    Timeout,
+    Error,
+}
+
+impl Cut {
+    fn code(self) -> &'static str {
+        match self {
+            Self::Timeout => "upstream_timeout",
+            Self::Error => "upstream_error",
+        }
+    }
+}
+
+/// The `idle` timeout between body chunks: one timer per response. A chunk only
+/// stamps the time ([`IdleTimer::touch`]); the timer itself is moved only when it
+/// fires before the stamped deadline, so a stream that keeps talking touches the
+/// timer wheel about once per `idle`, not once per chunk.
+struct IdleTimer {
+    sleep: Pin<Box<Sleep>>,
+    idle: Duration,
+    /// `idle` after the last chunk (or after the timer started).
+    deadline: Instant,
+}
+
+impl IdleTimer {
+    fn new(idle: Duration) -> Self {
+        // Bounded so `now + idle` cannot overflow, whatever the configuration says.
+        let idle = idle.min(Duration::from_secs(365 * 24 * 3600));
+        let deadline = Instant::now() + idle;
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            idle,
+            deadline,
+        }
+    }
+
+    /// A chunk arrived: the next one is due within `idle` from now.
+    fn touch(&mut self) {
+        self.deadline = Instant::now() + self.idle;
+    }
+
+    /// Ready once `idle` has passed without a [`touch`](Self::touch).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            if self.sleep.deadline() >= self.deadline {
+                return Poll::Ready(());
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
 struct Relay {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     sse: bool,
     state: State,
+    idle: IdleTimer,
     tap: Option<UsageTap>,
     /// Set when Palisade added `include_usage` the client did not ask for.
     stripper: Option<super::sse::UsageStripper>,
@@ -230,9 +310,17 @@ impl Stream for Relay {
         }
         loop {
             match self.inner.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    ready!(self.idle.poll_expired(cx));
+                    tracing::warn!(
+                        idle_ms = self.idle.idle.as_millis(),
+                        "upstream went silent mid-response; cut at the idle timeout"
+                    );
+                    return self.end_early(Cut::Timeout);
+                }
                 Poll::Ready(Some(Ok(chunk))) => {
                     let this = &mut *self;
+                    this.idle.touch();
                     if let Some(tap) = this.tap.as_mut() {
                         tap.on_chunk(&chunk);
                     }
@@ -258,20 +346,36 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let reason = if e.is_timeout() {
-                        "upstream_timeout"
+                        Cut::Timeout
                     } else {
-                        "upstream_error"
+                        Cut::Error
                     };
-                    tracing::warn!(reason, error = %crate::providers::without_url(&e), "upstream failed mid-response");
-                    return if self.sse {
-                        self.state = State::Ending;
-                        Poll::Ready(Some(Ok(sse_error(reason))))
-                    } else {
-                        self.state = State::Done;
-                        Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(reason))))
-                    };
+                    tracing::warn!(reason = reason.code(), error = %crate::providers::without_url(&e), "upstream failed mid-response");
+                    return self.end_early(reason);
                 }
             }
+        }
+    }
+}
+
+impl Relay {
+    /// Ends the body before the upstream did: an SSE error event then `[DONE]`, or
+    /// an error that makes actix cut a plain body. Dropping `inner` afterwards
+    /// closes the upstream connection.
+    fn end_early(&mut self, reason: Cut) -> Poll<Option<Result<Bytes, actix_web::Error>>> {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.cut(reason);
+        }
+        if self.sse {
+            self.state = State::Ending;
+            Poll::Ready(Some(Ok(sse_error(reason.code()))))
+        } else {
+            self.state = State::Done;
+            let err = match reason {
+                Cut::Timeout => actix_web::error::ErrorGatewayTimeout(reason.code()),
+                Cut::Error => actix_web::error::ErrorBadGateway(reason.code()),
+            };
+            Poll::Ready(Some(Err(err)))
         }
     }
 }
@@ -300,4 +404,57 @@ fn sse_error(code: &str) -> Bytes {
         }
     });
     Bytes::from(format!("data: {event}\n\ndata: [DONE]\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_once(timer: &mut IdleTimer) -> Poll<()> {
+        let waker = futures_util::task::noop_waker();
+        timer.poll_expired(&mut Context::from_waker(&waker))
+    }
+
+    async fn expired(timer: &mut IdleTimer) {
+        std::future::poll_fn(|cx| timer.poll_expired(cx)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_fires_after_idle_without_chunks() {
+        let start = Instant::now();
+        let mut timer = IdleTimer::new(Duration::from_millis(500));
+        expired(&mut timer).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_counts_from_the_last_chunk_not_the_first() {
+        let idle = Duration::from_millis(500);
+        let mut timer = IdleTimer::new(idle);
+        // Chunks every 400 ms for 20 s: always below idle, far above it in total.
+        for _ in 0..50 {
+            tokio::time::advance(Duration::from_millis(400)).await;
+            assert!(poll_once(&mut timer).is_pending());
+            timer.touch();
+        }
+        let last = Instant::now();
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(poll_once(&mut timer).is_pending());
+        expired(&mut timer).await;
+        assert_eq!(last.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_stays_expired_once_fired() {
+        let mut timer = IdleTimer::new(Duration::from_millis(10));
+        expired(&mut timer).await;
+        assert!(poll_once(&mut timer).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_accepts_an_enormous_idle() {
+        let mut timer = IdleTimer::new(Duration::MAX);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(poll_once(&mut timer).is_pending());
+    }
 }

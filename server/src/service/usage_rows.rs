@@ -120,6 +120,7 @@ mod tests {
                 latency_ms: 1.25 * f64::from(i),
                 ttfb_ms: i.is_multiple_of(3).then_some(0.5),
                 client_closed: i == 1,
+                body_cut: false,
                 request: crate::usage::KeptRequest::default(),
                 response: crate::usage::KeptResponse::default(),
             },

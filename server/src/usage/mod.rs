@@ -146,13 +146,13 @@ fn generates(endpoint: &str) -> Option<bool> {
 }
 
 /// Prompt and completion tokens counted by Palisade; `None` when the request
-/// failed (no 2xx answer) or the endpoint is not one that counts tokens.
+/// failed (no 2xx answer; a body cut after a 2xx head still counts what was sent) or the endpoint is not one that counts tokens.
 fn estimate(
     record: &UsageRecord,
     request: &KeptRequest,
     response: &KeptResponse,
 ) -> Option<Tokens> {
-    if !(200..300).contains(&record.status) {
+    if !(200..300).contains(&record.status) && !record.body_cut {
         return None;
     }
     let generates = generates(&record.endpoint)?;

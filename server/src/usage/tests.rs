@@ -15,6 +15,7 @@ fn record(endpoint: &str, model: &str, status: u16, streamed: bool) -> UsageReco
         latency_ms: 1.0,
         ttfb_ms: None,
         client_closed: false,
+        body_cut: false,
         request: KeptRequest::default(),
         response: KeptResponse::default(),
     }
@@ -106,6 +107,18 @@ fn stream_without_usage_is_estimated_with_the_tokenizer() {
         &chunks,
     );
     // "Hello world" is 2 o200k tokens, plus 3 for the message and 3 of priming.
+    assert_eq!(counts(&finish(r)), (Some(8), Some(2), Some(10), true));
+}
+
+#[test]
+fn stream_cut_after_its_head_still_counts_what_was_sent() {
+    let chunks = [
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"}}]}\n\n",
+    ];
+    let mut r = record("/chat/completions", "gpt-4o-mini", 504, true);
+    r.body_cut = true;
+    let r = with_bodies(r, CHAT, &chunks);
     assert_eq!(counts(&finish(r)), (Some(8), Some(2), Some(10), true));
 }
 

@@ -34,5 +34,6 @@ mod third_party_upstream;
 mod tls;
 mod upstream_dialects;
 mod upstream_errors;
+mod upstream_timeouts;
 mod usage_estimates;
 mod usage_records;

@@ -95,6 +95,9 @@ pub struct UsageRecord {
     pub latency_ms: f64,
     pub ttfb_ms: Option<f64>,
     pub client_closed: bool,
+    /// The body was cut after a 2xx head (upstream error or idle timeout):
+    /// `status` holds the error (502 or 504), yet what the client got is counted.
+    pub body_cut: bool,
     /// The request body (if small enough), for a prompt estimate.
     pub request: crate::usage::KeptRequest,
     /// The response body as [`crate::usage::Capture`] kept it.
