@@ -2,10 +2,10 @@
 //!
 //! Each provider gets its own pooled reqwest client (one HTTP stack, rustls with
 //! ring) because the connect timeout is a per-client setting in reqwest; the
-//! first-byte and idle timeouts are applied per request by the proxy. Which provider a request
-//! tries, in which order, is [`routing`]; breaker and health state live in
-//! [`status`] and are moved by the `ProviderSupervisor` actor, health by the rules
-//! in [`health`].
+//! first-byte and idle timeouts are applied per request by the proxy (see
+//! `docs/upstreams.md#timeouts`). Which provider a request tries, in which order,
+//! is [`routing`]; breaker and health state live in [`status`] and are moved by the
+//! `ProviderSupervisor` actor, health by the rules in [`health`].
 //!
 //! Providers configured with a `*` glob learn their model list from the
 //! upstream's `GET /models` (for `GET /v1/models`): at every health check when the
