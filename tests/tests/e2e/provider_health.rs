@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::harness::{
-    Gateway, MANAGEMENT_TOKEN, Mock, assert_proxy_error, chat_body, client, error_of, gateway,
-};
+use crate::harness::{Gateway, Mock, assert_proxy_error, chat_body, client, error_of, gateway};
 
 const CHAT: &str = "/v1/chat/completions";
 const MODELS: &str = "/v1/models";
@@ -436,15 +434,7 @@ print(json.dumps({"id": m.id, "object": m.object, "owned_by": m.owned_by, "missi
 
 /// `palisade_models_refresh_failures_total{provider="<name>"}`, 0 when absent.
 async fn refresh_failures(gw: &Gateway, name: &str) -> u64 {
-    let text = gw
-        .get("/metrics")
-        .bearer_auth(MANAGEMENT_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     let series = format!("palisade_models_refresh_failures_total{{provider=\"{name}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series)?.parse().ok())

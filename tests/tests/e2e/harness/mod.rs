@@ -425,17 +425,21 @@ impl Gateway {
             .unwrap()
     }
 
-    /// One unlabelled series from `/metrics` (read with the management token).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .get("/metrics")
+    /// `/metrics` as text (read with the management token).
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics")
             .bearer_auth(MANAGEMENT_TOKEN)
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// One series from `/metrics`, its name with labels as the text writes it.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {text}"))
