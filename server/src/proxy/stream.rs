@@ -135,11 +135,12 @@ impl UsageTap {
     /// record gets the status the failure would have answered had it come before
     /// the head, so it counts as an error; the tokens already sent still count.
     fn cut(&mut self, reason: Cut) {
+        // Only a 2xx answer had tokens worth counting; an error body stays uncounted.
+        self.record.body_cut = (200..300).contains(&self.record.status);
         self.record.status = match reason {
             Cut::Timeout => StatusCode::GATEWAY_TIMEOUT.as_u16(),
             Cut::Error => StatusCode::BAD_GATEWAY.as_u16(),
         };
-        self.record.body_cut = true;
     }
 
     /// Files the record; `completed` is whether the client got the whole body.
