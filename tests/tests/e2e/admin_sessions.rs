@@ -319,6 +319,26 @@ async fn sessions_viewer_reads_only_and_deletion_is_immediate() {
     assert_eq!(status, 401);
 }
 
+/// Logging out is allowed for every role: a viewer ends its own session.
+#[tokio::test]
+async fn sessions_viewer_can_log_out() {
+    let (_mock, gw) = start_with("");
+    create_user(&gw, "vic", "viewer password 2", "viewer").await;
+    let (_, pair) = login(&gw, "vic", "viewer password 2").await;
+    let access = s(&pair["access_token"]).to_owned();
+    assert_eq!(get_as(&gw, &access, "/manage/projects").await, 200);
+    let r = gw
+        .post("/manage/auth/logout")
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(get_as(&gw, &access, "/manage/projects").await, 401);
+    let (status, _) = refresh(&gw, &pair["refresh_token"]).await;
+    assert_eq!(status, 401);
+}
+
 #[tokio::test]
 async fn sessions_user_validation_and_uniqueness() {
     let (_mock, gw) = start_with("");
