@@ -119,6 +119,32 @@ impl Body {
         })
     }
 
+    /// A name (project, token, user): a [`Body::string`] that also has no
+    /// invisible format characters, so two names that look the same are the same.
+    pub fn name(&mut self, key: &str, max_chars: usize) -> Field<String> {
+        match self.string(key, max_chars) {
+            Field::Value(s) if s.chars().any(is_format_char) => {
+                self.error(
+                    key,
+                    "must not contain invisible format characters (zero-width, bidi controls)",
+                );
+                Field::Absent
+            }
+            other => other,
+        }
+    }
+
+    /// A [`Body::name`] that must be present and non-null.
+    pub fn required_name(&mut self, key: &str, max_chars: usize) -> Option<String> {
+        match self.name(key, max_chars) {
+            Field::Value(s) => Some(s),
+            Field::Null | Field::Absent => {
+                self.error(key, "is required");
+                None
+            }
+        }
+    }
+
     /// A secret string taken as sent (no trimming, any characters): passwords.
     /// `None` when absent, null or not a string (the error is recorded).
     pub fn take_raw_string(&mut self, key: &str, max_chars: usize) -> Option<String> {
@@ -252,6 +278,37 @@ impl Body {
     }
 }
 
+/// Unicode general category Cf (format): characters that render as nothing or
+/// reorder the text around them (zero-width space and joiners, bidi embeddings,
+/// overrides and isolates, the byte order mark, tag characters). Control
+/// characters (Cc) are refused by [`Body::string`] through `char::is_control`.
+pub fn is_format_char(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
 /// A CIDR, or a bare address meaning exactly that host.
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
@@ -274,6 +331,36 @@ mod tests {
         };
         assert_eq!(f.len(), 3);
         assert!(f.contains_key("extra"));
+    }
+
+    #[test]
+    fn names_refuse_control_and_invisible_format_characters() {
+        for bad in [
+            "a\u{200B}b",
+            "a\u{200C}b",
+            "a\u{200D}b",
+            "a\u{2060}b",
+            "\u{FEFF}ab",
+            "a\u{202E}b",
+            "a\u{2066}b",
+            "a\u{2069}b",
+            "a\u{00AD}b",
+            "a\u{E0041}b",
+            "a\u{0007}b",
+            "a\nb",
+            "a\u{0085}b",
+        ] {
+            let json = serde_json::json!({ "name": bad }).to_string();
+            let mut b = Body::parse(json.as_bytes()).unwrap();
+            assert_eq!(b.required_name("name", 100), None, "{bad:?}");
+            let ManageError::Validation(f) = b.finish().unwrap_err() else {
+                panic!()
+            };
+            assert!(f.contains_key("name"), "{bad:?}");
+        }
+        let mut b = Body::parse("{\"name\":\"caf\u{e9} \u{4e2d}\u{6587}-1\"}".as_bytes()).unwrap();
+        assert!(b.required_name("name", 100).is_some());
+        assert!(b.finish().is_ok());
     }
 
     #[test]
