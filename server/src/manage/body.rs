@@ -3,11 +3,13 @@
 //! one round trip. Absent, `null` and a value are three different things for PATCH.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use actix_web::web;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use ipnet::IpNet;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::ManageError;
@@ -69,7 +71,7 @@ impl Body {
                 errors: BTreeMap::new(),
             });
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let StrictJson(value) = serde_json::from_slice(bytes).map_err(|e| {
             ManageError::InvalidJson(format!("the request body is not valid JSON: {e}"))
         })?;
         match value {
@@ -278,6 +280,76 @@ impl Body {
     }
 }
 
+/// A JSON value whose objects never repeat a key. `serde_json` keeps the last of
+/// two equal keys silently, so `{"name":"a","name":"b"}` would mean whatever the
+/// last parser in the chain decides; `/v1` refuses such bodies and so does
+/// `/manage` (400 `invalid_json`). The nesting limit stays serde_json's.
+struct StrictJson(Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let StrictJson(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Unicode general category Cf (format): characters that render as nothing or
 /// reorder the text around them (zero-width space and joiners, bidi embeddings,
 /// overrides and isolates, the byte order mark, tag characters). Control
@@ -383,6 +455,19 @@ mod tests {
             Err(ManageError::Validation(_))
         ));
         assert!(Body::parse(b"").is_ok());
+        assert!(matches!(
+            Body::parse(br#"{"name":"a","name":"b"}"#),
+            Err(ManageError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            Body::parse(br#"{"x":[{"k":1,"k":2}]}"#),
+            Err(ManageError::InvalidJson(_))
+        ));
+        let mut b = Body::parse(br#"{"a":[1,-2,3.5,"s",true,null,{"b":{}}],"c":"d"}"#).unwrap();
+        assert_eq!(
+            b.map.remove("a"),
+            Some(serde_json::json!([1, -2, 3.5, "s", true, null, {"b": {}}]))
+        );
     }
 
     #[test]

@@ -206,3 +206,38 @@ async fn bad_input_names_refuse_control_and_invisible_characters() {
         .await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// `/manage` refuses a body that repeats a key, as `/v1` does: 400
+/// `invalid_json` in the manage envelope, and nothing is created.
+#[tokio::test]
+async fn bad_input_manage_refuses_duplicate_json_keys() {
+    let mock = Mock::start("up");
+    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let c = client();
+    for body in [
+        r#"{"name":"first","name":"second"}"#,
+        r#"{"name":"ok","allowed_cidrs":["10.0.0.0/8"],"description":"a","description":"b"}"#,
+    ] {
+        let resp = c
+            .post(format!("{}/manage/projects", gw.url))
+            .bearer_auth(MANAGEMENT_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap();
+        assert_manage_error(status, &v, 400, "invalid_json");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate key"),
+            "{v}"
+        );
+    }
+    let (status, list) = gw.manage("GET", "/manage/projects", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(0), "{list}");
+}
