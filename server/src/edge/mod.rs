@@ -98,7 +98,7 @@ pub async fn middleware(
         // Everything inside answers refusals with `Ok(response)`; an `Err` would
         // leave without these headers (the request cannot be cloned for it: routing
         // needs it unshared).
-        None => next.call(req).await?.map_into_boxed_body(),
+        None => cors::envelope_refusal(next.call(req).await?.map_into_boxed_body(), proxy),
     };
     headers::apply(res.headers_mut(), manage, edge.tls);
     crate::metrics::global().response(

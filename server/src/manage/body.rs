@@ -3,11 +3,13 @@
 //! one round trip. Absent, `null` and a value are three different things for PATCH.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use actix_web::web;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use ipnet::IpNet;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::ManageError;
@@ -69,7 +71,7 @@ impl Body {
                 errors: BTreeMap::new(),
             });
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let StrictJson(value) = serde_json::from_slice(bytes).map_err(|e| {
             ManageError::InvalidJson(format!("the request body is not valid JSON: {e}"))
         })?;
         match value {
@@ -117,6 +119,32 @@ impl Body {
             Value::String(s) => Ok(s.clone()),
             _ => Err("must be a string".into()),
         })
+    }
+
+    /// A name (project, token, user): a [`Body::string`] that also has no
+    /// invisible format characters, so two names that look the same are the same.
+    pub fn name(&mut self, key: &str, max_chars: usize) -> Field<String> {
+        match self.string(key, max_chars) {
+            Field::Value(s) if s.chars().any(is_format_char) => {
+                self.error(
+                    key,
+                    "must not contain invisible format characters (zero-width, bidi controls)",
+                );
+                Field::Absent
+            }
+            other => other,
+        }
+    }
+
+    /// A [`Body::name`] that must be present and non-null.
+    pub fn required_name(&mut self, key: &str, max_chars: usize) -> Option<String> {
+        match self.name(key, max_chars) {
+            Field::Value(s) => Some(s),
+            Field::Null | Field::Absent => {
+                self.error(key, "is required");
+                None
+            }
+        }
     }
 
     /// A secret string taken as sent (no trimming, any characters): passwords.
@@ -252,6 +280,107 @@ impl Body {
     }
 }
 
+/// A JSON value whose objects never repeat a key. `serde_json` keeps the last of
+/// two equal keys silently, so `{"name":"a","name":"b"}` would mean whatever the
+/// last parser in the chain decides; `/v1` refuses such bodies and so does
+/// `/manage` (400 `invalid_json`). The nesting limit stays serde_json's.
+struct StrictJson(Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let StrictJson(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Unicode general category Cf (format): characters that render as nothing or
+/// reorder the text around them (zero-width space and joiners, bidi embeddings,
+/// overrides and isolates, the byte order mark, tag characters). Control
+/// characters (Cc) are refused by [`Body::string`] through `char::is_control`.
+pub fn is_format_char(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
 /// A CIDR, or a bare address meaning exactly that host.
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
@@ -277,6 +406,36 @@ mod tests {
     }
 
     #[test]
+    fn names_refuse_control_and_invisible_format_characters() {
+        for bad in [
+            "a\u{200B}b",
+            "a\u{200C}b",
+            "a\u{200D}b",
+            "a\u{2060}b",
+            "\u{FEFF}ab",
+            "a\u{202E}b",
+            "a\u{2066}b",
+            "a\u{2069}b",
+            "a\u{00AD}b",
+            "a\u{E0041}b",
+            "a\u{0007}b",
+            "a\nb",
+            "a\u{0085}b",
+        ] {
+            let json = serde_json::json!({ "name": bad }).to_string();
+            let mut b = Body::parse(json.as_bytes()).unwrap();
+            assert_eq!(b.required_name("name", 100), None, "{bad:?}");
+            let ManageError::Validation(f) = b.finish().unwrap_err() else {
+                panic!()
+            };
+            assert!(f.contains_key("name"), "{bad:?}");
+        }
+        let mut b = Body::parse("{\"name\":\"caf\u{e9} \u{4e2d}\u{6587}-1\"}".as_bytes()).unwrap();
+        assert!(b.required_name("name", 100).is_some());
+        assert!(b.finish().is_ok());
+    }
+
+    #[test]
     fn tri_state() {
         let mut b = Body::parse(br#"{"a":null,"b":"x"}"#).unwrap();
         assert_eq!(b.string("a", 5), Field::Null);
@@ -296,6 +455,19 @@ mod tests {
             Err(ManageError::Validation(_))
         ));
         assert!(Body::parse(b"").is_ok());
+        assert!(matches!(
+            Body::parse(br#"{"name":"a","name":"b"}"#),
+            Err(ManageError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            Body::parse(br#"{"x":[{"k":1,"k":2}]}"#),
+            Err(ManageError::InvalidJson(_))
+        ));
+        let mut b = Body::parse(br#"{"a":[1,-2,3.5,"s",true,null,{"b":{}}],"c":"d"}"#).unwrap();
+        assert_eq!(
+            b.map.remove("a"),
+            Some(serde_json::json!([1, -2, 3.5, "s", true, null, {"b": {}}]))
+        );
     }
 
     #[test]

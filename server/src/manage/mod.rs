@@ -124,7 +124,7 @@ pub fn scope(
 
 /// Who may call `/manage`: `Authorization: Bearer` with the management token
 /// (compared in constant time; acts as admin) or an admin user's access token
-/// (JWT). A viewer may only read. A client IP that keeps failing is refused with
+/// (JWT). A viewer may only read, and log itself out. A client IP that keeps failing is refused with
 /// 429 before its credentials are even looked at
 /// ([`crate::rate_limit::ip::AuthFailures`]). Login and refresh carry their own
 /// credentials in the body and pass through.
@@ -181,7 +181,12 @@ async fn require_auth(
             .into_response(err.error_response())
             .map_into_right_body());
     };
-    if principal.role == Role::Viewer && !matches!(*req.method(), Method::GET | Method::HEAD) {
+    // Every role may end its own session; otherwise a viewer only reads.
+    let own_logout = req.path() == "/manage/auth/logout";
+    if principal.role == Role::Viewer
+        && !own_logout
+        && !matches!(*req.method(), Method::GET | Method::HEAD)
+    {
         return Ok(req
             .into_response(ManageError::Forbidden("viewers may only read (GET)").error_response())
             .map_into_right_body());

@@ -54,7 +54,7 @@ pub async fn create(
     let out = async {
         let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
         let mut b = Body::parse(&bytes)?;
-        let name = b.required_string("name", NAME_MAX);
+        let name = b.required_name("name", NAME_MAX);
         let new = NewProject {
             name: name.unwrap_or_default(),
             description: b.string("description", DESCRIPTION_MAX).value(),
@@ -104,7 +104,7 @@ pub async fn update(
     let out = async {
         let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
         let mut b = Body::parse(&bytes)?;
-        let name = b.string("name", NAME_MAX);
+        let name = b.name("name", NAME_MAX);
         if name == super::body::Field::Null {
             b.error("name", "cannot be null");
         }

@@ -121,7 +121,7 @@ async fn create_token(state: &AppState, payload: web::Payload) -> Result<IssuedT
     let expires_at = expiry(&mut b, state, now);
     let new = NewToken {
         project_id: project_id.unwrap_or_default(),
-        name: b.string("name", NAME_MAX).value(),
+        name: b.name("name", NAME_MAX).value(),
         expires_at,
         max_requests: b.int("max_requests", 1, MAX_REQUESTS_MAX).value(),
         rate_limit_rpm: b.int("rate_limit_rpm", 1, RPM_MAX).value(),
@@ -193,7 +193,7 @@ pub async fn update(
             b.error("expires_at", "cannot be null; tokens always expire");
         }
         let patch = TokenPatch {
-            name: b.string("name", NAME_MAX).patch(),
+            name: b.name("name", NAME_MAX).patch(),
             is_active: is_active.value(),
             expires_at: expires_at.value(),
             max_requests: b.int("max_requests", 1, MAX_REQUESTS_MAX).patch(),

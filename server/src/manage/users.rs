@@ -71,7 +71,7 @@ pub async fn create(
     let out = async {
         let bytes = read_limited(payload, state.config.server.manage_max_body_bytes.0).await?;
         let mut b = Body::parse(&bytes)?;
-        let username = b.required_string("username", 64);
+        let username = b.required_name("username", 64);
         if username.as_deref().is_some_and(|u| !username_ok(u)) {
             b.error("username", "1-64 letters, digits and . _ - @");
         }

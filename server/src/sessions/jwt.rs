@@ -1,7 +1,11 @@
 //! Access tokens: JWT, HS256 only (the algorithm list is pinned, so `alg: none`,
 //! RS256 headers and any other algorithm are refused), with issuer, audience,
 //! expiry (5 s leeway), a unique `jti` and the refresh family it belongs to.
+//! A header with `crit` is refused: it names extensions this server does not
+//! implement (RFC 7515 §4.1.11), and `jsonwebtoken` would silently ignore it.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -56,6 +60,9 @@ pub fn issue(
 /// Signature, algorithm, issuer, audience and expiry; revocation is checked by
 /// the caller against the database.
 pub fn validate(secret: &[u8], token: &str) -> Option<Claims> {
+    if !header_is_plain(token) {
+        return None;
+    }
     let mut v = Validation::new(Algorithm::HS256);
     v.algorithms = vec![Algorithm::HS256];
     v.set_issuer(&[ISSUER]);
@@ -67,6 +74,19 @@ pub fn validate(secret: &[u8], token: &str) -> Option<Claims> {
         .map(|d| d.claims)
 }
 
+/// The header is a base64url JSON object without `crit`: every critical extension
+/// is one we do not understand, so its presence alone refuses the token.
+fn header_is_plain(token: &str) -> bool {
+    let head = token.split('.').next().unwrap_or_default();
+    URL_SAFE_NO_PAD
+        .decode(head)
+        .ok()
+        .and_then(|bytes| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+        })
+        .is_some_and(|header| !header.contains_key("crit"))
+}
+
 /// A bearer credential shaped like a JWT (three base64url parts).
 pub fn looks_like_jwt(s: &str) -> bool {
     s.starts_with("eyJ") && s.bytes().filter(|b| *b == b'.').count() == 2
@@ -75,8 +95,6 @@ pub fn looks_like_jwt(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -123,6 +141,25 @@ mod tests {
         )
         .unwrap();
         assert!(validate(SECRET, &old).is_none());
+        // A `crit` header, correctly signed.
+        let crit = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}"#);
+        let message = format!("{crit}.{}", parts[1]);
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        assert!(validate(SECRET, &format!("{message}.{sig}")).is_none());
+        let plain = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let message = format!("{plain}.{}", parts[1]);
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        assert!(validate(SECRET, &format!("{message}.{sig}")).is_some());
         assert!(looks_like_jwt(&t));
         assert!(!looks_like_jwt("e2e-management-token-0123456789abcdef"));
     }

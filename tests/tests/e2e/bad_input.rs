@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{MANAGEMENT_TOKEN, Mock, client, gateway};
+use crate::harness::{MANAGEMENT_TOKEN, Mock, assert_manage_error, client, gateway};
 
 fn assert_envelope(route: &str, status: u16, body: &str) {
     assert!(
@@ -136,4 +136,108 @@ async fn bad_input_never_yields_5xx_or_panics() {
     let logs = gw.logs();
     assert!(!logs.contains("panicked"), "{logs}");
     assert!(!logs.contains("\"level\":\"ERROR\""), "{logs}");
+}
+
+/// Names (projects, tokens, users) refuse control characters and invisible
+/// format characters, with the field named; a plain Unicode name is accepted.
+#[tokio::test]
+async fn bad_input_names_refuse_control_and_invisible_characters() {
+    let mock = Mock::start("up");
+    let gw = gateway().provider(&mock, "[\"*\"]").yaml("auth: { management_token: \"${E2E_MANAGEMENT_TOKEN}\", jwt_secret: \"bad-input-jwt-secret-0123456789abcdef\", bcrypt_cost: 4 }").start();
+    let (pid, tid, _) = gw.project_and_token(json!({}), json!({})).await;
+    let bad = [
+        "zero\u{200B}width",
+        "non\u{200C}joiner",
+        "joi\u{200D}ner",
+        "word\u{2060}joiner",
+        "\u{FEFF}bom",
+        "bidi\u{202E}override",
+        "iso\u{2066}late\u{2069}",
+        "bell\u{0007}",
+        "new\nline",
+    ];
+    for name in bad {
+        for (method, path, body, field) in [
+            (
+                "POST",
+                "/manage/projects".to_owned(),
+                json!({ "name": name }),
+                "name",
+            ),
+            (
+                "PATCH",
+                format!("/manage/projects/{pid}"),
+                json!({ "name": name }),
+                "name",
+            ),
+            (
+                "POST",
+                "/manage/tokens".to_owned(),
+                json!({ "project_id": pid, "name": name }),
+                "name",
+            ),
+            (
+                "PATCH",
+                format!("/manage/tokens/{tid}"),
+                json!({ "name": name }),
+                "name",
+            ),
+            (
+                "POST",
+                "/manage/users".to_owned(),
+                json!({ "username": name, "password": "a long enough password", "role": "viewer" }),
+                "username",
+            ),
+        ] {
+            let (status, body) = gw.manage(method, &path, Some(body)).await;
+            assert_manage_error(status, &body, 422, "validation_failed");
+            assert!(
+                body["error"]["fields"][field].is_string(),
+                "{method} {path} {name:?}: {body}"
+            );
+        }
+    }
+    let (status, body) = gw
+        .manage(
+            "POST",
+            "/manage/projects",
+            Some(json!({ "name": "caf\u{e9} \u{4e2d}\u{6587} 1" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// `/manage` refuses a body that repeats a key, as `/v1` does: 400
+/// `invalid_json` in the manage envelope, and nothing is created.
+#[tokio::test]
+async fn bad_input_manage_refuses_duplicate_json_keys() {
+    let mock = Mock::start("up");
+    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let c = client();
+    for body in [
+        r#"{"name":"first","name":"second"}"#,
+        r#"{"name":"ok","allowed_cidrs":["10.0.0.0/8"],"description":"a","description":"b"}"#,
+    ] {
+        let resp = c
+            .post(format!("{}/manage/projects", gw.url))
+            .bearer_auth(MANAGEMENT_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap();
+        assert_manage_error(status, &v, 400, "invalid_json");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate key"),
+            "{v}"
+        );
+    }
+    let (status, list) = gw.manage("GET", "/manage/projects", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(0), "{list}");
 }

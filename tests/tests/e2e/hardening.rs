@@ -160,6 +160,31 @@ async fn hardening_cors_opens_exact_origins_only() {
             "{origin}"
         );
     }
+    // A refused preflight is answered in the route's JSON envelope.
+    for path in ["/v1/chat/completions", "/manage/projects"] {
+        let r = preflight(&gw, path, "https://evil.example.com").await;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "cors_refused", "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
+    let r = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", gw.url),
+        )
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-not-allowed")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert_eq!(body["error"]["code"], "cors_refused", "{body}");
     // The real request from the listed origin can read the answer and its headers.
     let r = chat_from(&gw, &token, "https://app.example.com").await;
     assert_eq!(r.status(), 200);
