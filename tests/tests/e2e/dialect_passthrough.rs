@@ -38,6 +38,18 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The same request direct and through Palisade: both answers, direct first.
+async fn both_ways(
+    (direct, via): (&Target<'_>, &Target<'_>),
+    path: &str,
+    dialect: &str,
+    body: &Value,
+) -> (Vec<u8>, Vec<u8>) {
+    let a = fetch(direct.post(path, dialect), body).await;
+    let b = fetch(via.post(path, dialect), body).await;
+    (a, b)
+}
+
 fn tools_body(stream: bool, include_usage: bool) -> Value {
     let mut body = json!({"model": "gpt-4o-mini", "stream": stream,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -69,8 +81,7 @@ async fn dialect_tool_calls_pass_through_intact() {
         let (direct, via) = (Target::Direct(mock), Target::Via(gw, token));
         let path = "/v1/chat/completions";
         let body = tools_body(false, false);
-        let a = fetch(direct.post(path, d), &body).await;
-        let b = fetch(via.post(path, d), &body).await;
+        let (a, b) = both_ways((&direct, &via), path, d, &body).await;
         assert_eq!(text(&b), text(&a), "{d}: non-streamed tool call");
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{d}: {v}");
@@ -80,14 +91,12 @@ async fn dialect_tool_calls_pass_through_intact() {
         );
 
         let body = tools_body(true, false);
-        let a = fetch(direct.post(path, d), &body).await;
-        let b = fetch(via.post(path, d), &body).await;
+        let (a, b) = both_ways((&direct, &via), path, d, &body).await;
         assert_same_events(&format!("{d}: streamed tool call"), &b, &a);
         assert_eq!(streamed_arguments(&events(&b)), want_args, "{d}");
 
         let body = tools_body(true, true);
-        let a = fetch(direct.post(path, d), &body).await;
-        let b = fetch(via.post(path, d), &body).await;
+        let (a, b) = both_ways((&direct, &via), path, d, &body).await;
         assert_eq!(
             text(&b),
             text(&a),
@@ -105,8 +114,7 @@ async fn dialect_responses_api_passes_through_intact() {
     each_dialect(|d| async move {
         let (direct, via) = (Target::Direct(mock), Target::Via(gw, token));
         let body = json!({"model": "gpt-4o-mini", "input": PROMPT});
-        let a = fetch(direct.post("/v1/responses", d), &body).await;
-        let b = fetch(via.post("/v1/responses", d), &body).await;
+        let (a, b) = both_ways((&direct, &via), "/v1/responses", d, &body).await;
         assert_eq!(text(&b), text(&a), "{d}: response object");
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(
@@ -117,8 +125,7 @@ async fn dialect_responses_api_passes_through_intact() {
         assert_eq!(v["usage"]["input_tokens"], 2, "{d}");
 
         let body = json!({"model": "gpt-4o-mini", "input": PROMPT, "stream": true});
-        let a = fetch(direct.post("/v1/responses", d), &body).await;
-        let b = fetch(via.post("/v1/responses", d), &body).await;
+        let (a, b) = both_ways((&direct, &via), "/v1/responses", d, &body).await;
         assert_eq!(text(&b), text(&a), "{d}: response events");
         let evs = events(&b);
         let names: Vec<_> = evs
@@ -157,8 +164,7 @@ async fn dialect_base64_embeddings_pass_through_intact() {
     each_dialect(|d| async move {
         let (direct, via) = (Target::Direct(mock), Target::Via(gw, token));
         let body = json!({"model": "text-embedding-3-small", "input": ["a", "b c"], "encoding_format": "base64"});
-        let a = fetch(direct.post("/v1/embeddings", d), &body).await;
-        let b = fetch(via.post("/v1/embeddings", d), &body).await;
+        let (a, b) = both_ways((&direct, &via), "/v1/embeddings", d, &body).await;
         assert_eq!(text(&b), text(&a), "{d}: base64 embeddings");
         let floats = json!({"model": "text-embedding-3-small", "input": ["a", "b c"]});
         let f: Value =

@@ -55,13 +55,8 @@ async fn upstream_timeouts_slow_head_within_first_byte_is_not_cut_by_idle() {
     let gw = start(&mock, "3s", "500ms");
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let resp = gw
-        .post(CHAT)
-        .bearer_auth(&t)
-        .header("x-mock-delay-ms", "1500")
-        .json(&chat_body("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(&t, &[("x-mock-delay-ms", "1500")], chat_body("gpt-4o-mini"))
+        .await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion", "{body}");
@@ -75,13 +70,8 @@ async fn upstream_timeouts_hang_with_first_byte_equal_to_idle_is_504() {
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let started = Instant::now();
     let resp = gw
-        .post(CHAT)
-        .bearer_auth(&t)
-        .header("x-mock-hang", "1")
-        .json(&chat_body("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(&t, &[("x-mock-hang", "1")], chat_body("gpt-4o-mini"))
+        .await;
     let (status, body) = error_of(resp).await;
     assert_proxy_error(status, &body, 504, "upstream_timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -94,13 +84,8 @@ async fn upstream_timeouts_head_slower_than_first_byte_is_504() {
     let gw = start(&mock, "800ms", "300ms");
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let resp = gw
-        .post(CHAT)
-        .bearer_auth(&t)
-        .header("x-mock-delay-ms", "2500")
-        .json(&chat_body("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(&t, &[("x-mock-delay-ms", "2500")], chat_body("gpt-4o-mini"))
+        .await;
     let (status, body) = error_of(resp).await;
     assert_proxy_error(status, &body, 504, "upstream_timeout");
 }
@@ -112,14 +97,12 @@ async fn upstream_timeouts_chunk_gap_beyond_idle_ends_the_stream_with_an_error()
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let started = Instant::now();
     let resp = gw
-        .post(CHAT)
-        .bearer_auth(&t)
-        .header("x-mock-chunks", "3")
-        .header("x-mock-chunk-delay-ms", "1500")
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &t,
+            &[("x-mock-chunks", "3"), ("x-mock-chunk-delay-ms", "1500")],
+            stream_body(),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let text = read_all(resp).await;
     let took = started.elapsed();
@@ -136,13 +119,8 @@ async fn upstream_timeouts_upstream_cut_mid_stream_counts_as_an_error() {
     let gw = start(&mock, "3s", "5s");
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let resp = gw
-        .post(CHAT)
-        .bearer_auth(&t)
-        .header("x-mock-cut-after", "2")
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+        .chat_with(&t, &[("x-mock-cut-after", "2")], stream_body())
+        .await;
     assert_eq!(resp.status(), 200);
     let text = read_all(resp).await;
     assert!(text.contains("\"code\":\"upstream_error\""), "{text}");
@@ -157,14 +135,12 @@ async fn upstream_timeouts_gaps_below_idle_complete_however_long_the_stream() {
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     let started = Instant::now();
     let resp = gw
-        .post(CHAT)
-        .bearer_auth(&t)
-        .header("x-mock-chunks", "10")
-        .header("x-mock-chunk-delay-ms", "200")
-        .json(&stream_body())
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &t,
+            &[("x-mock-chunks", "10"), ("x-mock-chunk-delay-ms", "200")],
+            stream_body(),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let text = read_all(resp).await;
     // 11 gaps of 200 ms: far above `idle` in total.

@@ -214,8 +214,31 @@ fn plain(d: &Dialect) -> String {
     d.events.iter().filter_map(|e| e.plain.as_deref()).collect()
 }
 
-/// Feeds `input` cut at `cuts`; checks after every piece that the output is a
-/// prefix of `expected` holding every event already complete in the input.
+/// Feeds `input` to a stripper cut at `cuts`; after every piece, `check` gets the
+/// cut and the output so far. Returns the whole output.
+fn feed(input: &[u8], cuts: &[usize], mut check: impl FnMut(usize, &[u8])) -> Vec<u8> {
+    let mut s = UsageStripper::default();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+        out.extend_from_slice(&s.push(Bytes::copy_from_slice(&input[prev..cut])));
+        prev = cut;
+        check(cut, &out);
+    }
+    out.extend_from_slice(&s.finish());
+    out
+}
+
+/// Random sorted cut sets for an input of `len` bytes.
+fn random_cuts(rng: &mut rand::rngs::StdRng, len: usize, most: usize) -> Vec<usize> {
+    let n = rng.random_range(1..=most);
+    let mut cuts: Vec<usize> = (0..n).map(|_| rng.random_range(0..=len)).collect();
+    cuts.sort_unstable();
+    cuts
+}
+
+/// Checks after every piece that the output is a prefix of the plain stream
+/// holding every event already complete in the input.
 fn run(d: &Dialect, cuts: &[usize]) {
     let input = with_usage(d);
     let expected = plain(d);
@@ -227,31 +250,25 @@ fn run(d: &Dialect, cuts: &[usize]) {
         out_len += e.plain.as_ref().map_or(0, String::len);
         owed.push((at, out_len));
     }
-    let mut s = UsageStripper::default();
-    let mut out = Vec::new();
-    let mut prev = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
-        out.extend_from_slice(&s.push(Bytes::copy_from_slice(&input.as_bytes()[prev..cut])));
-        prev = cut;
+    let out = feed(input.as_bytes(), cuts, |cut, out| {
         let must = owed
             .iter()
             .take_while(|(end, _)| *end <= cut)
             .last()
             .map_or(0, |(_, len)| *len);
         assert!(
-            expected.as_bytes().starts_with(&out),
+            expected.as_bytes().starts_with(out),
             "{} {:?}: output is not a prefix of the plain stream at cut {cut}:\n{:?}",
             d.name,
             d.events[0].with_usage.chars().last(),
-            String::from_utf8_lossy(&out)
+            String::from_utf8_lossy(out)
         );
         assert!(
             out.len() >= must,
             "{}: an event complete at {cut} was held back",
             d.name
         );
-    }
-    out.extend_from_slice(&s.finish());
+    });
     assert_eq!(
         String::from_utf8(out).unwrap(),
         expected,
@@ -276,10 +293,7 @@ fn every_dialect_cut_at_random_offsets() {
     for d in dialects() {
         let len = with_usage(&d).len();
         for _ in 0..400 {
-            let n = rng.random_range(1..=24);
-            let mut cuts: Vec<usize> = (0..n).map(|_| rng.random_range(0..=len)).collect();
-            cuts.sort_unstable();
-            run(&d, &cuts);
+            run(&d, &random_cuts(&mut rng, len, 24));
         }
         // Byte by byte.
         run(&d, &(1..len).collect::<Vec<_>>());
@@ -335,23 +349,11 @@ fn recorded_dialect_streams_cut_at_random_offsets() {
                 let cuts: Vec<usize> = match round {
                     0 => Vec::new(),
                     1 => (1..with.len()).collect(),
-                    _ => {
-                        let n = rng.random_range(1..=32);
-                        let mut c: Vec<usize> =
-                            (0..n).map(|_| rng.random_range(0..=with.len())).collect();
-                        c.sort_unstable();
-                        c
-                    }
+                    _ => random_cuts(&mut rng, with.len(), 32),
                 };
-                let mut s = UsageStripper::default();
-                let mut out = Vec::new();
-                let mut prev = 0;
-                for cut in cuts.into_iter().chain(std::iter::once(with.len())) {
-                    out.extend_from_slice(&s.push(Bytes::copy_from_slice(&with[prev..cut])));
-                    prev = cut;
-                    assert!(plain.starts_with(&out), "{dialect}-{kind} round {round}");
-                }
-                out.extend_from_slice(&s.finish());
+                let out = feed(&with, &cuts, |_, out| {
+                    assert!(plain.starts_with(out), "{dialect}-{kind} round {round}");
+                });
                 assert_eq!(out, plain, "{dialect}-{kind} round {round}");
             }
             checked += 1;

@@ -416,6 +416,21 @@ impl Gateway {
         client().post(format!("{}{path}", self.url))
     }
 
+    /// A chat completion with extra request headers (the mock's controls pass
+    /// through the gateway unchanged).
+    pub async fn chat_with(
+        &self,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> reqwest::Response {
+        let mut req = self.post("/v1/chat/completions").bearer_auth(token);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.json(&body).send().await.unwrap()
+    }
+
     pub async fn chat(&self, token: &str, body: Value) -> reqwest::Response {
         self.post("/v1/chat/completions")
             .bearer_auth(token)
