@@ -83,7 +83,6 @@ pub struct UsageTap {
     pub started: Instant,
     pub record: UsageRecord,
     ttfb: Option<Duration>,
-    sent: u64,
     length: Option<u64>,
     /// What the usage record keeps of the body (bounded; see `crate::usage`).
     capture: crate::usage::Capture,
@@ -106,7 +105,6 @@ impl UsageTap {
             started,
             record,
             ttfb: None,
-            sent: 0,
             length: None,
             capture: crate::usage::Capture::default(),
             in_flight: None,
@@ -127,7 +125,6 @@ impl UsageTap {
             crate::metrics::global().upstream_ttfb(&self.record.provider, ttfb);
             self.ttfb = Some(ttfb);
         }
-        self.sent += chunk.len() as u64;
         self.capture.push(chunk, self.record.streamed);
     }
 
@@ -148,7 +145,7 @@ impl UsageTap {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        let completed = completed || self.length.is_some_and(|l| self.sent >= l);
+        let completed = completed || self.length.is_some_and(|l| self.capture.total() >= l);
         self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
         self.record.ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1e3);
         self.record.client_closed = !completed;
@@ -385,7 +382,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let completed = self.state != State::Streaming;
         if let Some(tap) = self.tap.take() {
-            if !completed && tap.length.is_none_or(|l| tap.sent < l) {
+            if !completed && tap.length.is_none_or(|l| tap.capture.total() < l) {
                 tracing::debug!(
                     "client went away before the response ended; upstream request cancelled"
                 );

@@ -92,6 +92,11 @@ impl Capture {
         }
     }
 
+    /// Every byte seen so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
     fn push_stream(&mut self, chunk: &Bytes) {
         if self.overflow {
             if self.tail.len() == STREAM_TAIL_CHUNKS {
