@@ -20,6 +20,9 @@ pub struct Model {
     pub expires_at: DateTimeUtc,
     pub max_requests: Option<i64>,
     pub request_count: i64,
+    /// The count a running gateway may admit up to without asking again; written
+    /// before those requests are admitted (crash-safe quotas). `None`: no lease.
+    pub request_lease: Option<i64>,
     pub rate_limit_rpm: Option<i64>,
     pub allowed_models: Json,
     pub allowed_cidrs: Json,

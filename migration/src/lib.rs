@@ -11,6 +11,7 @@ mod m20261126_000001_add_project_providers;
 mod m20261126_000002_create_users_and_sessions;
 mod m20261126_000003_index_audit_actor_and_result;
 mod m20261130_000001_add_usage_estimated;
+mod m20261130_000002_add_token_request_lease;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_create_users_and_sessions::Migration),
             Box::new(m20261126_000003_index_audit_actor_and_result::Migration),
             Box::new(m20261130_000001_add_usage_estimated::Migration),
+            Box::new(m20261130_000002_add_token_request_lease::Migration),
         ]
     }
 }

@@ -8,7 +8,8 @@
 //! 5. model allowlists (token ∩ project), then the candidate providers for the
 //!    model (breakers and health checks consulted lock-free);
 //! 6. the token's and project's requests per minute ([`crate::rate_limit`]);
-//! 7. lifetime quota: atomic check-and-increment;
+//! 7. lifetime quota: atomic check-and-increment (plus, once per lease, one
+//!    database write: `actors::token_registry::lease`);
 //! 8. a slot from the request queue ([`crate::actors::request_queue`]), held until
 //!    the response body ends;
 //! 9. forward to the candidates in order, with retries and failover before the
@@ -158,7 +159,7 @@ async fn admit_and_forward(
         other => other.as_ref(),
     };
     let rate = state.rpm.check(&resolved.token, &resolved.project).await?;
-    state.registry.cache.try_consume(&resolved.token, now)?;
+    state.registry.consume(&resolved.token, now).await?;
     let admission = state.admission.enter(resolved.project.id).await?;
     // Admitted: reserve the usage record's place now, so it can always be filed.
     let slot = match state.usage_enabled {

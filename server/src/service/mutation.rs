@@ -1,4 +1,5 @@
-//! Writes. Called only by the `TokenRegistry` actor. Multi-statement changes run in
+//! Writes: the `TokenRegistry` actor's, the audit writer's batches, and request
+//! leases (`actors::token_registry::lease`). Multi-statement changes run in
 //! one `BEGIN IMMEDIATE` transaction ([`crate::db::begin_write`]).
 
 use chrono::{DateTime, Utc};
@@ -111,11 +112,15 @@ impl Mutation {
 
     /// Writes back the request counters the registry kept in memory, one
     /// transaction per batch.
+    /// Writes request counters back; with `release_leases` (a clean shutdown, all
+    /// counts final) also clears every token's request lease in the same
+    /// transaction.
     pub async fn flush_usage(
         db: &DatabaseConnection,
         batch: &[(Uuid, i64, Option<DateTime<Utc>>)],
+        release_leases: bool,
     ) -> Result<(), DbErr> {
-        if batch.is_empty() {
+        if batch.is_empty() && !release_leases {
             return Ok(());
         }
         let txn = begin_write(db).await?;
@@ -127,7 +132,32 @@ impl Mutation {
                 .exec(&txn)
                 .await?;
         }
+        if release_leases {
+            tokens::Entity::update_many()
+                .col_expr(
+                    tokens::Column::RequestLease,
+                    Expr::value(Option::<i64>::None),
+                )
+                .filter(tokens::Column::RequestLease.is_not_null())
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await
+    }
+
+    /// Records that a token may be admitted up to `lease` requests. One statement
+    /// (its own transaction), committed before any request it covers is admitted.
+    pub async fn write_request_lease(
+        db: &DatabaseConnection,
+        id: Uuid,
+        lease: i64,
+    ) -> Result<(), DbErr> {
+        tokens::Entity::update_many()
+            .col_expr(tokens::Column::RequestLease, Expr::value(lease))
+            .filter(tokens::Column::Id.eq(id))
+            .exec(db)
+            .await
+            .map(drop)
     }
 }
 

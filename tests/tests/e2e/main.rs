@@ -27,6 +27,7 @@ mod proxy_forwarding;
 mod proxy_policy;
 mod proxy_streaming;
 mod python_sdk;
+mod quota_crash;
 mod rate_limits;
 mod secrets;
 mod shutdown;

@@ -4,7 +4,9 @@
 //!
 //! Request counters live in [`TokenCounters`], shared across policy snapshots, so a
 //! PATCH that replaces a token's policy never loses counts. The quota check is one
-//! compare-and-swap loop: concurrent requests can never over-admit.
+//! compare-and-swap loop: concurrent requests can never over-admit. For a token with
+//! a quota, the loop also stops at the token's durable lease (see `lease`), so a
+//! crash can never let it admit more than `max_requests`.
 //!
 //! Multi-instance deployments will swap the counters for a Redis-backed
 //! implementation and feed `apply_*` from a revocation broadcast; the lookup
@@ -56,14 +58,26 @@ pub struct TokenCounters {
     /// Unix milliseconds of the last admitted request; 0 = never.
     last_used_ms: AtomicI64,
     dirty: AtomicBool,
+    /// The count up to which admissions are covered by a lease written to the
+    /// database (`tokens.request_lease`); only quota'd tokens consult it.
+    pub(super) lease: AtomicI64,
+    /// Held by the one request that extends the lease; the others wait for it.
+    pub(super) leasing: tokio::sync::Mutex<()>,
 }
 
 impl TokenCounters {
-    pub fn new(request_count: i64, last_used: Option<DateTime<Utc>>) -> Self {
+    /// Counters as loaded: `request_count` is the last flushed count, or the lease
+    /// if that is higher (the process stopped without flushing, so everything
+    /// leased may have been served). No lease is held until the first request.
+    pub fn new(request_count: i64, lease: Option<i64>, last_used: Option<DateTime<Utc>>) -> Self {
+        let count = request_count.max(lease.unwrap_or(0));
         Self {
-            request_count: AtomicI64::new(request_count),
+            request_count: AtomicI64::new(count),
             last_used_ms: AtomicI64::new(last_used.map_or(0, |t| t.timestamp_millis())),
-            dirty: AtomicBool::new(false),
+            // Counts taken over from a lease must reach the database.
+            dirty: AtomicBool::new(count > request_count),
+            lease: AtomicI64::new(count),
+            leasing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -94,6 +108,14 @@ impl TokenCounters {
 struct HashSlot {
     token: TokenId,
     valid_until: Option<DateTime<Utc>>,
+}
+
+/// What [`TokenCache::try_consume`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    Counted,
+    /// The quota has room but the lease is used up: extend it, then try again.
+    NeedsLease,
 }
 
 /// A token that passed every identity check, with its project.
@@ -147,22 +169,36 @@ impl TokenCache {
         Ok(Resolved { token, project })
     }
 
-    /// Atomically checks the lifetime quota and counts the request.
-    pub fn try_consume(&self, token: &TokenState, now: DateTime<Utc>) -> Result<(), ProxyError> {
+    /// Atomically checks the lifetime quota and counts the request, unless the
+    /// token's lease is used up ([`Consumed::NeedsLease`]: nothing was counted).
+    pub fn try_consume(
+        &self,
+        token: &TokenState,
+        now: DateTime<Utc>,
+    ) -> Result<Consumed, ProxyError> {
         let c = &token.counters;
         match token.max_requests {
-            Some(max) => c
-                .request_count
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < max).then_some(n + 1)
-                })
-                .map_err(|_| ProxyError::QuotaExceeded(max))?,
-            None => c.request_count.fetch_add(1, Ordering::AcqRel),
-        };
+            Some(max) => {
+                let lease = c.lease.load(Ordering::Acquire).min(max);
+                let counted =
+                    c.request_count
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            (n < lease).then_some(n + 1)
+                        });
+                match counted {
+                    Ok(_) => {}
+                    Err(n) if n >= max => return Err(ProxyError::QuotaExceeded(max)),
+                    Err(_) => return Ok(Consumed::NeedsLease),
+                }
+            }
+            None => {
+                c.request_count.fetch_add(1, Ordering::AcqRel);
+            }
+        }
         c.last_used_ms
             .store(now.timestamp_millis(), Ordering::Release);
         c.mark_dirty();
-        Ok(())
+        Ok(Consumed::Counted)
     }
 
     /// Live counters for a token, which may be ahead of the last database flush.
@@ -381,13 +417,14 @@ mod tests {
     fn quota_never_over_admits_under_threads() {
         let cache = Arc::new(TokenCache::default());
         let t = Arc::new(token(ProjectId::new(), Some(100)));
+        t.counters.lease.store(1000, Ordering::Release);
         let admitted = Arc::new(AtomicI64::new(0));
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let (cache, t, admitted) = (cache.clone(), t.clone(), admitted.clone());
                 std::thread::spawn(move || {
                     for _ in 0..50 {
-                        if cache.try_consume(&t, Utc::now()).is_ok() {
+                        if matches!(cache.try_consume(&t, Utc::now()), Ok(Consumed::Counted)) {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -399,6 +436,58 @@ mod tests {
         }
         assert_eq!(admitted.load(Ordering::Relaxed), 100);
         assert_eq!(t.counters.request_count(), 100);
+    }
+
+    #[test]
+    fn admission_stops_at_the_lease_and_at_the_quota() {
+        let cache = TokenCache::default();
+        let t = token(ProjectId::new(), Some(3));
+        let now = Utc::now();
+        assert!(matches!(
+            cache.try_consume(&t, now),
+            Ok(Consumed::NeedsLease)
+        ));
+        assert_eq!(
+            t.counters.request_count(),
+            0,
+            "nothing counted without a lease"
+        );
+        t.counters.lease.store(2, Ordering::Release);
+        assert!(matches!(cache.try_consume(&t, now), Ok(Consumed::Counted)));
+        assert!(matches!(cache.try_consume(&t, now), Ok(Consumed::Counted)));
+        assert!(matches!(
+            cache.try_consume(&t, now),
+            Ok(Consumed::NeedsLease)
+        ));
+        // A lease past the quota never admits past the quota.
+        t.counters.lease.store(10, Ordering::Release);
+        assert!(matches!(cache.try_consume(&t, now), Ok(Consumed::Counted)));
+        assert!(matches!(
+            cache.try_consume(&t, now),
+            Err(ProxyError::QuotaExceeded(3))
+        ));
+        assert_eq!(t.counters.request_count(), 3);
+    }
+
+    #[test]
+    fn tokens_without_a_quota_need_no_lease() {
+        let cache = TokenCache::default();
+        let t = token(ProjectId::new(), None);
+        assert!(matches!(
+            cache.try_consume(&t, Utc::now()),
+            Ok(Consumed::Counted)
+        ));
+        assert_eq!(t.counters.request_count(), 1);
+    }
+
+    #[test]
+    fn loaded_counters_take_over_an_unreleased_lease() {
+        let c = TokenCounters::new(40, Some(50), None);
+        assert_eq!(c.request_count(), 50);
+        assert!(c.take_dirty(), "the taken-over count is written back");
+        let c = TokenCounters::new(40, None, None);
+        assert_eq!(c.request_count(), 40);
+        assert!(!c.take_dirty());
     }
 
     #[test]

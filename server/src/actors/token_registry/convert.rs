@@ -65,8 +65,13 @@ pub fn token_state(
     t: &tokens::Model,
     counters: Option<Arc<TokenCounters>>,
 ) -> (TokenState, Option<TokenHash>, Option<PreviousHash>) {
-    let counters =
-        counters.unwrap_or_else(|| Arc::new(TokenCounters::new(t.request_count, t.last_used_at)));
+    let counters = counters.unwrap_or_else(|| {
+        Arc::new(TokenCounters::new(
+            t.request_count,
+            t.request_lease,
+            t.last_used_at,
+        ))
+    });
     let previous = t
         .previous_token_hash
         .as_deref()

@@ -9,10 +9,13 @@
 //! sent only after both, so a revoke is effective before its HTTP response leaves.
 //! Request handlers never message this actor: they read [`TokenCache`] directly.
 //! Request counters are written back every `tokens.usage_flush_interval` in one
-//! transaction, and once more at shutdown (`FlushUsage`).
+//! transaction, and once more at shutdown (`FlushUsage`). Quota'd tokens are also
+//! admitted under a request lease written ahead of time (`lease`), so a crash
+//! between flushes cannot let a token exceed `max_requests`.
 
 pub mod cache;
 pub(crate) mod convert;
+mod lease;
 mod project_writes;
 mod token_writes;
 
@@ -46,6 +49,9 @@ use crate::service::query::Query;
 pub struct Registry {
     pub cache: Arc<TokenCache>,
     pub addr: Addr<TokenRegistry>,
+    /// Where request leases are written (`lease`): from the request that needs
+    /// one, not through the actor's mailbox.
+    db: DatabaseConnection,
 }
 
 pub struct TokenRegistry {
@@ -74,24 +80,28 @@ impl TokenRegistry {
             }
         }
         let actor = TokenRegistry {
-            db,
+            db: db.clone(),
             cache: Arc::clone(&cache),
             cipher,
             flush_interval,
         };
         let arbiter = Arbiter::new();
         let addr = TokenRegistry::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        Ok(Registry { cache, addr })
+        Ok(Registry { cache, addr, db })
     }
 
-    fn flush(&self) -> impl Future<Output = Result<usize, sea_orm::DbErr>> + 'static {
+    /// Writes dirty counters back; `release_leases` at shutdown (see `lease`).
+    fn flush(
+        &self,
+        release_leases: bool,
+    ) -> impl Future<Output = Result<usize, sea_orm::DbErr>> + 'static {
         let dirty = self.cache.take_dirty();
         let db = self.db.clone();
         let cache = Arc::clone(&self.cache);
         self.cache.prune_expired_previous(Utc::now());
         async move {
             let batch: Vec<_> = dirty.iter().map(|(id, n, t)| (id.0, *n, *t)).collect();
-            match Mutation::flush_usage(&db, &batch).await {
+            match Mutation::flush_usage(&db, &batch, release_leases).await {
                 Ok(()) => Ok(batch.len()),
                 Err(e) => {
                     // Keep them dirty: the next tick retries, nothing is lost.
@@ -109,7 +119,7 @@ impl Actor for TokenRegistry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.flush_interval, |act, ctx| {
-            let fut = act.flush();
+            let fut = act.flush(false);
             ctx.wait(fut.into_actor(act).map(|res, _, _| {
                 if let Err(e) = res {
                     tracing::error!(error = %e, "writing token usage counters failed; will retry");

@@ -67,6 +67,7 @@ impl Handler<CreateToken> for TokenRegistry {
                 expires_at: Set(t.expires_at),
                 max_requests: Set(t.max_requests),
                 request_count: Set(0),
+                request_lease: Set(None),
                 rate_limit_rpm: Set(t.rate_limit_rpm),
                 allowed_models: Set(json_list(&t.allowed_models)),
                 allowed_cidrs: Set(json_list(&t.allowed_cidrs)),
@@ -226,7 +227,9 @@ impl Handler<RotateToken> for TokenRegistry {
 
 // === Usage counters ===
 
-/// Writes dirty request counters now (used at shutdown); replies with the row count.
+/// Writes dirty request counters now and releases every request lease (the
+/// counts are final: sent at shutdown, after the HTTP server has drained);
+/// replies with the row count.
 #[derive(Message)]
 #[rtype(result = "Result<usize, ManageError>")]
 pub struct FlushUsage;
@@ -235,7 +238,7 @@ impl Handler<FlushUsage> for TokenRegistry {
     type Result = AtomicResponse<Self, Result<usize, ManageError>>;
 
     fn handle(&mut self, _: FlushUsage, _: &mut Context<Self>) -> Self::Result {
-        let fut = self.flush();
+        let fut = self.flush(true);
         atomic(self, async move { fut.await.map_err(ManageError::from) })
     }
 }

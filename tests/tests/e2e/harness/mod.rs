@@ -252,6 +252,14 @@ impl Gateway {
         None
     }
 
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
     /// Stops the gateway and starts it again on the same config and database.
     pub fn restart(&mut self) {
         assert_eq!(
