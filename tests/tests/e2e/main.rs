@@ -30,6 +30,7 @@ mod python_sdk;
 mod rate_limits;
 mod secrets;
 mod shutdown;
+mod slow_clients;
 mod third_party_upstream;
 mod tls;
 mod upstream_dialects;
