@@ -117,13 +117,17 @@ async fn drip_until_answered(
 }
 
 fn assert_timed_out(answer: Option<Answer>, took: Duration, timeout: Duration) -> Answer {
-    assert!(took >= timeout - Duration::from_millis(100), "cut too early: {took:?}");
+    assert!(
+        took >= timeout - Duration::from_millis(100),
+        "cut too early: {took:?}"
+    );
     let a = answer.expect("a 408 answer before the close");
     assert_eq!(a.status, 408, "{}\n{}", a.head, a.body);
     assert_eq!(a.body["error"]["code"], "request_timeout", "{}", a.body);
     assert!(a.header("x-request-id").is_some(), "{}", a.head);
     assert!(
-        a.header("content-type").is_some_and(|v| v.starts_with("application/json")),
+        a.header("content-type")
+            .is_some_and(|v| v.starts_with("application/json")),
         "{}",
         a.head
     );
@@ -151,7 +155,11 @@ async fn slow_clients_second_head_on_keep_alive_is_cut_at_header_timeout() {
     )
     .await;
     let a = assert_timed_out(answer, took, timeout);
-    assert_eq!(a.body["error"]["type"], "invalid_request_error", "{}", a.body);
+    assert_eq!(
+        a.body["error"]["type"], "invalid_request_error",
+        "{}",
+        a.body
+    );
 }
 
 /// Sends a request head with `content-length: 200`, drips the body and expects
@@ -185,7 +193,11 @@ async fn slow_clients_slow_body_is_cut_at_body_timeout_with_408_json() {
     )
     .await;
     // The OpenAI envelope on /v1.
-    assert_eq!(v1.body["error"]["type"], "invalid_request_error", "{}", v1.body);
+    assert_eq!(
+        v1.body["error"]["type"], "invalid_request_error",
+        "{}",
+        v1.body
+    );
     assert!(v1.body["error"].get("param").is_some(), "{}", v1.body);
 
     let manage = slow_body(
@@ -201,8 +213,16 @@ async fn slow_clients_slow_body_is_cut_at_body_timeout_with_408_json() {
 
     // No credentials needed to hold a login open: the deadline applies there too.
     let login = slow_body(&gw, "POST /manage/auth/login HTTP/1.1\r\n", timeout).await;
-    assert_eq!(login.body["error"]["code"], "request_timeout", "{}", login.body);
-    assert_eq!(gw.metric("palisade_client_errors_total{reason=\"body_timeout\"}").await, 3.0);
+    assert_eq!(
+        login.body["error"]["code"], "request_timeout",
+        "{}",
+        login.body
+    );
+    assert_eq!(
+        gw.metric("palisade_client_errors_total{reason=\"body_timeout\"}")
+            .await,
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -226,7 +246,11 @@ async fn slow_clients_many_slow_connections_from_one_ip_leave_health_reachable()
         match tokio::time::timeout(Duration::from_millis(50), read_answer(s)).await {
             Ok(Some(a)) => {
                 assert_eq!(a.status, 503, "{}", a.head);
-                assert_eq!(a.body["error"]["code"], "too_many_connections", "{}", a.body);
+                assert_eq!(
+                    a.body["error"]["code"], "too_many_connections",
+                    "{}",
+                    a.body
+                );
                 answered_503 += 1;
                 refused += 1;
             }
@@ -234,7 +258,10 @@ async fn slow_clients_many_slow_connections_from_one_ip_leave_health_reachable()
             Err(_) => {}
         }
     }
-    assert_eq!(refused, 160, "40 held, the rest refused ({answered_503} with a 503)");
+    assert_eq!(
+        refused, 160,
+        "40 held, the rest refused ({answered_503} with a 503)"
+    );
     // Another client is served while those 40 are held.
     let mut other = connect_from(&gw, "127.0.0.2").await;
     other
@@ -250,7 +277,11 @@ async fn slow_clients_many_slow_connections_from_one_ip_leave_health_reachable()
     // The held connections close with their sockets; refusals were counted.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = gw.get("/metrics").bearer_auth(MANAGEMENT_TOKEN).send().await;
+        let r = gw
+            .get("/metrics")
+            .bearer_auth(MANAGEMENT_TOKEN)
+            .send()
+            .await;
         if let Ok(r) = r {
             let text = r.text().await.unwrap();
             let line = text
@@ -273,10 +304,16 @@ async fn slow_clients_malformed_request_line_gets_json_400_not_an_error_log() {
     for _ in 0..20 {
         let mut s = TcpStream::connect(addr(&gw)).await.unwrap();
         s.write_all(b"GARBAGE\x01 NOT HTTP\r\n\r\n").await.unwrap();
-        let a = read_answer(&mut s).await.expect("an answer to a malformed request");
+        let a = read_answer(&mut s)
+            .await
+            .expect("an answer to a malformed request");
         assert_eq!(a.status, 400, "{}", a.head);
         assert_eq!(a.body["error"]["code"], "malformed_request", "{}", a.body);
-        assert!(a.header("x-request-id").is_some_and(|v| !v.is_empty()), "{}", a.head);
+        assert!(
+            a.header("x-request-id").is_some_and(|v| !v.is_empty()),
+            "{}",
+            a.head
+        );
         assert_eq!(a.header("connection"), Some("close"), "{}", a.head);
     }
     // Logged at WARN, once a second at most, never at ERROR.
@@ -286,10 +323,14 @@ async fn slow_clients_malformed_request_line_gets_json_400_not_an_error_log() {
         .filter(|l| l.contains("request refused by the HTTP parser"))
         .collect::<Vec<_>>();
     assert!(!warned.is_empty() && warned.len() < 20, "{logs}");
-    assert!(warned.iter().all(|l| l.contains("\"level\":\"WARN\"")), "{logs}");
+    assert!(
+        warned.iter().all(|l| l.contains("\"level\":\"WARN\"")),
+        "{logs}"
+    );
     assert!(!logs.contains("\"level\":\"ERROR\""), "{logs}");
     assert_eq!(
-        gw.metric("palisade_client_errors_total{reason=\"malformed_request\"}").await,
+        gw.metric("palisade_client_errors_total{reason=\"malformed_request\"}")
+            .await,
         20.0
     );
 }

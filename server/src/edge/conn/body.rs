@@ -15,11 +15,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use actix_web::HttpMessage as _;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::middleware::Next;
-use actix_web::HttpMessage as _;
 use actix_web::web::{self, Bytes};
 use futures_util::Stream;
 use tokio::time::Sleep;
@@ -145,7 +145,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_drip_is_cut_at_the_total_deadline() {
         let t0 = Instant::now();
-        let mut body = BodyDeadline::new(drip(1_000, Duration::from_secs(2)), Duration::from_secs(7));
+        let mut body =
+            BodyDeadline::new(drip(1_000, Duration::from_secs(2)), Duration::from_secs(7));
         let mut got = 0;
         let err = loop {
             match body.next().await.unwrap() {

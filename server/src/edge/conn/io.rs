@@ -119,9 +119,10 @@ impl<T: AsyncWrite + Unpin> GuardedIo<T> {
         Poll::Ready(Ok(()))
     }
 
-    fn answer(&mut self, status: u16, what: &str, cx: &mut Context<'_>) {
+    /// Queues our JSON answer (counted under `reason`, logged as `what`).
+    fn answer(&mut self, status: u16, reason: &'static str, what: &str, cx: &mut Context<'_>) {
         let id = refusal::fresh_id();
-        crate::metrics::global().client_error(refusal::code(status));
+        crate::metrics::global().client_error(reason);
         refusal::warn(what, status, self.peer, &id);
         self.conn.set_answered();
         self.out = Some((refusal::response(status, &id), 0));
@@ -134,9 +135,10 @@ impl<T: AsyncWrite + Unpin> GuardedIo<T> {
     fn cut_head(&mut self, cx: &mut Context<'_>) {
         self.cut = true;
         if self.conn.idle() && !self.write_blocked && self.out.is_none() {
-            self.answer(408, "request head not received within server.client_header_timeout", cx);
+            let what = "request head not received within server.client_header_timeout";
+            self.answer(408, "head_timeout", what, cx);
         } else {
-            crate::metrics::global().client_error(refusal::code(408));
+            crate::metrics::global().client_error("head_timeout");
         }
     }
 }
@@ -172,11 +174,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_out(cx))?;
-        if this.conn.idle() {
-            if let Some((len, status)) = refusal::parser_response(buf) {
-                this.answer(status, "request refused by the HTTP parser", cx);
-                return Poll::Ready(Ok(len));
-            }
+        let parsers = this.conn.idle().then(|| refusal::parser_response(buf));
+        if let Some((len, status)) = parsers.flatten() {
+            let what = "request refused by the HTTP parser";
+            this.answer(status, refusal::code(status), what, cx);
+            return Poll::Ready(Ok(len));
         }
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.write_blocked = written.is_pending();
@@ -234,7 +236,10 @@ mod tests {
         drop(io);
         client.read_to_end(&mut answer).await.unwrap();
         let answer = String::from_utf8(answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{answer}"
+        );
         assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
     }
 
@@ -265,7 +270,10 @@ mod tests {
         let (mut io, mut client) = guarded();
         let conn = io.handle();
         let mut buf = [0u8; 64];
-        client.write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
         assert!(io.read(&mut buf).await.unwrap() > 0);
         let request = conn.start();
         // A slow body is the body timer's business, not the head timer's.
@@ -292,8 +300,14 @@ mod tests {
         drop(io);
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
         assert!(answer.contains("\r\nx-request-id: "), "{answer}");
-        assert!(answer.contains("\"code\":\"malformed_request\""), "{answer}");
+        assert!(
+            answer.contains("\"code\":\"malformed_request\""),
+            "{answer}"
+        );
     }
 }

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::{HttpService, Request, Response};
-use actix_service::{IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _, fn_service, map_config};
+use actix_service::{
+    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _, fn_service, map_config,
+};
 use actix_web::body::MessageBody;
 use actix_web::dev::AppConfig;
 use actix_web::rt::net::TcpStream;
@@ -99,7 +101,8 @@ where
         let listener = tcp_listener(addr)?;
         let local = listener.local_addr()?;
         addrs.push(local);
-        let (factory, settings, graceful) = (factory.clone(), Arc::clone(&settings), graceful.clone());
+        let (factory, settings, graceful) =
+            (factory.clone(), Arc::clone(&settings), graceful.clone());
         builder = builder.listen(format!("palisade-{local}"), listener, move || {
             let graceful = graceful.clone();
             let app = factory()
@@ -169,13 +172,20 @@ async fn accept(settings: Arc<Settings>, tcp: TcpStream) -> Result<GuardedIo<Str
                 }
                 Err(_) => {
                     crate::metrics::global().client_error("handshake_timeout");
-                    tracing::debug!("TLS handshake not finished within server.client_header_timeout");
+                    tracing::debug!(
+                        "TLS handshake not finished within server.client_header_timeout"
+                    );
                     return Err(());
                 }
             }
         }
     };
-    Ok(GuardedIo::new(stream, peer, settings.header_timeout, permit))
+    Ok(GuardedIo::new(
+        stream,
+        peer,
+        settings.header_timeout,
+        permit,
+    ))
 }
 
 /// Like actix-web's: address reuse, a backlog of 1024.

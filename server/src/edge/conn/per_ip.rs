@@ -55,7 +55,11 @@ impl PerIpLimit {
         if self.inner.exempt.contains(ip) {
             return Ok(None);
         }
-        let mut open = self.inner.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self
+            .inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(ip).or_insert(0);
         if *n >= self.inner.max {
             return Err(OverLimit);
@@ -69,14 +73,22 @@ impl PerIpLimit {
 
     #[cfg(test)]
     fn open(&self, ip: IpAddr) -> u32 {
-        let open = self.inner.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self
+            .inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         open.get(&ip).copied().unwrap_or(0)
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut open = self.inner.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self
+            .inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = open.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {

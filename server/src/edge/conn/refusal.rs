@@ -11,8 +11,8 @@
 //! tail and then goes out as actix wrote it (still a 400, then the close).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::http::StatusCode;
 use bytes::Bytes;
@@ -20,17 +20,27 @@ use bytes::Bytes;
 use super::state::ConnHandle;
 
 /// If `buf` starts with a complete response head the parser wrote itself, its
-/// length and status.
+/// length and status. Runs on response writes: no allocation, and the usual
+/// answer (the application's, with a body) is rejected at the first check.
+/// actix writes header names in lower case.
 pub fn parser_response(buf: &[u8]) -> Option<(usize, u16)> {
     let rest = buf
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
-    let status = std::str::from_utf8(rest.get(..3)?).ok()?.parse::<u16>().ok()?;
-    let end = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
-    let head = buf[..end].to_ascii_lowercase();
-    let own = memchr::memmem::find(&head, b"\r\nx-request-id:").is_some();
-    let empty = memchr::memmem::find(&head, b"\r\ncontent-length: 0\r\n").is_some();
-    (!own && empty && (400..600).contains(&status)).then_some((end, status))
+    let status = std::str::from_utf8(rest.get(..3)?)
+        .ok()?
+        .parse::<u16>()
+        .ok()?;
+    if !(400..600).contains(&status) {
+        return None;
+    }
+    // The parser's answers are a status line and three or four short headers.
+    let window = &buf[..buf.len().min(512)];
+    let end = memchr::memmem::find(window, b"\r\n\r\n")? + 4;
+    let head = &buf[..end];
+    let empty = memchr::memmem::find(head, b"\r\ncontent-length: 0\r\n").is_some();
+    let own = memchr::memmem::find(head, b"\r\nx-request-id:").is_some();
+    (empty && !own).then_some((end, status))
 }
 
 /// The error code for a status the parser answers with.
@@ -96,10 +106,19 @@ pub fn warn(what: &str, status: u16, peer: Option<SocketAddr>, request_id: &str)
 /// Refuses a connection over `server.max_connections_per_ip`: counted, logged
 /// (budgeted), and on plaintext answered 503 in one non-blocking write before the
 /// close (a client that already sent its request may see a reset instead).
-pub fn refuse_connection(tcp: &actix_web::rt::net::TcpStream, peer: Option<SocketAddr>, plaintext: bool) {
+pub fn refuse_connection(
+    tcp: &actix_web::rt::net::TcpStream,
+    peer: Option<SocketAddr>,
+    plaintext: bool,
+) {
     crate::metrics::global().connection_refused("per_ip");
     let id = fresh_id();
-    warn("connection refused: server.max_connections_per_ip reached", 503, peer, &id);
+    warn(
+        "connection refused: server.max_connections_per_ip reached",
+        503,
+        peer,
+        &id,
+    );
     if plaintext {
         // Whatever the client already sent, so the close is not a reset.
         let mut sink = [0u8; 4096];
@@ -170,7 +189,12 @@ impl LogBudget {
         if now_ms + 1 >= next
             && self
                 .next
-                .compare_exchange(next, now_ms + 1 + self.every_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now_ms + 1 + self.every_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             return Some(self.skipped.swap(0, Ordering::Relaxed));
@@ -188,17 +212,24 @@ mod tests {
     fn recognises_the_parsers_own_responses_only() {
         let actix = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\ndate: Mon, 30 Nov 2026 15:00:00 GMT\r\n\r\n";
         assert_eq!(parser_response(actix), Some((actix.len(), 400)));
-        let too_large = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\nrest";
+        let too_large =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\nrest";
         assert_eq!(parser_response(too_large), Some((too_large.len() - 4, 431)));
         // The application's responses carry a request id, or a body.
         let app = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-request-id: a\r\n\r\n";
         assert_eq!(parser_response(app), None);
         let app = b"HTTP/1.1 404 Not Found\r\ncontent-length: 12\r\n\r\n";
         assert_eq!(parser_response(app), None);
-        assert_eq!(parser_response(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), None);
+        assert_eq!(
+            parser_response(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            None
+        );
         // Not at a response start, or not a whole head.
         assert_eq!(parser_response(b"0\r\n\r\n"), None);
-        assert_eq!(parser_response(b"HTTP/1.1 400 Bad Request\r\ncontent-len"), None);
+        assert_eq!(
+            parser_response(b"HTTP/1.1 400 Bad Request\r\ncontent-len"),
+            None
+        );
     }
 
     #[test]
@@ -209,7 +240,10 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
         assert!(head.contains("\r\nx-request-id: abc\r\n"), "{head}");
         assert!(head.contains("\r\nconnection: close"), "{head}");
-        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{head}"
+        );
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], "malformed_request");
         assert_eq!(v["error"]["type"], "invalid_request_error");

@@ -26,7 +26,9 @@ impl ConnHandle {
     /// response finished when dropped (with the response body).
     pub fn start(&self) -> InFlight {
         self.0.started.set(self.0.started.get().wrapping_add(1));
-        self.0.in_flight.set(self.0.in_flight.get().saturating_add(1));
+        self.0
+            .in_flight
+            .set(self.0.in_flight.get().saturating_add(1));
         InFlight(self.clone())
     }
 
