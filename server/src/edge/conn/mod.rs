@@ -126,6 +126,9 @@ where
                 .on_connect_ext(|io: &GuardedIo<Stream>, ext| {
                     ext.insert(io.handle());
                 })
+                // `AppConfig::new` is crate-private; this is the constructor
+                // actix-web exposes for actix-test (same fields HttpServer sets).
+                // Cargo.lock pins the version; a change would fail to compile.
                 .h1(map_config(app, move |()| {
                     AppConfig::__priv_test_new(secure, local.to_string(), local)
                 }));
