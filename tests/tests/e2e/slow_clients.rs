@@ -340,3 +340,61 @@ async fn slow_clients_malformed_request_line_gets_json_400_not_an_error_log() {
         20.0
     );
 }
+
+/// Over TLS the guard sits above the TLS stream: the 408 goes out encrypted.
+#[tokio::test]
+async fn slow_clients_second_head_over_tls_is_cut_with_408() {
+    use std::io::{Read, Write};
+    crate::harness::init();
+    let certs = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(certs.path().join("gw.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(certs.path().join("gw.key"), ck.signing_key.serialize_pem()).unwrap();
+    let (_mock, gw) = start(&format!(
+        "server: {{ listen: \"127.0.0.1:0\", workers: 1, shutdown_grace: 5s, client_header_timeout: 1500ms, tls: {{ cert_file: \"{0}/gw.crt\", key_file: \"{0}/gw.key\" }} }}\n",
+        certs.path().display()
+    ));
+    let addr: SocketAddr = gw.url.trim_start_matches("https://").parse().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let timeout = Duration::from_millis(1_500);
+    let (got, took) = tokio::task::spawn_blocking(move || {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 4096];
+        let n = tls.read(&mut first).unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+        // Drip the next head; the read timeout is the drip cadence.
+        tls.sock.set_read_timeout(Some(DRIP)).unwrap();
+        let head = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let started = Instant::now();
+        let mut got = Vec::new();
+        for b in head.iter().chain(std::iter::repeat(&b' ')) {
+            let _ = tls.write_all(&[*b]);
+            let mut buf = [0u8; 4096];
+            match tls.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+            assert!(started.elapsed() < timeout * 4, "the connection was still open");
+        }
+        (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        took >= timeout - Duration::from_millis(100),
+        "cut too early: {took:?}"
+    );
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+    assert!(got.contains("\"code\":\"request_timeout\""), "{got}");
+}
