@@ -50,6 +50,32 @@ struct Settings {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+impl Settings {
+    fn new(cfg: &ServerConfig, tls: Option<rustls::ServerConfig>) -> Self {
+        Self {
+            header_timeout: cfg.client_header_timeout.0,
+            per_ip: PerIpLimit::new(
+                u32::try_from(cfg.max_connections_per_ip).unwrap_or(u32::MAX),
+                CidrList::new(cfg.trusted_proxies.clone()),
+            ),
+            tls: tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c))),
+        }
+    }
+}
+
+/// Workers, connection cap and drain time, as `HttpServer` would set them.
+fn server_builder(cfg: &ServerConfig) -> actix_server::ServerBuilder {
+    let builder = actix_server::Server::build()
+        .max_concurrent_connections(usize::try_from(cfg.max_connections).unwrap_or(usize::MAX))
+        .shutdown_timeout(cfg.shutdown_grace.0.as_secs())
+        // Signals are ours (see `app::serve`).
+        .disable_signals();
+    match cfg.workers {
+        0 => builder,
+        n => builder.workers(usize::try_from(n).unwrap_or(1)),
+    }
+}
+
 /// A bound, not yet running server and the addresses it listens on.
 pub struct Listening {
     pub builder: actix_server::ServerBuilder,
@@ -74,24 +100,10 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let mut builder = actix_server::Server::build()
-        .max_concurrent_connections(usize::try_from(cfg.max_connections).unwrap_or(usize::MAX))
-        .shutdown_timeout(cfg.shutdown_grace.0.as_secs())
-        // Signals are ours (see `app::serve`).
-        .disable_signals();
-    if cfg.workers > 0 {
-        builder = builder.workers(usize::try_from(cfg.workers).unwrap_or(1));
-    }
+    let mut builder = server_builder(cfg);
     let graceful = builder.graceful_shutdown_signal();
     let secure = tls.is_some();
-    let settings = Arc::new(Settings {
-        header_timeout: cfg.client_header_timeout.0,
-        per_ip: PerIpLimit::new(
-            u32::try_from(cfg.max_connections_per_ip).unwrap_or(u32::MAX),
-            CidrList::new(cfg.trusted_proxies.clone()),
-        ),
-        tls: tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c))),
-    });
+    let settings = Arc::new(Settings::new(cfg, tls));
     let keep_alive = match cfg.keep_alive.0 {
         d if d.is_zero() => actix_http::KeepAlive::Disabled,
         d => actix_http::KeepAlive::Timeout(d),
