@@ -1,6 +1,13 @@
 //! Assembling and running the HTTP server.
 //!
+//! Connections: [`crate::edge::conn`] accepts them (per-IP cap, TLS) and guards
+//! their bytes (a head timeout on every request, JSON for the parser's own
+//! errors) before actix-http's HTTP/1.1 dispatcher runs the app below.
+//!
 //! Middleware order (outermost first), for every route:
+//! 0. [`crate::edge::conn::body::middleware`]: marks the request in flight on its
+//!    connection until its response ends, and bounds its body read
+//!    (`server.client_body_timeout`);
 //! 1. `request_id::middleware`: assigns the request id before anything can fail,
 //!    and stamps `x-request-id` on every response, errors included.
 //! 2. [`crate::access_log::middleware`] (when `logging.access_log`): one line per
@@ -32,7 +39,7 @@
 use std::sync::Arc;
 
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
@@ -209,7 +216,14 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         crate::access_log::start()
             .map_err(|e| InitError::Other(format!("cannot start the access log: {e}")))?;
     }
-    let mut server = HttpServer::new(move || {
+    let tls = match &config.server.tls {
+        Some(tls) if config.server.tls_enabled() => Some(crate::tls::server_config(tls)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listen = &config.server.listen;
+    let cannot = |e: std::io::Error| InitError::Other(format!("cannot listen on {listen}: {e}"));
+    let listening = crate::edge::conn::listen(&config.server, tls, move || {
         let cors = crate::edge::cors::middleware(&origins);
         App::new()
             // Read-only state for every handler.
@@ -229,48 +243,21 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
                 access_log,
                 from_fn(crate::access_log::middleware),
             ))
-            // Outer: request ids exist before any other middleware can fail.
+            // Request ids exist before any other middleware can fail.
             .wrap(from_fn(request_id::middleware))
+            // Outermost: the connection's head timer must know when a request is
+            // in flight, for every response; the body deadline wraps the payload
+            // before anything reads it.
+            .wrap(from_fn(crate::edge::conn::body::middleware))
             .configure(|cfg| configure(cfg, ip_limit.clone(), state.auth_ip_limit.clone()))
     })
-    // A client that closes its connection while its request waits (for a queue
-    // slot or the upstream's first byte) is gone: drop the handler at once, which
-    // gives back its place in line and cancels the upstream request.
-    .h1_allow_half_closed(false)
-    // Nagle would hold small SSE frames back for up to 40 ms.
-    .on_connect(|conn, _| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-        }
-    })
-    .shutdown_timeout(config.server.shutdown_grace.0.as_secs())
-    // Slowloris: a request head must arrive within this long.
-    .client_request_timeout(config.server.client_header_timeout.0)
-    .keep_alive(match config.server.keep_alive.0 {
-        d if d.is_zero() => actix_web::http::KeepAlive::Disabled,
-        d => actix_web::http::KeepAlive::Timeout(d),
-    })
-    .max_connections(usize::try_from(config.server.max_connections).unwrap_or(usize::MAX));
-    if config.server.workers > 0 {
-        server = server.workers(usize::try_from(config.server.workers).unwrap_or(1));
-    }
-    let listen = &config.server.listen;
-    let cannot = |e: std::io::Error| InitError::Other(format!("cannot listen on {listen}: {e}"));
-    let (server, scheme) = match &config.server.tls {
-        Some(tls) if config.server.tls_enabled() => (
-            server
-                .bind_rustls_0_23(listen, crate::tls::server_config(tls)?)
-                .map_err(cannot)?,
-            "https",
-        ),
-        _ => (server.bind(listen).map_err(cannot)?, "http"),
-    };
-    for addr in server.addrs() {
+    .map_err(cannot)?;
+    for addr in &listening.addrs {
         tracing::info!(%addr, "palisade listening on {scheme}://{addr}");
     }
     // Signals are ours, not actix's: actix would stop the whole actor system, and
     // the registry must still be alive to write its counters after the drain.
-    let server = server.disable_signals().run();
+    let server = listening.builder.run();
     let handle = server.handle();
     #[allow(clippy::disallowed_methods)]
     actix_rt::spawn(async move {

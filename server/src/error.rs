@@ -48,6 +48,9 @@ pub enum ProxyError {
     ModelNotFound(String),
     #[error("The request body exceeds the limit of {0} bytes.")]
     PayloadTooLarge(u64),
+    /// `server.client_body_timeout` passed before the whole body arrived.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
     #[error("This API key has used all of its {0} allowed requests.")]
     QuotaExceeded(i64),
     /// No answer came: connection refused or reset, TLS failure, a body that broke
@@ -109,6 +112,7 @@ impl ProxyError {
             Self::InvalidHost => "invalid_host",
             Self::ModelNotFound(_) => "model_not_found",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::QuotaExceeded(_) => "quota_exceeded",
             Self::UpstreamError(_) | Self::UpstreamStatus { .. } => "upstream_error",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
@@ -171,6 +175,7 @@ impl ProxyError {
             | Self::InvalidHost
             | Self::ModelNotFound(_)
             | Self::PayloadTooLarge(_)
+            | Self::RequestTimeout
             | Self::QuotaExceeded(_)
             | Self::UpstreamError(_)
             | Self::UpstreamStatus { .. }
@@ -213,6 +218,7 @@ impl ResponseError for ProxyError {
             }
             Self::UnknownEndpoint(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::QuotaExceeded(_) | Self::RateLimited { .. } | Self::IpRateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -293,6 +299,10 @@ impl ResponseError for ProxyError {
                     resp.insert_header(h);
                 }
             }
+            // The rest of the body may still be on its way: close, don't drain.
+            Self::RequestTimeout => {
+                resp.force_close();
+            }
             _ => {}
         }
         resp.json(json!({
@@ -341,6 +351,9 @@ pub enum ManageError {
     Conflict(String),
     #[error("the request body exceeds the limit of {0} bytes")]
     PayloadTooLarge(u64),
+    /// `server.client_body_timeout` passed before the whole body arrived.
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     #[error("validation failed")]
     Validation(BTreeMap<String, String>),
     #[error("service unavailable: {0}")]
@@ -363,6 +376,7 @@ impl ManageError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::Validation(_) => "validation_failed",
             Self::Unavailable(_) => "service_unavailable",
             Self::RateLimited { .. } => "rate_limit_exceeded",
@@ -390,6 +404,7 @@ impl ResponseError for ManageError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -414,6 +429,10 @@ impl ResponseError for ManageError {
             Self::RateLimited { retry_after } => {
                 crate::metrics::global().rejected(self.code());
                 resp.insert_header((header::RETRY_AFTER, retry_after.max(&1).to_string()));
+            }
+            // The rest of the body may still be on its way: close, don't drain.
+            Self::RequestTimeout => {
+                resp.force_close();
             }
             _ => {}
         }

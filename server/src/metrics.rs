@@ -23,6 +23,8 @@ use crate::app::AppState;
 use crate::error::ManageError;
 use crate::secret::constant_time_eq;
 
+mod connections;
+
 type Label = Cow<'static, str>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +88,7 @@ pub struct Metrics {
     usage_tokens: Family<TokenLabels, Counter>,
     usage_records: Family<EstimatedLabel, Counter>,
     models_refresh_failures: Family<ProviderLabel, Counter>,
+    connections: connections::Connections,
 }
 
 /// The process's metrics (one registry per process, as Prometheus expects).
@@ -112,6 +115,7 @@ impl Metrics {
             usage_tokens: Family::default(),
             usage_records: Family::default(),
             models_refresh_failures: Family::default(),
+            connections: connections::Connections::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

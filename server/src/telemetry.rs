@@ -7,6 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
 
+const DISPATCHER_OFF: &str = "actix_http::h1::dispatcher=off";
+
 /// Installs the global subscriber; keep the guard alive until exit so buffered
 /// lines are flushed.
 pub fn init(cfg: &LoggingConfig) -> WorkerGuard {
@@ -19,6 +21,13 @@ pub fn init(cfg: &LoggingConfig) -> WorkerGuard {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(&cfg.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // actix-http logs every connection that ended on an error at ERROR, the parse
+    // errors clients choose to cause included; `edge::conn` reports them itself
+    // (WARN at most, once a second).
+    let filter = match DISPATCHER_OFF.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -43,6 +43,8 @@ pub enum InitError {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MANAGE_MAX_BODY_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: HumanDuration = HumanDuration::secs(30);
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u64 = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/palisade.db?mode=rwc";
 pub const DEFAULT_DB_MAX_CONNECTIONS: u64 = 8;
@@ -110,8 +112,16 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Allows a non-loopback listener without TLS (TLS terminates at a load balancer).
     pub allow_plaintext_public: bool,
-    /// Longest time a client may take to send a request head (slowloris guard).
+    /// Longest time a client may take to send a request head, on every request of
+    /// a connection: from the connection's start or the head's first byte.
     pub client_header_timeout: HumanDuration,
+    /// Longest time a client may take to send a whole request body, from the
+    /// handler's first read (a total, not a gap between chunks); 408 after it.
+    pub client_body_timeout: HumanDuration,
+    /// Open connections per client address (trusted proxies are not counted);
+    /// beyond it, new ones are refused at once.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub max_connections_per_ip: u64,
     /// Idle keep-alive connections are closed after this long; 0 disables keep-alive.
     pub keep_alive: HumanDuration,
     /// Open connections per worker thread; beyond it, new ones wait to be accepted.
@@ -144,6 +154,8 @@ impl Default for ServerConfig {
             tls: None,
             allow_plaintext_public: false,
             client_header_timeout: HumanDuration::secs(5),
+            client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             keep_alive: HumanDuration::secs(60),
             max_connections: 10_000,
         }

@@ -135,3 +135,21 @@ fn health_check_unhealthy_threshold_defaults_to_2_and_must_be_positive() {
         "{err}"
     );
 }
+
+#[test]
+fn slow_client_limits_default_and_must_be_positive() {
+    let c = load(&minimal(), &[]).unwrap();
+    assert_eq!(
+        c.server.client_body_timeout.0,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(c.server.max_connections_per_ip, 256);
+    for (key, value) in [
+        ("client_body_timeout", "0s"),
+        ("max_connections_per_ip", "0"),
+    ] {
+        let yaml = format!("{}server: {{ {key}: {value} }}\n", minimal());
+        let err = load(&yaml, &[]).unwrap_err().to_string();
+        assert!(err.contains(&format!("server.{key}")), "{err}");
+    }
+}

@@ -29,6 +29,12 @@ impl Config {
         if self.server.client_header_timeout.0.is_zero() {
             errors.push("server.client_header_timeout: must be positive".to_owned());
         }
+        if self.server.client_body_timeout.0.is_zero() {
+            errors.push("server.client_body_timeout: must be positive".to_owned());
+        }
+        if self.server.max_connections_per_ip == 0 {
+            errors.push("server.max_connections_per_ip: must be at least 1".to_owned());
+        }
         if self.server.max_connections == 0 {
             errors.push("server.max_connections: must be at least 1".to_owned());
         }

@@ -5,6 +5,7 @@
 //! Health and readiness probes are exempt from the IP lists (orchestrators probe
 //! from addresses nobody lists) but not from the `Host` check or the headers.
 
+pub mod conn;
 pub mod cors;
 pub mod headers;
 pub mod hosts;

@@ -28,8 +28,10 @@ pub async fn read_limited(
     let capacity = declared.map_or(8 * 1024, |n| usize::try_from(n).unwrap_or(0));
     let mut buf = BytesMut::with_capacity(capacity);
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ProxyError::InvalidJson(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            e if crate::edge::conn::is_body_timeout(&e) => ProxyError::RequestTimeout,
+            e => ProxyError::InvalidJson(format!("cannot read the request body: {e}")),
+        })?;
         if (buf.len() + chunk.len()) as u64 > limit {
             return Err(ProxyError::PayloadTooLarge(limit));
         }

@@ -31,6 +31,7 @@ mod quota_crash;
 mod rate_limits;
 mod secrets;
 mod shutdown;
+mod slow_clients;
 mod third_party_upstream;
 mod tls;
 mod upstream_dialects;
