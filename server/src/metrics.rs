@@ -307,8 +307,11 @@ impl Metrics {
         let hashes = state.hasher.stats();
         self.password_hashes_in_flight.set(hashes.in_flight());
         self.password_hashes_in_flight_max.set(hashes.peak());
-        self.password_hashes_refused
-            .inc_by(hashes.refused().saturating_sub(self.password_hashes_refused.get()));
+        self.password_hashes_refused.inc_by(
+            hashes
+                .refused()
+                .saturating_sub(self.password_hashes_refused.get()),
+        );
         for (kind, n) in state.registry.cache.census(crate::time::now()) {
             self.tokens
                 .get_or_create(&KindLabel {

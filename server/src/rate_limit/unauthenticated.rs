@@ -241,7 +241,10 @@ mod tests {
         for _ in 0..999 {
             assert!(!t.note(a, "invalid_api_key"));
         }
-        assert!(t.note(a, "missing_api_key"), "another reason is another pair");
+        assert!(
+            t.note(a, "missing_api_key"),
+            "another reason is another pair"
+        );
         tokio::time::advance(Duration::from_secs(60)).await;
         let events = t.drain();
         assert_eq!(
@@ -269,10 +272,7 @@ mod tests {
             assert!(!t.note(ip(&format!("192.0.2.{i}")), "invalid_api_key"));
         }
         let events = t.drain();
-        assert_eq!(
-            counts(&events),
-            vec![(None, "invalid_api_key".into(), 7)]
-        );
+        assert_eq!(counts(&events), vec![(None, "invalid_api_key".into(), 7)]);
         assert_eq!(events[0].details["other_addresses"], true);
         assert!(events[0].client_ip.is_none());
     }
@@ -291,7 +291,10 @@ mod tests {
             _ = tokio::time::sleep(Duration::from_millis(12_500)) => {}
         }
         // Two windows passed: the 41 in the first, nothing in the second.
-        assert_eq!(counts(&filed), vec![(Some("198.51.100.7".into()), "invalid_api_key".into(), 41)]);
+        assert_eq!(
+            counts(&filed),
+            vec![(Some("198.51.100.7".into()), "invalid_api_key".into(), 41)]
+        );
     }
 
     #[test]
@@ -301,7 +304,10 @@ mod tests {
         let codes: Vec<&str> = (0..3)
             .map(|_| u.refuse(a, ProxyError::MissingApiKey).error.code())
             .collect();
-        assert_eq!(codes, ["missing_api_key", "missing_api_key", "rate_limit_exceeded"]);
+        assert_eq!(
+            codes,
+            ["missing_api_key", "missing_api_key", "rate_limit_exceeded"]
+        );
         // Another address has its own allowance.
         let other = u.refuse(ip("203.0.113.10"), ProxyError::MissingApiKey);
         assert_eq!(other.error.code(), "missing_api_key");

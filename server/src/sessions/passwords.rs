@@ -212,7 +212,10 @@ pub enum HashError {
 impl HashPermit {
     /// Runs `f` on a hashing thread; the slot is given back when it is done, even
     /// if the caller has gone away meanwhile.
-    async fn run<T: Send + 'static>(self, f: impl FnOnce(&Inner) -> T + Send + 'static) -> Option<T> {
+    async fn run<T: Send + 'static>(
+        self,
+        f: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         let Self { permit, inner } = self;
         let jobs = inner.jobs.clone();
@@ -266,8 +269,7 @@ impl Inner {
 /// A hashing thread: lowers its own priority, then runs jobs until the pool is
 /// dropped.
 fn run_jobs(rx: &Mutex<mpsc::Receiver<Job>>) {
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_NICE)
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASH_NICE)
     {
         tracing::warn!(error = %e, "cannot lower the password hashing threads' priority");
     }
@@ -299,7 +301,10 @@ mod tests {
         let h = Hasher::start(1, 4);
         let hash = h.hash(Secret::new("correct horse battery")).await.unwrap();
         let p = h.admit().await.unwrap();
-        assert!(p.verify(Secret::new("correct horse battery"), Some(hash.clone())).await);
+        assert!(
+            p.verify(Secret::new("correct horse battery"), Some(hash.clone()))
+                .await
+        );
         let p = h.admit().await.unwrap();
         assert!(!p.verify(Secret::new("wrong"), Some(hash)).await);
         let p = h.admit().await.unwrap();
