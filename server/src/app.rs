@@ -33,8 +33,10 @@
 //! 1. SIGTERM/SIGINT: actix stops accepting and lets in-flight requests and streams
 //!    finish for up to `server.shutdown_grace`;
 //! 2. the registry writes back request counters (`FlushUsage`);
-//! 3. the audit writer stops accepting records and writes everything queued;
-//! 4. the log writer flushes (its guard drops) and the process exits 0.
+//! 3. the counts of unauthenticated `/v1` failures not yet filed become audit
+//!    events ([`crate::rate_limit::unauthenticated`]);
+//! 4. the audit writer stops accepting records and writes everything queued;
+//! 5. the log writer flushes (its guard drops) and the process exits 0.
 
 use std::sync::Arc;
 
@@ -54,6 +56,8 @@ use crate::policy::CidrList;
 use crate::providers::Providers;
 use crate::rate_limit::RpmLimits;
 use crate::rate_limit::ip::{self, AuthFailures, ClientIpKey, IpGovernor};
+use crate::rate_limit::unauthenticated::Unauthenticated;
+use crate::sessions::passwords::{self, Hasher};
 use crate::telemetry::RootSpan;
 use crate::{db, manage, ops, proxy, request_id};
 
@@ -81,6 +85,11 @@ pub struct AppState {
     pub login_failures: AuthFailures<String>,
     /// Requests to `/manage/auth/*` per client IP (actix-governor).
     pub auth_ip_limit: IpGovernor,
+    /// `/v1` requests without a valid credential: counted, limited per client
+    /// IP, audited in aggregate.
+    pub unauthenticated: Unauthenticated,
+    /// bcrypt, on a bounded pool of low-priority threads.
+    pub hasher: Hasher,
     /// Host, global IP lists, security headers.
     pub edge: EdgePolicy,
 }
@@ -189,6 +198,15 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             limits.auth_failures_burst,
         ),
         auth_ip_limit: ip::auth_governor(limits.auth_per_ip_rpm, ip_key.clone()),
+        unauthenticated: Unauthenticated::new(
+            limits.unauthenticated_per_minute,
+            limits.unauthenticated_burst,
+            config.audit.unauthenticated_window.0,
+        ),
+        hasher: Hasher::start(
+            passwords::concurrency(config.auth.bcrypt_concurrency),
+            u32::try_from(config.auth.bcrypt_cost).unwrap_or(12),
+        ),
         edge,
     });
 
@@ -203,13 +221,12 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     // Expired revoked-JWT ids and refresh tokens, hourly.
     #[allow(clippy::disallowed_methods)]
     actix_rt::spawn(clean_sessions_forever(state.db.clone()));
-    // The login path's dummy bcrypt hash, so the first unknown-user login takes
-    // as long as the rest.
+    // Unauthenticated `/v1` failures, filed as one audit event per client IP and
+    // reason per window.
     #[allow(clippy::disallowed_methods)]
-    actix_rt::spawn(crate::sessions::passwords::warm_up(
-        u32::try_from(config.auth.bcrypt_cost).unwrap_or(12),
-    ));
+    actix_rt::spawn(file_unauthenticated_forever(state.clone()));
 
+    let at_shutdown = state.clone();
     let origins = config.server.cors.allowed_origins.clone();
     let access_log = config.logging.access_log;
     if access_log {
@@ -274,6 +291,10 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         Ok(Err(e)) => tracing::error!(error = %e, "could not write request counters at shutdown"),
         Err(e) => tracing::error!(error = %e, "token registry unavailable at shutdown"),
     }
+    at_shutdown
+        .unauthenticated
+        .flush(async |e| file_event(&at_shutdown.audit, e).await)
+        .await;
     audit
         .drain(
             config
@@ -303,6 +324,19 @@ async fn prune_limiters_forever(state: web::Data<AppState>, ip_limit: Option<IpG
             ip::prune_governor(g);
         }
     }
+}
+
+async fn file_unauthenticated_forever(state: web::Data<AppState>) {
+    state
+        .unauthenticated
+        .flush_every_window(async |e| file_event(&state.audit, e).await)
+        .await;
+}
+
+async fn file_event(audit: &AuditSink, event: crate::actors::audit_writer::AuditEvent) {
+    audit
+        .record(crate::actors::audit_writer::Record::Audit(Box::new(event)))
+        .await;
 }
 
 async fn clean_sessions_forever(db: DatabaseConnection) {

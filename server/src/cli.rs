@@ -158,7 +158,8 @@ async fn create_user(cfg: &Config, username: &str, role: &str) -> Result<(), Ini
     let conn = crate::db::connect(&cfg.database).await?;
     crate::db::migrate(&conn).await?;
     let cost = u32::try_from(cfg.auth.bcrypt_cost).unwrap_or(12);
-    let user = crate::manage::users::create_user(&conn, username, password, role, cost)
+    let hasher = passwords::Hasher::start(1, cost);
+    let user = crate::manage::users::create_user(&conn, username, password, role, &hasher)
         .await
         .map_err(|e| bad(e.to_string()))?;
     let mut out = std::io::stdout().lock();

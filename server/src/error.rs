@@ -360,6 +360,10 @@ pub enum ManageError {
     Unavailable(String),
     #[error("too many failed authentication attempts; retry in {retry_after}s")]
     RateLimited { retry_after: u64 },
+    /// At capacity for expensive work (password hashing): 503 with `retry-after`,
+    /// logged quietly (a flood would fill the error log).
+    #[error("the server is busy; retry in {retry_after}s")]
+    Busy { retry_after: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -378,7 +382,7 @@ impl ManageError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::RequestTimeout => "request_timeout",
             Self::Validation(_) => "validation_failed",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Unavailable(_) | Self::Busy { .. } => "service_unavailable",
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::Internal(_) => "internal_error",
         }
@@ -406,7 +410,7 @@ impl ResponseError for ManageError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -426,7 +430,7 @@ impl ResponseError for ManageError {
             Self::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
-            Self::RateLimited { retry_after } => {
+            Self::RateLimited { retry_after } | Self::Busy { retry_after } => {
                 crate::metrics::global().rejected(self.code());
                 resp.insert_header((header::RETRY_AFTER, retry_after.max(&1).to_string()));
             }

@@ -79,6 +79,10 @@ pub struct Metrics {
     upstream_ttfb: Histograms<ProviderLabel>,
     rejected: Family<ReasonLabel, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
+    unauthenticated: Family<ReasonLabel, Counter>,
+    password_hashes_in_flight: Gauge,
+    password_hashes_in_flight_max: Gauge,
+    password_hashes_refused: Counter,
     tokens: Family<KindLabel, Gauge>,
     provider_state: Family<ProviderLabel, Gauge>,
     queue_in_flight: Gauge,
@@ -106,6 +110,10 @@ impl Metrics {
             upstream_ttfb: Family::new_with_constructor(latency_histogram),
             rejected: Family::default(),
             auth_failures: Family::default(),
+            unauthenticated: Family::default(),
+            password_hashes_in_flight: Gauge::default(),
+            password_hashes_in_flight_max: Gauge::default(),
+            password_hashes_refused: Counter::default(),
             tokens: Family::default(),
             provider_state: Family::default(),
             queue_in_flight: Gauge::default(),
@@ -142,6 +150,26 @@ impl Metrics {
             "auth_failures",
             "Failed authentications: management, or the proxy's 401 code",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "unauthenticated_requests",
+            "`/v1` requests with no credential or an unknown one, by reason (every one, whatever was answered)",
+            m.unauthenticated.clone(),
+        );
+        registry.register(
+            "password_hashes_in_flight",
+            "bcrypt hashes running now (bounded by auth.bcrypt_concurrency)",
+            m.password_hashes_in_flight.clone(),
+        );
+        registry.register(
+            "password_hashes_in_flight_max",
+            "Most bcrypt hashes seen running at once since start",
+            m.password_hashes_in_flight_max.clone(),
+        );
+        registry.register(
+            "password_hashes_refused",
+            "Logins and user creations refused with 503 because every hashing slot was taken",
+            m.password_hashes_refused.clone(),
         );
         // A gauge, named as operators look for it (the state can change both ways).
         registry.register(
@@ -243,6 +271,15 @@ impl Metrics {
             .inc();
     }
 
+    /// One unauthenticated `/v1` request (see `rate_limit::unauthenticated`).
+    pub fn unauthenticated(&self, reason: &'static str) {
+        self.unauthenticated
+            .get_or_create(&ReasonLabel {
+                reason: Cow::Borrowed(reason),
+            })
+            .inc();
+    }
+
     /// One usage record's tokens (counted on the audit writer's thread).
     pub fn usage_tokens(&self, prompt: Option<i64>, completion: Option<i64>, estimated: bool) {
         let estimated = if estimated { "true" } else { "false" };
@@ -271,6 +308,14 @@ impl Metrics {
         let waits = state.audit.waited();
         self.audit_waits
             .inc_by(waits.saturating_sub(self.audit_waits.get()));
+        let hashes = state.hasher.stats();
+        self.password_hashes_in_flight.set(hashes.in_flight());
+        self.password_hashes_in_flight_max.set(hashes.peak());
+        self.password_hashes_refused.inc_by(
+            hashes
+                .refused()
+                .saturating_sub(self.password_hashes_refused.get()),
+        );
         for (kind, n) in state.registry.cache.census(crate::time::now()) {
             self.tokens
                 .get_or_create(&KindLabel {

@@ -219,6 +219,10 @@ pub struct AuthConfig {
     /// bcrypt cost for admin passwords (4–31; each step doubles the work).
     #[serde(deserialize_with = "units::de_u64")]
     pub bcrypt_cost: u64,
+    /// Password hashes computed at once (login, user creation); 0 = half the
+    /// cores, at least one. Callers beyond it wait briefly, then get 503.
+    #[serde(deserialize_with = "units::de_u64")]
+    pub bcrypt_concurrency: u64,
 }
 
 impl Default for AuthConfig {
@@ -230,6 +234,7 @@ impl Default for AuthConfig {
             access_token_ttl: HumanDuration::secs(15 * 60),
             refresh_token_ttl: HumanDuration::secs(30 * 86_400),
             bcrypt_cost: 12,
+            bcrypt_concurrency: 0,
         }
     }
 }
@@ -305,6 +310,11 @@ pub struct RateLimitsConfig {
     pub auth_failures_burst: u32,
     /// Requests to `/manage/auth/*` per minute per client IP (actix-governor).
     pub auth_per_ip_rpm: u32,
+    /// `/v1` requests per minute per client IP that present no credential or an
+    /// unknown one, before they get 429 instead of 401; 0 = off.
+    pub unauthenticated_per_minute: u32,
+    /// Such failures allowed at once before `unauthenticated_per_minute` applies.
+    pub unauthenticated_burst: u32,
 }
 
 impl Default for RateLimitsConfig {
@@ -316,6 +326,8 @@ impl Default for RateLimitsConfig {
             auth_failures_per_minute: 10,
             auth_failures_burst: 10,
             auth_per_ip_rpm: 60,
+            unauthenticated_per_minute: 60,
+            unauthenticated_burst: 100,
         }
     }
 }
@@ -348,6 +360,9 @@ pub struct AuditConfig {
     /// Audit events older than this many days are deleted; 0 keeps them forever.
     #[serde(deserialize_with = "units::de_u64")]
     pub retention_days: u64,
+    /// Unauthenticated `/v1` failures are audited as one event per client IP and
+    /// reason per window, with a count (the first one at once).
+    pub unauthenticated_window: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,6 +393,7 @@ impl Default for AuditConfig {
             flush_interval: HumanDuration::millis(200),
             buffer: 8192,
             retention_days: 0,
+            unauthenticated_window: HumanDuration::secs(60),
         }
     }
 }

@@ -153,3 +153,27 @@ fn slow_client_limits_default_and_must_be_positive() {
         assert!(err.contains(&format!("server.{key}")), "{err}");
     }
 }
+
+#[test]
+fn flood_limits_default_on_and_are_validated() {
+    let cfg = load(&minimal(), &[]).unwrap();
+    assert_eq!(cfg.auth.bcrypt_concurrency, 0);
+    assert_eq!(cfg.rate_limits.unauthenticated_per_minute, 60);
+    assert_eq!(cfg.rate_limits.unauthenticated_burst, 100);
+    assert_eq!(cfg.audit.unauthenticated_window, HumanDuration::secs(60));
+    let err = |extra: &str| {
+        load(&format!("{}{extra}\n", minimal()), &[])
+            .unwrap_err()
+            .to_string()
+    };
+    let yaml = minimal().replace("auth: {", "auth: { bcrypt_concurrency: 257,");
+    let too_many = load(&yaml, &[]).unwrap_err().to_string();
+    assert!(too_many.contains("auth.bcrypt_concurrency"), "{too_many}");
+    assert!(
+        err("audit: { unauthenticated_window: 500ms }").contains("audit.unauthenticated_window")
+    );
+    assert!(
+        err("rate_limits: { unauthenticated_burst: 0 }")
+            .contains("rate_limits.unauthenticated_burst")
+    );
+}

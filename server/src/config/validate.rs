@@ -82,6 +82,9 @@ impl Config {
         if !(4..=31).contains(&self.auth.bcrypt_cost) {
             errors.push("auth.bcrypt_cost: must be 4 to 31".to_owned());
         }
+        if self.auth.bcrypt_concurrency > 256 {
+            errors.push("auth.bcrypt_concurrency: must be 0 (half the cores) to 256".to_owned());
+        }
         if self.auth.access_token_ttl.0.is_zero() || self.auth.refresh_token_ttl.0.is_zero() {
             errors.push(
                 "auth.access_token_ttl and auth.refresh_token_ttl: must be positive".to_owned(),
@@ -115,6 +118,9 @@ impl Config {
         if self.audit.flush_interval.0.is_zero() {
             errors.push("audit.flush_interval: must be positive".to_owned());
         }
+        if self.audit.unauthenticated_window.0 < std::time::Duration::from_secs(1) {
+            errors.push("audit.unauthenticated_window: must be at least 1s".to_owned());
+        }
         if self.queue.max_in_flight > 0 && self.queue.max_wait.0.is_zero() {
             errors.push(
                 "queue.max_wait: must be positive (set queue.max_waiting: 0 to never wait)"
@@ -129,6 +135,9 @@ impl Config {
         }
         if rl.auth_failures_per_minute > 0 && rl.auth_failures_burst == 0 {
             errors.push("rate_limits.auth_failures_burst: must be at least 1".to_owned());
+        }
+        if rl.unauthenticated_per_minute > 0 && rl.unauthenticated_burst == 0 {
+            errors.push("rate_limits.unauthenticated_burst: must be at least 1".to_owned());
         }
         if self.proxy.models_refresh_interval.0.is_zero() {
             errors.push("proxy.models_refresh_interval: must be positive".to_owned());

@@ -33,6 +33,13 @@ async fn session_body(state: &AppState, payload: web::Payload) -> Result<Body, M
     Body::parse(&bytes)
 }
 
+/// Every password hashing slot is taken: 503 with `retry-after`.
+pub(super) fn busy(b: passwords::Busy) -> ManageError {
+    ManageError::Busy {
+        retry_after: b.retry_after,
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> ManageError {
     ManageError::Internal(e.to_string())
 }
@@ -78,17 +85,18 @@ pub async fn login(
     };
     let username = username.to_lowercase();
     let ip = crate::net::client_ip(&req, &state.trusted_proxies);
+    // Cheapest refusals first: the client IP's failures were checked by the auth
+    // middleware, the username's are checked here, both before any hashing.
     state.login_failures.check(&username)?;
-    let cost = u32::try_from(state.config.auth.bcrypt_cost).unwrap_or(12);
+    // The hashing slot comes before the user lookup: logins never hold more
+    // database connections at once than there are slots.
+    let permit = state.hasher.admit().await.map_err(busy)?;
     let user = Sessions::user_by_name(&state.db, &username)
         .await
         .map_err(internal)?;
-    let ok = passwords::verify(
-        password,
-        user.as_ref().map(|u| u.password_hash.clone()),
-        cost,
-    )
-    .await;
+    let ok = permit
+        .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+        .await;
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => {

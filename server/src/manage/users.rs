@@ -48,7 +48,7 @@ pub async fn create_user(
     username: &str,
     password: Secret,
     role: Role,
-    cost: u32,
+    hasher: &passwords::Hasher,
 ) -> Result<entity::users::Model, ManageError> {
     if Sessions::user_by_name(db, username).await?.is_some() {
         return Err(ManageError::Conflict(format!(
@@ -56,9 +56,10 @@ pub async fn create_user(
             username.to_lowercase()
         )));
     }
-    let hash = passwords::hash(password, cost)
-        .await
-        .map_err(ManageError::Internal)?;
+    let hash = hasher.hash(password).await.map_err(|e| match e {
+        passwords::HashError::Busy(b) => super::session::busy(b),
+        passwords::HashError::Failed(why) => ManageError::Internal(why),
+    })?;
     Ok(Sessions::insert_user(db, username, hash, role.as_str(), crate::time::now()).await?)
 }
 
@@ -95,8 +96,14 @@ pub async fn create(
                 "username, password and role are required".into(),
             ));
         };
-        let cost = u32::try_from(state.config.auth.bcrypt_cost).unwrap_or(12);
-        create_user(&state.db, &username, Secret::new(password), role, cost).await
+        create_user(
+            &state.db,
+            &username,
+            Secret::new(password),
+            role,
+            &state.hasher,
+        )
+        .await
     }
     .await;
     audit::record(&state, &who, "user.create", &out, Subject::default(), |u| {

@@ -3,8 +3,10 @@
 use actix_web::HttpRequest;
 use chrono::{DateTime, Utc};
 
-use crate::actors::token_registry::{Resolved, TokenCache};
+use crate::actors::token_registry::Resolved;
+use crate::app::AppState;
 use crate::error::ProxyError;
+use crate::rate_limit::unauthenticated::is_unauthenticated;
 use crate::secret::TokenHash;
 
 pub fn presented_key(req: &HttpRequest) -> Option<&str> {
@@ -17,11 +19,41 @@ pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     })
 }
 
-pub fn resolve(
+/// The caller's token and project. A request with no credential or an unknown
+/// one goes through [`crate::rate_limit::unauthenticated`]: counted, limited per
+/// client IP, and audited in aggregate (the first of its kind at once, here).
+pub async fn resolve(
     req: &HttpRequest,
-    cache: &TokenCache,
+    state: &AppState,
     now: DateTime<Utc>,
 ) -> Result<Resolved, ProxyError> {
-    let key = presented_key(req).ok_or(ProxyError::MissingApiKey)?;
-    cache.lookup(&TokenHash::of(key), now)
+    let e = match presented_key(req) {
+        None => ProxyError::MissingApiKey,
+        Some(key) => match state.registry.cache.lookup(&TokenHash::of(key), now) {
+            Ok(resolved) => return Ok(resolved),
+            Err(e) => e,
+        },
+    };
+    if !is_unauthenticated(&e) {
+        return Err(e);
+    }
+    let ip = crate::net::client_ip(req, &state.trusted_proxies);
+    let reason = e.code();
+    let refusal = state.unauthenticated.refuse(ip, e);
+    if refusal.file_now {
+        file_first(req, state, reason).await;
+    }
+    Err(refusal.error)
+}
+
+/// The first unauthenticated failure of its (client IP, reason) in a window, as
+/// a `proxy.denied` event of its own (`count: 1`).
+async fn file_first(req: &HttpRequest, state: &AppState, reason: &'static str) {
+    use crate::manage::audit::{AuditResult, Subject, Who, record_as};
+    let who = Who::of(req, state);
+    let subject = Subject {
+        details: serde_json::json!({ "reason": reason, "path": req.path(), "count": 1 }),
+        ..Default::default()
+    };
+    record_as(state, &who, "proxy.denied", AuditResult::Denied, subject).await;
 }

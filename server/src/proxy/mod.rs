@@ -66,8 +66,11 @@ async fn forward(
 ) -> Result<HttpResponse, ProxyError> {
     let mut seen = None;
     let out = admit_and_forward(&req, payload, &state, &mut seen).await;
+    // Unauthenticated failures were counted and audited (in aggregate) by
+    // `auth::resolve`.
     if let Err(e) = &out
         && e.is_denial()
+        && !crate::rate_limit::unauthenticated::is_unauthenticated(e)
     {
         audit_denial(&req, &state, e, seen.as_ref()).await;
     }
@@ -115,7 +118,7 @@ async fn admit_and_forward(
     }
     let started = tokio::time::Instant::now();
     let now = crate::time::now();
-    let resolved = auth::resolve(req, &state.registry.cache, now)?;
+    let resolved = auth::resolve(req, state, now).await?;
     *seen = Some(resolved.clone());
     crate::access_log::note_caller(req, resolved.token.id.0, resolved.project.id.0);
     let ip = crate::net::client_ip(req, &state.trusted_proxies);

@@ -21,7 +21,7 @@ pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ProxyError> {
-    let resolved = authorize(&req, &state)?;
+    let resolved = authorize(&req, &state).await?;
     let mut models: BTreeMap<String, String> = BTreeMap::new();
     for p in visible_providers(&state, &resolved) {
         for m in p.advertised_models() {
@@ -42,7 +42,7 @@ pub async fn retrieve(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ProxyError> {
-    let resolved = authorize(&req, &state)?;
+    let resolved = authorize(&req, &state).await?;
     let id = id.into_inner();
     let owner = allowed(&resolved, &id)
         .then(|| visible_providers(&state, &resolved).find(|p| p.advertised_models().contains(&id)))
@@ -52,8 +52,8 @@ pub async fn retrieve(
 }
 
 /// The same checks as a proxied request, up to the model: credential, then IP.
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<Resolved, ProxyError> {
-    let resolved = auth::resolve(req, &state.registry.cache, crate::time::now())?;
+async fn authorize(req: &HttpRequest, state: &AppState) -> Result<Resolved, ProxyError> {
+    let resolved = auth::resolve(req, state, crate::time::now()).await?;
     if !ip_allowed(
         &resolved,
         crate::net::client_ip(req, &state.trusted_proxies),

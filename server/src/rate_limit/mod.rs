@@ -7,10 +7,12 @@
 //! 3. then the lifetime quota, then the request queue.
 //!
 //! Failed management authentication has its own, stricter per-IP limit
-//! ([`ip::AuthFailures`]).
+//! ([`ip::AuthFailures`]); so do unauthenticated `/v1` requests
+//! ([`unauthenticated`], which also audits them in aggregate).
 
 pub mod ip;
 pub mod rpm;
+pub mod unauthenticated;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 

@@ -94,6 +94,26 @@ pub async fn sequential(client: &reqwest::Client, t: &Target, n: usize) -> Run {
     run
 }
 
+/// As [`sequential`], stopping early once `limit` has passed (a side that slows
+/// to a crawl still ends; fewer samples say so).
+pub async fn sequential_within(
+    client: &reqwest::Client,
+    t: &Target,
+    n: usize,
+    limit: Duration,
+) -> Run {
+    let mut run = Run::default();
+    let start = Instant::now();
+    for _ in 0..n {
+        if start.elapsed() >= limit {
+            break;
+        }
+        run.record(chat(client, t).await);
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
 pub async fn closed_loop(
     client: &reqwest::Client,
     t: &Target,

@@ -4,6 +4,7 @@
 pub mod audit_ab;
 pub mod checks;
 pub mod load;
+pub mod login_flood;
 pub mod procs;
 pub mod report;
 pub mod sides;

@@ -151,10 +151,19 @@ pub fn spawn_palisade(
     } else {
         format!("audit: {{ file: \"{}/audit.jsonl\" }}\n", dir.display())
     };
+    // `extra` may bring its own `server:` or `auth:` section instead of these.
+    let server = match extra.contains("server:") {
+        true => "",
+        false => "server: { listen: \"127.0.0.1:0\", workers: 1 }\n",
+    };
+    let auth = match extra.contains("auth:") {
+        true => String::new(),
+        false => format!("auth: {{ management_token: \"{BENCH_MANAGEMENT_TOKEN}\" }}\n"),
+    };
     let config = format!(
-        "server: {{ listen: \"127.0.0.1:0\", workers: 1 }}\n\
+        "{server}\
          database: {{ url: \"sqlite://{}/palisade.db?mode=rwc\" }}\n\
-         auth: {{ management_token: \"{BENCH_MANAGEMENT_TOKEN}\" }}\n\
+         {auth}\
          logging: {{ level: info, format: json }}\n\
          {audit}{extra}\
          providers:\n  - {{ name: mock, base_url: \"{mock_url}/v1\", api_key: \"sk-bench\", models: [\"gpt-4o-mini\", \"gpt-4o\"] }}\n",

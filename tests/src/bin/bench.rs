@@ -20,7 +20,7 @@ use palisade_tests::bench::load::{self, Run, Target};
 use palisade_tests::bench::report::{self, GatewayResult, ManyStreamsResult, Memory, Report};
 use palisade_tests::bench::sides::{parse_compare, quiet_target, setup_token};
 use palisade_tests::bench::stats::{added, summarize};
-use palisade_tests::bench::{audit_ab, procs, stream};
+use palisade_tests::bench::{audit_ab, login_flood, procs, stream};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,6 +87,16 @@ struct Args {
     /// Do not pin processes to CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Only measure `/v1` c=1 latency alone and under a login flood from many
+    /// addresses (unknown users), on this build and on `--before` if given.
+    #[arg(long)]
+    login_flood: bool,
+    /// Flooding client addresses (`--login-flood`).
+    #[arg(long, default_value_t = 300)]
+    login_flood_addresses: usize,
+    /// Milliseconds between two logins of one address (`--login-flood`).
+    #[arg(long, default_value_t = 1000)]
+    login_flood_interval_ms: u64,
     /// A short run for smoke-testing the harness.
     #[arg(long)]
     quick: bool,
@@ -123,6 +133,9 @@ fn main() -> Result<(), String> {
     let log = |name: &str| args.out.join(format!("{name}.log"));
     let mock = procs::spawn_mock(mock_cpu)?;
     println!("mock upstream at {}/v1", mock.url);
+    if args.login_flood {
+        return run_login_flood(&args, gw_cpu, dir.path(), &mock.url);
+    }
     let palisade = match &args.gateway_url {
         Some(_) => None,
         None => Some(procs::spawn_palisade(
@@ -199,6 +212,39 @@ fn main() -> Result<(), String> {
             nginx,
         },
     ))
+}
+
+/// `--login-flood`: this build, then `--before` if given, each alone.
+fn run_login_flood(
+    args: &Args,
+    cpu: Option<usize>,
+    dir: &std::path::Path,
+    mock_url: &str,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let flood = login_flood::Flood {
+        addresses: args.login_flood_addresses,
+        interval: Duration::from_millis(args.login_flood_interval_ms.max(1)),
+        requests: args.requests.min(3000),
+    };
+    let mut sides = vec![("palisade", procs::palisade_bin())];
+    if let Some(before) = &args.before {
+        sides.push(("palisade-before", before.clone()));
+    }
+    let mut results = Vec::new();
+    for (name, bin) in sides {
+        let side_dir = dir.join(name);
+        let r = rt.block_on(login_flood::measure(
+            name, &bin, cpu, &side_dir, mock_url, flood,
+        ))?;
+        println!("{}", r.line());
+        results.push(r);
+    }
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("login-flood.json"), json).map_err(|e| e.to_string())
 }
 
 /// The main Palisade's admission settings: queue at its default size, a per-IP

@@ -16,6 +16,7 @@ mod dialect_node_sdk;
 mod dialect_passthrough;
 mod dialect_sdk;
 mod failover;
+mod floods;
 mod hardening;
 mod key_rotation;
 mod manage_projects;
