@@ -26,7 +26,9 @@
 //! 1. SIGTERM/SIGINT: actix stops accepting and lets in-flight requests and streams
 //!    finish for up to `server.shutdown_grace`;
 //! 2. the registry writes back request counters (`FlushUsage`);
-//! 3. the audit writer stops accepting records and writes everything queued;
+//! 3. the audit writer stops accepting records and writes everything queued
+//!    (giving up after `max(shutdown_grace, 10s)` of failing storage, and logging
+//!    at ERROR how many records that lost);
 //! 4. the log writer flushes (its guard drops) and the process exits 0.
 
 use std::sync::Arc;
@@ -287,7 +289,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         Ok(Err(e)) => tracing::error!(error = %e, "could not write request counters at shutdown"),
         Err(e) => tracing::error!(error = %e, "token registry unavailable at shutdown"),
     }
-    audit
+    let report = audit
         .drain(
             config
                 .server
@@ -296,7 +298,17 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
                 .max(std::time::Duration::from_secs(10)),
         )
         .await;
-    tracing::info!("audit records written");
+    if report.is_complete() {
+        tracing::info!("audit records written");
+    } else {
+        // Honest about it: storage was failing to the end.
+        tracing::error!(
+            audit_events = report.audit_events,
+            usage_records = report.usage_records,
+            reserved = report.reserved,
+            "storage is failing: audit records NOT written at shutdown are lost"
+        );
+    }
     crate::access_log::drain(std::time::Duration::from_secs(5));
     Ok(())
 }

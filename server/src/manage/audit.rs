@@ -62,7 +62,9 @@ pub async fn record<T>(
         Ok(v) => (AuditResult::Success, on_success(v)),
         Err(e) => {
             let result = match e {
-                ManageError::Internal(_) | ManageError::Unavailable(_) => AuditResult::Error,
+                ManageError::Internal(_)
+                | ManageError::Unavailable(_)
+                | ManageError::Storage(_) => AuditResult::Error,
                 _ => AuditResult::Failure,
             };
             let mut s = on_error;
