@@ -30,6 +30,7 @@ mod python_sdk;
 mod rate_limits;
 mod secrets;
 mod shutdown;
+mod storage_faults;
 mod third_party_upstream;
 mod tls;
 mod upstream_dialects;

@@ -115,7 +115,7 @@ pub(super) async fn write_batch(
             slots.set_failing(true);
             if n == 1 {
                 failing_since = Some(Instant::now());
-                tracing::error!(error = %e, audits, usage, "writing an audit batch failed; keeping it and retrying");
+                tracing::error!(error = %e, audits, usage, "writing audit batch failed; retrying (the batch is kept)");
             } else {
                 tracing::warn!(error = %e, audits, usage, attempt = n, "audit batch still not written; retrying");
             }
