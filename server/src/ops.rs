@@ -14,6 +14,9 @@ pub async fn health() -> HttpResponse {
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let db = Query::ping(&state.db).await.is_ok();
+    // While writes fail, a probe write (at most one a second) notices recovery
+    // even when nothing else writes.
+    crate::db::probe_if_failing(&state.db).await;
     // At least one provider whose breaker is not open (SPEC §4; half-open counts:
     // it is about to be probed). Health checks alone never make the gateway
     // unready: routing fails open on health (docs/health.md).

@@ -39,6 +39,8 @@ pub struct WriteHealth {
     /// The last write that ended did so on a storage failure.
     failing: AtomicBool,
     errors: AtomicU64,
+    /// Nanoseconds after `base` of the last write probe (see `probe_if_failing`).
+    last_probe: AtomicU64,
 }
 
 /// The process's write health (one database per process).
@@ -54,7 +56,22 @@ impl WriteHealth {
             last_failure: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            last_probe: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a write probe may run now (at most one per `every`); claims it.
+    pub(super) fn probe_due(&self, every: Duration) -> bool {
+        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_probe.load(Ordering::Acquire);
+        if last != 0
+            && now.saturating_sub(last) < u64::try_from(every.as_nanos()).unwrap_or(u64::MAX)
+        {
+            return false;
+        }
+        self.last_probe
+            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// A write (or its commit) failed with `e`.
@@ -151,6 +168,19 @@ mod tests {
         h.succeeded();
         assert!(!h.is_failing());
         assert_eq!(h.errors_total(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_run_at_most_once_per_interval() {
+        let h = WriteHealth::new();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let every = Duration::from_secs(1);
+        assert!(h.probe_due(every));
+        assert!(!h.probe_due(every), "claimed already");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!h.probe_due(every));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(h.probe_due(every));
     }
 
     #[test]

@@ -132,6 +132,40 @@ pub async fn write<T>(
     reported(out)
 }
 
+/// While writes are failing, checks at most once per [`PROBE_EVERY`] whether they
+/// work again, with a write that changes nothing yet needs the disk: rewriting
+/// `PRAGMA user_version` with its own value dirties the header page, so the commit
+/// writes a WAL frame. Without it, an unready gateway that gets no traffic (taken
+/// out of its load balancer by `/ready`) would never write again, and so never
+/// learn that storage recovered.
+pub async fn probe_if_failing(db: &DatabaseConnection) {
+    if !health().is_failing() || !health().probe_due(PROBE_EVERY) {
+        return;
+    }
+    let out = write(db, async |txn| {
+        use sea_orm::ConnectionTrait;
+        let v: i64 = txn
+            .query_one_raw(sea_orm::Statement::from_string(
+                txn.get_database_backend(),
+                "PRAGMA user_version",
+            ))
+            .await?
+            .map(|r| r.try_get_by_index(0))
+            .transpose()?
+            .unwrap_or(0);
+        txn.execute_unprepared(&format!("PRAGMA user_version = {v}"))
+            .await
+            .map(|_| ())
+    })
+    .await;
+    if let Err(e) = out {
+        tracing::debug!(error = %e, "database write probe failed");
+    }
+}
+
+/// How often [`probe_if_failing`] may write.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// Reports a single-statement write's outcome to [`health()`] and passes it on.
 pub fn reported<T>(out: Result<T, DbErr>) -> Result<T, DbErr> {
     match &out {
@@ -201,5 +235,29 @@ mod tests {
             Some(PathBuf::from("/tmp/x.db"))
         );
         assert_eq!(sqlite_file_path("sqlite::memory:"), None);
+    }
+
+    #[actix_rt::test]
+    async fn a_probe_write_clears_failing_once_the_database_takes_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DatabaseConfig {
+            url: crate::secret::Secret::new(format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("p.db").display()
+            )),
+            ..Default::default()
+        };
+        let db = connect(&cfg).await.unwrap();
+        migrate(&db).await.unwrap();
+        let io = DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Io(std::io::Error::other("disk full")),
+        )));
+        health().failed(&io);
+        assert!(health().is_failing());
+        probe_if_failing(&db).await;
+        assert!(!health().is_failing(), "the probe's write went through");
+        // The connection that existed at the failure was closed, not reused:
+        // the pool still serves.
+        crate::service::query::Query::ping(&db).await.unwrap();
     }
 }

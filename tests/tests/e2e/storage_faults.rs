@@ -66,13 +66,16 @@ async fn ready(gw: &Gateway) -> (u16, Value) {
     .await
 }
 
+/// A refusal as the client saw it: status, body, `retry-after`.
+type Refusal = (u16, Value, Option<String>);
+
 /// Concurrent chat completions until stopped, counting what came back.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
     /// The first 503 (status, body, retry-after) and the slowest 503's latency.
-    first_refusal: Arc<Mutex<Option<(u16, Value, Option<String>)>>>,
+    first_refusal: Arc<Mutex<Option<Refusal>>>,
     slowest_refusal: Arc<Mutex<Duration>>,
     other: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
