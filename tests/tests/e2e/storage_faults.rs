@@ -227,23 +227,37 @@ async fn usage_requests(gw: &Gateway, token_id: &str) -> Value {
     body["data"][0].clone()
 }
 
-#[tokio::test]
-async fn storage_full_disk_refuses_fast_loses_nothing_and_recovers_without_restart() {
-    within_test(full_disk()).await;
-}
+/// A gateway whose directory `sub` of its data directory is a tmpfs of `size`
+/// bytes: the fs, the mount point, the gateway and its mock upstream (bind it by
+/// name: dropping it stops the upstream).
+type OnSmallFs = (SmallFs, std::path::PathBuf, Gateway, Mock);
 
-async fn full_disk() {
+fn start_on_small_fs(sub: &str, size: u64, yaml: &str) -> OnSmallFs {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut fs = SmallFs::mount(&[(&data, 8 << 20)]);
+    let mount = dir.path().join(sub);
+    let mut fs = SmallFs::mount(&[(&mount, size)]);
     let mock = Mock::start("up");
-    let gw = gateway()
+    let mut gw = gateway()
         .dir(dir)
         .wrap(fs.wrapper())
-        .provider(&mock, "[\"*\"]")
-        .yaml("audit: { flush_interval: 50ms, buffer: 64 }")
-        .start();
+        .provider(&mock, "[\"*\"]");
+    if !yaml.is_empty() {
+        gw = gw.yaml(yaml);
+    }
+    let gw = gw.start();
     fs.attach(gw.pid());
+    (fs, mount, gw, mock)
+}
+
+#[tokio::test]
+async fn storage_full_disk_refuses_fast_loses_nothing_and_recovers_without_restart() {
+    // A small buffer, so it fills up during the outage.
+    let on = start_on_small_fs("data", 8 << 20, "audit: { buffer: 64 }");
+    within_test(full_disk(on)).await;
+}
+
+async fn full_disk(on: OnSmallFs) {
+    let (fs, data, gw, _mock) = on;
     let (project, token_id, token) = gw.project_and_token(json!({}), json!({})).await;
     let (victim, victim_secret) = gw.create_token(&project, json!({})).await;
     let load = Load::start(&gw, &token, 8);
@@ -347,21 +361,15 @@ async fn full_disk() {
 
 #[tokio::test]
 async fn storage_full_audit_file_gets_every_event_once_space_returns() {
-    within_test(full_audit_file()).await;
+    let on = start_on_small_fs("audit", 1 << 20, AUDIT_ON_ITS_OWN_FS);
+    within_test(full_audit_file(on)).await;
 }
 
-async fn full_audit_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit");
-    let mut fs = SmallFs::mount(&[(&audit, 1 << 20)]);
-    let mock = Mock::start("up");
-    let gw = gateway()
-        .dir(dir)
-        .wrap(fs.wrapper())
-        .provider(&mock, "[\"*\"]")
-        .yaml("audit: { file: audit/audit.jsonl, flush_interval: 50ms, buffer: 256 }")
-        .start();
-    fs.attach(gw.pid());
+const AUDIT_ON_ITS_OWN_FS: &str =
+    "audit: { file: audit/audit.jsonl, flush_interval: 50ms, buffer: 256 }";
+
+async fn full_audit_file(on: OnSmallFs) {
+    let (fs, audit, gw, _mock) = on;
     let file = fs.path(&audit.join("audit.jsonl"));
     gw.project_and_token(json!({}), json!({})).await;
     audit_drained(&gw).await;
@@ -414,4 +422,34 @@ async fn full_audit_file() {
             "project {id} missing from the file"
         );
     }
+}
+
+#[tokio::test]
+async fn storage_full_disk_at_shutdown_reports_what_was_not_written() {
+    let on = start_on_small_fs("data", 4 << 20, "");
+    within_test(full_disk_at_shutdown(on)).await;
+}
+
+async fn full_disk_at_shutdown(on: OnSmallFs) {
+    let (fs, data, mut gw, _mock) = on;
+    let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
+    audit_drained(&gw).await;
+    fs.fill(&data);
+    // Accepted while the buffer has room; their records wait.
+    let statuses = within("chats", gw.chat_many(&token, 20, 4)).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    eventually("/ready to fail", || async {
+        (ready(&gw).await.0 == 503).then_some(())
+    })
+    .await;
+    assert_eq!(gw.terminate(), Some(0));
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("audit records NOT written at shutdown"))
+        .unwrap_or_else(|| panic!("no report of the lost records:\n{logs}"));
+    let report: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(report["level"], "ERROR", "{line}");
+    assert_eq!(report["usage_records"], json!(20), "{line}");
+    assert!(!logs.contains("\"audit records written\""), "{logs}");
 }

@@ -257,13 +257,14 @@ impl Gateway {
         self.child.as_ref().unwrap().id()
     }
 
-    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    /// SIGTERM, then wait (up to 20 s: a drain against failing storage takes 10) for
+    /// a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        for _ in 0..200 {
+        for _ in 0..400 {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.code();
             }
