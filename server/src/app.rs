@@ -35,7 +35,9 @@
 //! 2. the registry writes back request counters (`FlushUsage`);
 //! 3. the counts of unauthenticated `/v1` failures not yet filed become audit
 //!    events ([`crate::rate_limit::unauthenticated`]);
-//! 4. the audit writer stops accepting records and writes everything queued;
+//! 4. the audit writer stops accepting records and writes everything queued
+//!    (giving up after `max(shutdown_grace, 10s)` of failing storage, and logging
+//!    at ERROR how many records that lost);
 //! 5. the log writer flushes (its guard drops) and the process exits 0.
 
 use std::sync::Arc;
@@ -295,7 +297,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
         .unauthenticated
         .flush(async |e| file_event(&at_shutdown.audit, e).await)
         .await;
-    audit
+    let report = audit
         .drain(
             config
                 .server
@@ -304,7 +306,17 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
                 .max(std::time::Duration::from_secs(10)),
         )
         .await;
-    tracing::info!("audit records written");
+    if report.is_complete() {
+        tracing::info!("audit records written");
+    } else {
+        // Honest about it: storage was failing to the end.
+        tracing::error!(
+            audit_events = report.audit_events,
+            usage_records = report.usage_records,
+            reserved = report.reserved,
+            "storage is failing: audit records NOT written at shutdown are lost"
+        );
+    }
     crate::access_log::drain(std::time::Duration::from_secs(5));
     Ok(())
 }

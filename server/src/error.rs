@@ -72,6 +72,11 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("The gateway is not ready to serve requests.")]
     Unavailable(String),
+    /// Storage is failing and the audit buffer is full: the request's usage record
+    /// could not be kept, so the request is not run (logged once by the writer,
+    /// not per request).
+    #[error("Storage is failing and the gateway cannot record more requests; retry shortly.")]
+    StorageUnavailable,
     /// Every provider serving the model has its circuit breaker open or fails its
     /// health check; `retry_after` is when the first one is worth trying again.
     #[error("No healthy provider serves the model `{model}` right now.")]
@@ -117,7 +122,7 @@ impl ProxyError {
             Self::UpstreamError(_) | Self::UpstreamStatus { .. } => "upstream_error",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::UpstreamTimeout => "upstream_timeout",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Unavailable(_) | Self::StorageUnavailable => "service_unavailable",
             Self::NoHealthyProvider { .. } => "no_healthy_provider",
             Self::RateLimited { .. } | Self::IpRateLimited { .. } => "rate_limit_exceeded",
             Self::QueueFull { .. } => "queue_full",
@@ -182,6 +187,7 @@ impl ProxyError {
             | Self::UpstreamRateLimited { .. }
             | Self::UpstreamTimeout => false,
             Self::Unavailable(_)
+            | Self::StorageUnavailable
             | Self::NoHealthyProvider { .. }
             | Self::RateLimited { .. }
             | Self::IpRateLimited { .. }
@@ -226,6 +232,7 @@ impl ResponseError for ProxyError {
             Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_)
+            | Self::StorageUnavailable
             | Self::NoHealthyProvider { .. }
             | Self::QueueFull { .. }
             | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -281,7 +288,7 @@ impl ResponseError for ProxyError {
             } => {
                 resp.insert_header((header::RETRY_AFTER, secs.to_string()));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::StorageUnavailable => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::NoHealthyProvider { retry_after, .. }
@@ -358,6 +365,10 @@ pub enum ManageError {
     Validation(BTreeMap<String, String>),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The database cannot take the write now (disk full, I/O error, locked):
+    /// nothing was changed. The detail is for the log only.
+    #[error("service unavailable: storage is failing; retry shortly")]
+    Storage(String),
     #[error("too many failed authentication attempts; retry in {retry_after}s")]
     RateLimited { retry_after: u64 },
     /// At capacity for expensive work (password hashing): 503 with `retry-after`,
@@ -382,7 +393,7 @@ impl ManageError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::RequestTimeout => "request_timeout",
             Self::Validation(_) => "validation_failed",
-            Self::Unavailable(_) | Self::Busy { .. } => "service_unavailable",
+            Self::Unavailable(_) | Self::Busy { .. } | Self::Storage(_) => "service_unavailable",
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::Internal(_) => "internal_error",
         }
@@ -395,7 +406,11 @@ impl ManageError {
 
 impl From<sea_orm::DbErr> for ManageError {
     fn from(e: sea_orm::DbErr) -> Self {
-        Self::Internal(format!("database: {e}"))
+        if crate::db::is_storage_failure(&e) {
+            Self::Storage(format!("database: {e}"))
+        } else {
+            Self::Internal(format!("database: {e}"))
+        }
     }
 }
 
@@ -410,7 +425,9 @@ impl ResponseError for ManageError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) | Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy { .. } | Self::Storage(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -420,14 +437,14 @@ impl ResponseError for ManageError {
         let mut error = json!({ "message": self.to_string(), "code": self.code() });
         match self {
             Self::Validation(fields) => error["fields"] = json!(fields),
-            Self::Internal(detail) | Self::Unavailable(detail) => {
+            Self::Internal(detail) | Self::Unavailable(detail) | Self::Storage(detail) => {
                 tracing::error!(code = self.code(), detail = %detail, "management request failed");
             }
             _ => {}
         }
         let mut resp = HttpResponse::build(self.status_code());
         match self {
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Storage(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::RateLimited { retry_after } | Self::Busy { retry_after } => {

@@ -89,6 +89,11 @@ pub struct Metrics {
     queue_waiting: Gauge,
     audit_backlog: Gauge,
     audit_waits: Counter,
+    audit_waiting: Gauge,
+    audit_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    audit_dropped: Counter,
+    db_write_errors: Counter,
+    storage_failing: Gauge,
     usage_tokens: Family<TokenLabels, Counter>,
     usage_records: Family<EstimatedLabel, Counter>,
     models_refresh_failures: Family<ProviderLabel, Counter>,
@@ -120,6 +125,11 @@ impl Metrics {
             queue_waiting: Gauge::default(),
             audit_backlog: Gauge::default(),
             audit_waits: Counter::default(),
+            audit_waiting: Gauge::default(),
+            audit_oldest: Gauge::default(),
+            audit_dropped: Counter::default(),
+            db_write_errors: Counter::default(),
+            storage_failing: Gauge::default(),
             usage_tokens: Family::default(),
             usage_records: Family::default(),
             models_refresh_failures: Family::default(),
@@ -201,6 +211,31 @@ impl Metrics {
             "audit_waits",
             "Times a request or management action waited for room in the audit buffer",
             m.audit_waits.clone(),
+        );
+        registry.register(
+            "audit_waiting",
+            "Audit and usage records handed to the writer and not yet written",
+            m.audit_waiting.clone(),
+        );
+        registry.register(
+            "audit_oldest_record_seconds",
+            "How long the oldest record in the audit writer's hands has waited (0: none)",
+            m.audit_oldest.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit events given up on because storage was failing and the audit buffer was full",
+            m.audit_dropped.clone(),
+        );
+        registry.register(
+            "db_write_errors",
+            "Database writes (or commits) that failed on storage: disk full, I/O, read-only, locked",
+            m.db_write_errors.clone(),
+        );
+        registry.register(
+            "storage_failing",
+            "1 while writes fail (the database's last write, or the audit writer's batch, file included)",
+            m.storage_failing.clone(),
         );
         registry.register(
             "usage_tokens",
@@ -316,6 +351,19 @@ impl Metrics {
                 .refused()
                 .saturating_sub(self.password_hashes_refused.get()),
         );
+        self.audit_waiting
+            .set(i64::try_from(state.audit.waiting()).unwrap_or(i64::MAX));
+        self.audit_oldest
+            .set(state.audit.oldest_age().as_secs_f64());
+        let dropped = state.audit.dropped();
+        self.audit_dropped
+            .inc_by(dropped.saturating_sub(self.audit_dropped.get()));
+        let health = crate::db::health();
+        let errors = health.errors_total();
+        self.db_write_errors
+            .inc_by(errors.saturating_sub(self.db_write_errors.get()));
+        self.storage_failing
+            .set(i64::from(health.is_failing() || state.audit.is_failing()));
         for (kind, n) in state.registry.cache.census(crate::time::now()) {
             self.tokens
                 .get_or_create(&KindLabel {

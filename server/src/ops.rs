@@ -1,5 +1,6 @@
-//! Operational routes: `/health` (liveness) and `/ready` (database answers and a
-//! provider is usable), plus the JSON 404 for unknown paths outside `/v1`/`/manage`.
+//! Operational routes: `/health` (liveness) and `/ready` (database answers and takes
+//! writes, records can be kept, a provider is usable), plus the JSON 404 for unknown
+//! paths outside `/v1`/`/manage`.
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -13,15 +14,33 @@ pub async fn health() -> HttpResponse {
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let db = Query::ping(&state.db).await.is_ok();
+    // While writes fail, a probe write (at most one a second) notices recovery
+    // even when nothing else writes.
+    crate::db::probe_if_failing(&state.db).await;
     // At least one provider whose breaker is not open (SPEC §4; half-open counts:
     // it is about to be probed). Health checks alone never make the gateway
     // unready: routing fails open on health (docs/health.md).
     let providers = state.providers.any_usable();
+    // Writes: the last database write, and the audit writer's batch (the audit
+    // file included), went through. While they fail, records wait in the audit
+    // buffer; once it is full, `/v1` is refused (`records`).
+    let writes = !crate::db::health().is_failing() && !state.audit.is_failing();
+    let records = state.audit.check_room().is_ok();
+    let ok = db && providers && writes && records;
     let body = json!({
-        "status": if db && providers { "ready" } else { "unavailable" },
-        "checks": { "database": db, "providers": providers },
+        "status": if ok { "ready" } else { "unavailable" },
+        "checks": {
+            "database": db,
+            "writes": writes,
+            "records": records,
+            "providers": providers,
+        },
+        "audit": {
+            "waiting": state.audit.waiting(),
+            "oldest_seconds": state.audit.oldest_age().as_secs_f64(),
+        },
     });
-    if db && providers {
+    if ok {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable()

@@ -64,7 +64,8 @@ pub async fn record<T>(
             let result = match e {
                 ManageError::Internal(_)
                 | ManageError::Unavailable(_)
-                | ManageError::Busy { .. } => AuditResult::Error,
+                | ManageError::Busy { .. }
+                | ManageError::Storage(_) => AuditResult::Error,
                 _ => AuditResult::Failure,
             };
             let mut s = on_error;

@@ -191,6 +191,14 @@ async fn require_auth(
             .into_response(ManageError::Forbidden("viewers may only read (GET)").error_response())
             .map_into_right_body());
     }
+    // A write files an audit event: while storage fails and the audit buffer is
+    // full it could not be kept, so the write is refused before it is made.
+    if !matches!(*req.method(), Method::GET | Method::HEAD) && state.audit.check_room().is_err() {
+        let err = ManageError::Storage("audit buffer full while storage is failing".into());
+        return Ok(req
+            .into_response(err.error_response())
+            .map_into_right_body());
+    }
     req.extensions_mut().insert(principal);
     Ok(next.call(req).await?.map_into_left_body())
 }

@@ -99,6 +99,10 @@ pub(crate) async fn audit_denial(
     record_as(state, &who, "proxy.denied", AuditResult::Denied, subject).await;
 }
 
+fn storage_unavailable(_: crate::actors::audit_writer::StorageFailing) -> ProxyError {
+    ProxyError::StorageUnavailable
+}
+
 async fn admit_and_forward(
     req: &HttpRequest,
     payload: web::Payload,
@@ -162,11 +166,16 @@ async fn admit_and_forward(
         other => other.as_ref(),
     };
     let rate = state.rpm.check(&resolved.token, &resolved.project).await?;
+    // Records cannot be kept (storage failing, buffer full): refuse before the
+    // quota or a queue slot is spent.
+    if state.usage_enabled {
+        state.audit.check_room().map_err(storage_unavailable)?;
+    }
     state.registry.consume(&resolved.token, now).await?;
     let admission = state.admission.enter(resolved.project.id).await?;
     // Admitted: reserve the usage record's place now, so it can always be filed.
     let slot = match state.usage_enabled {
-        true => state.audit.reserve().await,
+        true => state.audit.reserve().await.map_err(storage_unavailable)?,
         false => None,
     };
     let request_id = req.extensions().get::<RequestId>().cloned();

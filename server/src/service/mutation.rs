@@ -1,6 +1,8 @@
 //! Writes: the `TokenRegistry` actor's, the audit writer's batches, and request
-//! leases (`actors::token_registry::lease`). Multi-statement changes run in
-//! one `BEGIN IMMEDIATE` transaction ([`crate::db::begin_write`]).
+//! leases (`actors::token_registry::lease`). Multi-statement changes run in one
+//! `BEGIN IMMEDIATE` transaction ([`crate::db::write`]); every outcome is reported
+//! to the write health ([`crate::db::reported`]), which keeps connections that saw a
+//! failure out of the pool.
 
 use chrono::{DateTime, Utc};
 use entity::{audit_events, projects, tokens};
@@ -12,7 +14,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::actors::audit_writer::AuditEvent;
-use crate::db::begin_write;
+use crate::db::{begin_write, reported, write};
 use crate::usage::UsageRow;
 
 pub struct Mutation;
@@ -22,14 +24,14 @@ impl Mutation {
         db: &DatabaseConnection,
         row: projects::ActiveModel,
     ) -> Result<projects::Model, DbErr> {
-        row.insert(db).await
+        reported(row.insert(db).await)
     }
 
     pub async fn update_project(
         db: &DatabaseConnection,
         row: projects::ActiveModel,
     ) -> Result<projects::Model, DbErr> {
-        row.update(db).await
+        reported(row.update(db).await)
     }
 
     /// Soft-deletes the project and revokes all of its live tokens, atomically.
@@ -38,16 +40,16 @@ impl Mutation {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<u64, DbErr> {
-        let txn = begin_write(db).await?;
-        projects::Entity::update_many()
-            .col_expr(projects::Column::DeletedAt, Expr::value(now))
-            .col_expr(projects::Column::UpdatedAt, Expr::value(now))
-            .filter(projects::Column::Id.eq(id))
-            .exec(&txn)
-            .await?;
-        let revoked = revoke_tokens_of(&txn, id, now).await?;
-        txn.commit().await?;
-        Ok(revoked)
+        write(db, async |txn| {
+            projects::Entity::update_many()
+                .col_expr(projects::Column::DeletedAt, Expr::value(now))
+                .col_expr(projects::Column::UpdatedAt, Expr::value(now))
+                .filter(projects::Column::Id.eq(id))
+                .exec(txn)
+                .await?;
+            revoke_tokens_of(txn, id, now).await
+        })
+        .await
     }
 
     /// Re-encrypts every stored project upstream key from `old` to `new` in one
@@ -93,21 +95,21 @@ impl Mutation {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<u64, DbErr> {
-        revoke_tokens_of(db, id, now).await
+        reported(revoke_tokens_of(db, id, now).await)
     }
 
     pub async fn insert_token(
         db: &DatabaseConnection,
         row: tokens::ActiveModel,
     ) -> Result<tokens::Model, DbErr> {
-        row.insert(db).await
+        reported(row.insert(db).await)
     }
 
     pub async fn update_token(
         db: &DatabaseConnection,
         row: tokens::ActiveModel,
     ) -> Result<tokens::Model, DbErr> {
-        row.update(db).await
+        reported(row.update(db).await)
     }
 
     /// Writes back the request counters the registry kept in memory, one
@@ -123,26 +125,28 @@ impl Mutation {
         if batch.is_empty() && !release_leases {
             return Ok(());
         }
-        let txn = begin_write(db).await?;
-        for (id, count, last_used) in batch {
-            tokens::Entity::update_many()
-                .col_expr(tokens::Column::RequestCount, Expr::value(*count))
-                .col_expr(tokens::Column::LastUsedAt, Expr::value(*last_used))
-                .filter(tokens::Column::Id.eq(*id))
-                .exec(&txn)
-                .await?;
-        }
-        if release_leases {
-            tokens::Entity::update_many()
-                .col_expr(
-                    tokens::Column::RequestLease,
-                    Expr::value(Option::<i64>::None),
-                )
-                .filter(tokens::Column::RequestLease.is_not_null())
-                .exec(&txn)
-                .await?;
-        }
-        txn.commit().await
+        write(db, async |txn| {
+            for (id, count, last_used) in batch {
+                tokens::Entity::update_many()
+                    .col_expr(tokens::Column::RequestCount, Expr::value(*count))
+                    .col_expr(tokens::Column::LastUsedAt, Expr::value(*last_used))
+                    .filter(tokens::Column::Id.eq(*id))
+                    .exec(txn)
+                    .await?;
+            }
+            if release_leases {
+                tokens::Entity::update_many()
+                    .col_expr(
+                        tokens::Column::RequestLease,
+                        Expr::value(Option::<i64>::None),
+                    )
+                    .filter(tokens::Column::RequestLease.is_not_null())
+                    .exec(txn)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Records that a token may be admitted up to `lease` requests. One statement
@@ -152,12 +156,14 @@ impl Mutation {
         id: Uuid,
         lease: i64,
     ) -> Result<(), DbErr> {
-        tokens::Entity::update_many()
-            .col_expr(tokens::Column::RequestLease, Expr::value(lease))
-            .filter(tokens::Column::Id.eq(id))
-            .exec(db)
-            .await
-            .map(drop)
+        reported(
+            tokens::Entity::update_many()
+                .col_expr(tokens::Column::RequestLease, Expr::value(lease))
+                .filter(tokens::Column::Id.eq(id))
+                .exec(db)
+                .await
+                .map(drop),
+        )
     }
 }
 
@@ -168,31 +174,38 @@ impl Mutation {
         audits: &[AuditEvent],
         usage: &[UsageRow],
     ) -> Result<(), DbErr> {
-        let txn = begin_write(db).await?;
-        for chunk in audits.chunks(200) {
-            audit_events::Entity::insert_many(chunk.iter().map(|e| audit_events::ActiveModel {
-                id: Set(e.id),
-                timestamp: Set(e.timestamp),
-                action: Set(e.action.to_owned()),
-                actor: Set(e.actor.clone()),
-                client_ip: Set(e.client_ip.clone()),
-                project_id: Set(e.project_id),
-                token_id: Set(e.token_id),
-                token_hint: Set(e.token_hint.clone()),
-                request_id: Set(e.request_id.clone()),
-                result: Set(e.result.as_str().to_owned()),
-                details: Set(e.details.clone()),
-            }))
-            .exec_without_returning(&txn)
-            .await?;
-        }
-        let backend = txn.get_database_backend();
-        for chunk in usage.chunks(super::usage_rows::ROWS_PER_STATEMENT) {
-            txn.execute_raw(super::usage_rows::insert(backend, chunk))
-                .await?;
-        }
-        txn.commit().await
+        write(db, async |txn| insert_records_in(txn, audits, usage).await).await
     }
+}
+
+async fn insert_records_in(
+    txn: &sea_orm::DatabaseTransaction,
+    audits: &[AuditEvent],
+    usage: &[UsageRow],
+) -> Result<(), DbErr> {
+    for chunk in audits.chunks(200) {
+        audit_events::Entity::insert_many(chunk.iter().map(|e| audit_events::ActiveModel {
+            id: Set(e.id),
+            timestamp: Set(e.timestamp),
+            action: Set(e.action.to_owned()),
+            actor: Set(e.actor.clone()),
+            client_ip: Set(e.client_ip.clone()),
+            project_id: Set(e.project_id),
+            token_id: Set(e.token_id),
+            token_hint: Set(e.token_hint.clone()),
+            request_id: Set(e.request_id.clone()),
+            result: Set(e.result.as_str().to_owned()),
+            details: Set(e.details.clone()),
+        }))
+        .exec_without_returning(txn)
+        .await?;
+    }
+    let backend = txn.get_database_backend();
+    for chunk in usage.chunks(super::usage_rows::ROWS_PER_STATEMENT) {
+        txn.execute_raw(super::usage_rows::insert(backend, chunk))
+            .await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -226,7 +239,7 @@ impl Mutation {
                 i64::try_from(limit).unwrap_or(i64::MAX).into(),
             ],
         );
-        Ok(db.execute_raw(stmt).await?.rows_affected())
+        Ok(reported(db.execute_raw(stmt).await)?.rows_affected())
     }
 }
 

@@ -49,7 +49,7 @@ impl Sessions {
         role: &str,
         now: DateTime<Utc>,
     ) -> Result<users::Model, DbErr> {
-        users::ActiveModel {
+        let out = users::ActiveModel {
             id: Set(Uuid::now_v7()),
             username: Set(username.to_lowercase()),
             password_hash: Set(password_hash),
@@ -58,7 +58,8 @@ impl Sessions {
             deleted_at: Set(None),
         }
         .insert(db)
-        .await
+        .await;
+        crate::db::reported(out)
     }
 
     pub async fn list_users(
@@ -85,19 +86,20 @@ impl Sessions {
         let Some(user) = Self::live_user(db, id).await? else {
             return Ok(None);
         };
-        let txn = crate::db::begin_write(db).await?;
-        users::Entity::update_many()
-            .col_expr(users::Column::DeletedAt, Expr::value(now))
-            .filter(users::Column::Id.eq(id))
-            .exec(&txn)
-            .await?;
-        refresh_tokens::Entity::update_many()
-            .col_expr(refresh_tokens::Column::RevokedAt, Expr::value(now))
-            .filter(refresh_tokens::Column::UserId.eq(id))
-            .filter(refresh_tokens::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
+        crate::db::write(db, async |txn| {
+            users::Entity::update_many()
+                .col_expr(users::Column::DeletedAt, Expr::value(now))
+                .filter(users::Column::Id.eq(id))
+                .exec(txn)
+                .await?;
+            refresh_tokens::Entity::update_many()
+                .col_expr(refresh_tokens::Column::RevokedAt, Expr::value(now))
+                .filter(refresh_tokens::Column::UserId.eq(id))
+                .filter(refresh_tokens::Column::RevokedAt.is_null())
+                .exec(txn)
+                .await
+        })
+        .await?;
         Ok(Some(user))
     }
 
@@ -109,7 +111,7 @@ impl Sessions {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), DbErr> {
-        refresh_tokens::ActiveModel {
+        let out = refresh_tokens::ActiveModel {
             id: Set(Uuid::now_v7()),
             user_id: Set(user),
             family_id: Set(family),
@@ -120,8 +122,8 @@ impl Sessions {
             created_at: Set(now),
         }
         .insert(db)
-        .await
-        .map(|_| ())
+        .await;
+        crate::db::reported(out).map(|_| ())
     }
 
     pub async fn refresh_by_hash(
@@ -147,8 +149,8 @@ impl Sessions {
             .filter(refresh_tokens::Column::SpentAt.is_null())
             .filter(refresh_tokens::Column::RevokedAt.is_null())
             .exec(db)
-            .await?;
-        Ok(r.rows_affected == 1)
+            .await;
+        Ok(crate::db::reported(r)?.rows_affected == 1)
     }
 
     pub async fn revoke_family(
@@ -161,8 +163,8 @@ impl Sessions {
             .filter(refresh_tokens::Column::FamilyId.eq(family))
             .filter(refresh_tokens::Column::RevokedAt.is_null())
             .exec(db)
-            .await?;
-        Ok(r.rows_affected)
+            .await;
+        Ok(crate::db::reported(r)?.rows_affected)
     }
 
     pub async fn family_revoked(db: &DatabaseConnection, family: Uuid) -> Result<bool, DbErr> {
@@ -183,14 +185,15 @@ impl Sessions {
             jti: Set(jti),
             expires_at: Set(expires_at),
         };
-        match revoked_jtis::Entity::insert(row)
+        let out = match revoked_jtis::Entity::insert(row)
             .on_conflict_do_nothing()
             .exec(db)
             .await
         {
             Ok(_) | Err(DbErr::RecordNotInserted) => Ok(()),
             Err(e) => Err(e),
-        }
+        };
+        crate::db::reported(out)
     }
 
     pub async fn jti_revoked(db: &DatabaseConnection, jti: Uuid) -> Result<bool, DbErr> {
@@ -202,6 +205,10 @@ impl Sessions {
 
     /// Drops revoked ids past their expiry and refresh tokens expired a day ago.
     pub async fn cleanup(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<u64, DbErr> {
+        crate::db::reported(Self::cleanup_in(db, now).await)
+    }
+
+    async fn cleanup_in(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<u64, DbErr> {
         let a = revoked_jtis::Entity::delete_many()
             .filter(revoked_jtis::Column::ExpiresAt.lt(now))
             .exec(db)

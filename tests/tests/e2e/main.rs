@@ -33,6 +33,7 @@ mod rate_limits;
 mod secrets;
 mod shutdown;
 mod slow_clients;
+mod storage_faults;
 mod third_party_upstream;
 mod tls;
 mod upstream_dialects;

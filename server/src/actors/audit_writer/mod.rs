@@ -10,15 +10,19 @@
 //! runs as two threads that take turns, an idle-priority one while it keeps up and
 //! a nice-10 one while it is behind (`scheduling` says why). The one on duty
 //! takes records in batches (`audit.batch_size`, or whatever arrived within
-//! `audit.flush_interval`), appends the audit events to `audit.file` as JSON lines,
-//! writes the batch to the database in one transaction, and only then frees its
-//! slots. A failed database write is retried with backoff until it succeeds; the
-//! batch keeps its slots meanwhile, pushing back on producers instead of losing
-//! records.
+//! `audit.flush_interval`), appends the audit events to `audit.file` as JSON
+//! lines (`jsonl`), writes the batch to the database in one transaction, and only
+//! then frees its slots. A failed write (file or database) is retried with backoff
+//! until it succeeds (`store`, `retry`); the batch keeps its slots meanwhile,
+//! pushing back on producers instead of losing records, and while the buffer is
+//! full producers are refused at once instead of waiting (`sink`).
 //!
 //! Shutdown: [`AuditHandle::drain`] refuses new records after the HTTP server has
-//! drained, writes everything queued or still reserved, and returns.
+//! drained, writes everything queued or still reserved, and returns what it could
+//! not write in time ([`DrainReport`]).
 
+mod jsonl;
+mod retry;
 mod scheduling;
 mod sink;
 mod store;
@@ -34,9 +38,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use self::jsonl::AuditFile;
 use self::scheduling::Role;
-use self::sink::Slots;
-pub use self::sink::{AuditSink, UsageSlot};
+use self::sink::{AUDIT, Queued, Slots, USAGE};
+pub use self::sink::{AuditSink, StorageFailing, UsageSlot};
 
 // === Records ===
 
@@ -139,9 +144,11 @@ const STARVED_GRACE: Duration = Duration::from_secs(1);
 /// What both writer threads share. The receiver's lock is held for a whole batch
 /// (linger, take, write), so one thread writes at a time.
 struct Shared {
-    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Record>>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued>>,
     slots: Arc<Slots>,
     settings: AuditSettings,
+    /// Only used under the `rx` lock, so never contended.
+    file: Option<std::sync::Mutex<AuditFile>>,
 }
 
 /// One writer thread (see `scheduling` for why there are two).
@@ -162,9 +169,10 @@ pub struct AuditHandle {
 
 impl AuditWriter {
     pub fn start(db: DatabaseConnection, settings: AuditSettings) -> std::io::Result<AuditHandle> {
-        if let Some(path) = &settings.file {
-            store::prepare_private_file(path)?;
-        }
+        let file = match &settings.file {
+            Some(path) => Some(std::sync::Mutex::new(AuditFile::open(path.clone())?)),
+            None => None,
+        };
         // Unbounded only in name: nothing is sent without a slot.
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Slots::new(settings.buffer.max(1)));
@@ -172,6 +180,7 @@ impl AuditWriter {
             rx: tokio::sync::Mutex::new(rx),
             slots: Arc::clone(&slots),
             settings,
+            file,
         });
         let (close_tx, close_rx) = watch::channel(false);
         let mut done = Vec::new();
@@ -195,18 +204,44 @@ impl AuditWriter {
     }
 }
 
+/// What a drain left unwritten (all zero: everything was written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrainReport {
+    pub audit_events: u64,
+    pub usage_records: u64,
+    /// Places still reserved by requests that never filled them.
+    pub reserved: u64,
+}
+
+impl DrainReport {
+    pub fn is_complete(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl AuditHandle {
-    /// Stops accepting records, writes everything queued or reserved, then returns.
-    pub async fn drain(self, timeout: Duration) {
+    /// Stops accepting records, writes everything queued or reserved, and returns
+    /// what it could not write within `timeout` (storage failing to the end).
+    pub async fn drain(self, timeout: Duration) -> DrainReport {
         let AuditHandle { sink, close, done } = self;
+        let slots = Arc::clone(&sink.slots);
         // Refuse new records; queued and reserved ones still come.
         sink.slots.free.close();
         drop(sink);
         let _ = close.send(true);
         let all = futures_util::future::join_all(done);
-        if tokio::time::timeout(timeout, all).await.is_err() {
-            tracing::error!("audit writer did not finish draining in time");
+        let finished = tokio::time::timeout(timeout, all).await.is_ok();
+        let unwritten = slots.unwritten();
+        let taken = slots.taken() as u64;
+        let report = DrainReport {
+            audit_events: unwritten[AUDIT],
+            usage_records: unwritten[USAGE],
+            reserved: taken.saturating_sub(unwritten[AUDIT] + unwritten[USAGE]),
+        };
+        if !finished && report.is_complete() {
+            tracing::warn!("audit writer did not stop in time, with nothing left to write");
         }
+        report
     }
 }
 
@@ -257,9 +292,9 @@ async fn run(
     shared: &Shared,
     mut close: watch::Receiver<bool>,
 ) {
-    let (settings, slots) = (&shared.settings, &*shared.slots);
+    let (settings, slots, file) = (&shared.settings, &*shared.slots, shared.file.as_ref());
     let full = settings.batch_size.min(slots.capacity / 2).max(1);
-    let due = |rx: &mpsc::UnboundedReceiver<Record>, held: usize| rx.len() + held >= full;
+    let due = |rx: &mpsc::UnboundedReceiver<Queued>, held: usize| rx.len() + held >= full;
     let mut batch = Vec::with_capacity(settings.batch_size);
     let mut next_retention = tokio::time::Instant::now();
     let mut purging = false;
@@ -316,7 +351,10 @@ async fn run(
                     _ = close.changed(), if !closing => continue,
                     () = slots.turn.notified(), if !closing => continue,
                     got = rx.recv() => match got {
-                        Some(r) => batch.push(r),
+                        Some(r) => {
+                            slots.set_oldest(Some(r.at));
+                            batch.push(r);
+                        }
                         None => break,
                     },
                     () = tokio::time::sleep(LINGER_POLL), if closing => continue,
@@ -346,9 +384,10 @@ async fn run(
             rx.recv_many(&mut batch, room).await;
         }
         if !batch.is_empty() {
-            let n = batch.len();
-            store::write_batch(db, settings, std::mem::take(&mut batch)).await;
-            slots.release(n);
+            let b = store::Batch::new(std::mem::take(&mut batch), settings, file.is_some());
+            let n = b.len();
+            let counts = store::write_batch(db, file, slots, b).await;
+            slots.release(counts);
             tracing::debug!(writer = ?role, records = n, "audit batch written");
             slots.update_pace();
         }

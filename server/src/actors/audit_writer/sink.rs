@@ -6,13 +6,45 @@
 //! in flight and in the writer's hands together (memory, and what
 //! `palisade_audit_backlog` reports), including a batch held while a failed write
 //! is retried.
+//!
+//! While the writer cannot write (its batch failed and is being retried) and no
+//! slot is free, waiting would only hang the client: [`AuditSink::reserve`] then
+//! refuses at once ([`StorageFailing`], a 503 on `/v1`), and so does a producer
+//! already waiting when the writer starts failing. A full buffer with a writer
+//! that works is ordinary backpressure: producers wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 
 use super::Record;
+
+/// A record on its way to the writer, with the moment it was handed over (for
+/// `palisade_audit_oldest_record_seconds`).
+pub(super) struct Queued {
+    pub(super) at: Instant,
+    pub(super) record: Record,
+}
+
+/// Records cannot be kept now: storage is failing and the buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageFailing;
+
+/// Index of a record's kind in the per-kind counters.
+pub(super) const AUDIT: usize = 0;
+pub(super) const USAGE: usize = 1;
+
+impl Record {
+    pub(super) fn kind(&self) -> usize {
+        match self {
+            Record::Audit(_) => AUDIT,
+            Record::Usage(_) => USAGE,
+        }
+    }
+}
 
 /// State shared by producers and the writer.
 pub(super) struct Slots {
@@ -23,10 +55,21 @@ pub(super) struct Slots {
     behind: AtomicBool,
     /// Wakes the writer threads when `behind` flips.
     pub(super) turn: Notify,
-    /// Records handed to the writer, and records committed: the difference is
-    /// what waits in the queue or in a batch (reservations not counted).
-    sent: AtomicU64,
-    written: AtomicU64,
+    /// Records handed to the writer, and records written, per kind ([`AUDIT`],
+    /// [`USAGE`]): the difference is what waits in the queue or in a batch
+    /// (reservations not counted).
+    sent: [AtomicU64; 2],
+    written: [AtomicU64; 2],
+    /// The writer's last attempt failed; it holds the batch and retries.
+    failing: AtomicBool,
+    /// Wakes producers waiting for a slot when `failing` is set.
+    failing_now: Notify,
+    /// Audit events given up on because storage was failing and the buffer full.
+    dropped: AtomicU64,
+    /// When the oldest record in the writer's hands was queued (nanoseconds
+    /// after `base`, plus one; 0: none).
+    oldest: AtomicU64,
+    base: Instant,
 }
 
 /// What the catch-up thread last saw of the writer's progress.
@@ -43,8 +86,56 @@ impl Slots {
             waited: AtomicU64::new(0),
             behind: AtomicBool::new(false),
             turn: Notify::new(),
-            sent: AtomicU64::new(0),
-            written: AtomicU64::new(0),
+            sent: Default::default(),
+            written: Default::default(),
+            failing: AtomicBool::new(false),
+            failing_now: Notify::new(),
+            dropped: AtomicU64::new(0),
+            oldest: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    fn total(counters: &[AtomicU64; 2]) -> u64 {
+        counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Records handed to the writer and not yet written, per kind.
+    pub(super) fn unwritten(&self) -> [u64; 2] {
+        [AUDIT, USAGE].map(|k| {
+            self.sent[k]
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.written[k].load(Ordering::Relaxed))
+        })
+    }
+
+    /// The writer's attempt failed (`true`) or a batch was written (`false`).
+    pub(super) fn set_failing(&self, failing: bool) {
+        if self.failing.swap(failing, Ordering::AcqRel) != failing && failing {
+            self.failing_now.notify_waiters();
+        }
+    }
+
+    pub(super) fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// The batch now in the writer's hands was queued first at `at` (`None`: no
+    /// batch in hand).
+    pub(super) fn set_oldest(&self, at: Option<Instant>) {
+        let v = at.map_or(0, |at| {
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+                .unwrap_or(u64::MAX - 1)
+                + 1
+        });
+        self.oldest.store(v, Ordering::Relaxed);
+    }
+
+    /// How long the oldest record in the writer's hands has waited.
+    pub(super) fn oldest_age(&self) -> Duration {
+        match self.oldest.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            v => (self.base + Duration::from_nanos(v - 1)).elapsed(),
         }
     }
 
@@ -52,8 +143,8 @@ impl Slots {
     /// thread gets no CPU (every core busy with other work), so being "behind" by
     /// count would never be noticed. Called by the catch-up thread's poll.
     pub(super) fn starved(&self, watch: &mut StallWatch, after: std::time::Duration) -> bool {
-        let written = self.written.load(Ordering::Relaxed);
-        if self.sent.load(Ordering::Relaxed) <= written {
+        let written = Self::total(&self.written);
+        if Self::total(&self.sent) <= written {
             watch.seen = None;
             return false;
         }
@@ -100,23 +191,25 @@ impl Slots {
         self.capacity.saturating_sub(self.free.available_permits())
     }
 
-    /// Gives back the slots of committed records.
-    pub(super) fn release(&self, n: usize) {
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
-        self.free.add_permits(n);
+    /// Gives back the slots of written records (`counts` per kind).
+    pub(super) fn release(&self, counts: [usize; 2]) {
+        for k in [AUDIT, USAGE] {
+            self.written[k].fetch_add(counts[k] as u64, Ordering::Relaxed);
+        }
+        self.free.add_permits(counts[AUDIT] + counts[USAGE]);
     }
 }
 
 #[derive(Clone)]
 pub struct AuditSink {
-    pub(super) tx: mpsc::UnboundedSender<Record>,
+    pub(super) tx: mpsc::UnboundedSender<Queued>,
     pub(super) slots: Arc<Slots>,
 }
 
 /// The place of one record, taken at admission and filled when the response ends
 /// (often in a `Drop`, which cannot wait). Dropped unfilled, it frees its slot.
 pub struct UsageSlot {
-    tx: mpsc::UnboundedSender<Record>,
+    tx: mpsc::UnboundedSender<Queued>,
     permit: OwnedSemaphorePermit,
     slots: Arc<Slots>,
 }
@@ -125,44 +218,107 @@ impl UsageSlot {
     pub fn send(self, record: Record) {
         // The slot now belongs to the record; the writer frees it after the commit.
         self.permit.forget();
-        self.slots.sent.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(record).is_err() {
+        self.slots.sent[record.kind()].fetch_add(1, Ordering::Relaxed);
+        let queued = Queued {
+            at: Instant::now(),
+            record,
+        };
+        if self.tx.send(queued).is_err() {
             tracing::error!("audit writer is gone; record not written");
         }
     }
 }
 
 impl AuditSink {
-    /// Queues a record; waits for a free slot when the buffer is full, never drops.
+    /// Queues a record; waits for a free slot when the buffer is full. While
+    /// storage fails with the buffer full, the record is given up on (counted in
+    /// `palisade_audit_dropped_total`, logged): only audit events of refused
+    /// requests get here then, since `/v1` and management writes are refused
+    /// first ([`Self::check_room`]).
     pub async fn record(&self, record: Record) {
-        if let Some(slot) = self.reserve().await {
-            slot.send(record);
+        match self.reserve().await {
+            Ok(Some(slot)) => slot.send(record),
+            Ok(None) => {}
+            Err(StorageFailing) => {
+                let n = self.slots.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first one, then one line per thousand.
+                if n % 1000 == 1 {
+                    tracing::error!(
+                        dropped = n,
+                        "storage is failing and the audit buffer is full; audit event not kept"
+                    );
+                }
+            }
         }
     }
 
     /// Reserves the place of one record, waiting when the buffer is full: so a
     /// record can never be dropped, and when the writer falls behind it is new
-    /// requests that wait, not records that vanish. `None` once the writer is
-    /// closed.
-    pub async fn reserve(&self) -> Option<UsageSlot> {
+    /// requests that wait, not records that vanish. `Ok(None)` once the writer is
+    /// closed; [`StorageFailing`] at once, instead of waiting, while the writer
+    /// cannot write and no slot is free.
+    pub async fn reserve(&self) -> Result<Option<UsageSlot>, StorageFailing> {
         let free = &self.slots.free;
         let permit = match Arc::clone(free).try_acquire_owned() {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::NoPermits) => {
+                if self.slots.is_failing() {
+                    return Err(StorageFailing);
+                }
                 self.slots.waited.fetch_add(1, Ordering::Relaxed);
                 self.slots.set_behind(true);
-                match Arc::clone(free).acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return closed(),
+                let failing = self.slots.failing_now.notified();
+                tokio::pin!(failing);
+                // Registered before the check: a flip in between still wakes us.
+                failing.as_mut().enable();
+                if self.slots.is_failing() {
+                    return Err(StorageFailing);
+                }
+                tokio::select! {
+                    got = Arc::clone(free).acquire_owned() => match got {
+                        Ok(p) => p,
+                        Err(_) => return Ok(closed()),
+                    },
+                    () = failing => return Err(StorageFailing),
                 }
             }
-            Err(tokio::sync::TryAcquireError::Closed) => return closed(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Ok(closed()),
         };
-        Some(UsageSlot {
+        Ok(Some(UsageSlot {
             tx: self.tx.clone(),
             permit,
             slots: Arc::clone(&self.slots),
-        })
+        }))
+    }
+
+    /// `Err` while the writer cannot write and no slot is free: a request that
+    /// would need a record is refused before it does anything.
+    pub fn check_room(&self) -> Result<(), StorageFailing> {
+        if self.slots.is_failing() && self.slots.free.available_permits() == 0 {
+            return Err(StorageFailing);
+        }
+        Ok(())
+    }
+
+    /// Whether the writer's last attempt failed (it holds the batch and retries).
+    pub fn is_failing(&self) -> bool {
+        self.slots.is_failing()
+    }
+
+    /// Records handed to the writer and not yet written (audit events and usage
+    /// records; reservations of running requests not counted).
+    pub fn waiting(&self) -> u64 {
+        self.slots.unwritten().iter().sum()
+    }
+
+    /// How long the oldest record in the writer's hands has waited.
+    pub fn oldest_age(&self) -> Duration {
+        self.slots.oldest_age()
+    }
+
+    /// Audit events given up on while storage failed with the buffer full.
+    pub fn dropped(&self) -> u64 {
+        self.slots.dropped.load(Ordering::Relaxed)
     }
 
     /// How many times a producer had to wait for a free slot.
@@ -193,7 +349,7 @@ mod tests {
         let mut watch = StallWatch::default();
         let after = Duration::from_secs(1);
         assert!(!slots.starved(&mut watch, after), "nothing sent");
-        slots.sent.fetch_add(2, Ordering::Relaxed);
+        slots.sent[USAGE].fetch_add(2, Ordering::Relaxed);
         assert!(
             !slots.starved(&mut watch, after),
             "first sight starts the clock"
@@ -201,7 +357,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(900)).await;
         assert!(!slots.starved(&mut watch, after));
         // A commit is progress: the clock starts again.
-        slots.release(1);
+        slots.release([0, 1]);
         assert!(!slots.starved(&mut watch, after));
         tokio::time::advance(Duration::from_millis(900)).await;
         assert!(!slots.starved(&mut watch, after));
@@ -211,8 +367,87 @@ mod tests {
             "one record waited a second"
         );
         // Everything written: not starved, whatever the time.
-        slots.release(1);
+        slots.release([0, 1]);
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(!slots.starved(&mut watch, after));
+    }
+    fn sink(capacity: usize) -> (AuditSink, mpsc::UnboundedReceiver<Queued>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let slots = Arc::new(Slots::new(capacity));
+        (AuditSink { tx, slots }, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_buffer_with_a_working_writer_makes_producers_wait() {
+        let (sink, _rx) = sink(1);
+        let held = sink.reserve().await.unwrap().unwrap();
+        assert!(sink.check_room().is_ok(), "full but not failing");
+        let waiting = sink.reserve();
+        tokio::pin!(waiting);
+        let waited = tokio::time::timeout(Duration::from_secs(30), waiting.as_mut()).await;
+        assert!(waited.is_err(), "still waiting for the slot");
+        assert_eq!(sink.waited(), 1);
+        drop(held);
+        assert!(waiting.await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_buffer_while_storage_fails_refuses_at_once_and_wakes_waiters() {
+        let (sink, _rx) = sink(1);
+        let held = sink.reserve().await.unwrap().unwrap();
+        let waiting = sink.reserve();
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), waiting.as_mut())
+                .await
+                .is_err()
+        );
+        // The writer's batch fails: the waiter is refused, new ones at once.
+        sink.slots.set_failing(true);
+        assert_eq!(waiting.await.err(), Some(StorageFailing));
+        assert_eq!(sink.reserve().await.err(), Some(StorageFailing));
+        assert_eq!(sink.check_room(), Err(StorageFailing));
+        // With a free slot, records are still taken while failing (they wait in
+        // the buffer); audit events beyond it are dropped and counted.
+        drop(held);
+        assert!(sink.check_room().is_ok());
+        sink.record(Record::Audit(Box::new(event()))).await;
+        assert_eq!(sink.dropped(), 0);
+        assert_eq!(sink.waiting(), 1);
+        sink.record(Record::Audit(Box::new(event()))).await;
+        assert_eq!(sink.dropped(), 1);
+        // Written again: producers wait instead of being refused.
+        sink.slots.set_failing(false);
+        assert!(sink.check_room().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_record_age_counts_from_when_it_was_queued() {
+        let slots = Slots::new(4);
+        assert_eq!(slots.oldest_age(), Duration::ZERO);
+        let at = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        slots.set_oldest(Some(at));
+        assert_eq!(slots.oldest_age(), Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(slots.oldest_age(), Duration::from_secs(5));
+        slots.set_oldest(None);
+        assert_eq!(slots.oldest_age(), Duration::ZERO);
+    }
+
+    fn event() -> super::super::AuditEvent {
+        super::super::AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            timestamp: crate::time::now(),
+            action: "token.revoke",
+            actor: "t".into(),
+            client_ip: None,
+            project_id: None,
+            token_id: None,
+            token_hint: None,
+            request_id: None,
+            result: super::super::AuditResult::Success,
+            details: serde_json::json!({}),
+        }
     }
 }

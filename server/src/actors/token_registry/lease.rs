@@ -66,10 +66,9 @@ impl Registry {
                 .max(counters.lease.load(Ordering::Acquire));
             let lease = (from + lease_chunk(max)).min(max);
             if let Err(e) = Mutation::write_request_lease(&self.db, token.id.0, lease).await {
-                tracing::error!(error = %e, token_id = %token.id, "cannot write a request lease; refusing the request");
-                return Err(ProxyError::Unavailable(
-                    "The request quota cannot be recorded right now.".into(),
-                ));
+                // The write health logs the outage once; not a line per request.
+                tracing::debug!(error = %e, token_id = %token.id, "cannot write a request lease; refusing the request");
+                return Err(ProxyError::StorageUnavailable);
             }
             counters.lease.fetch_max(lease, Ordering::AcqRel);
         }

@@ -73,6 +73,7 @@ fn addr_after(line: &str, marker: &str) -> String {
 }
 
 mod mock;
+pub mod smallfs;
 pub use mock::Mock;
 
 // === Gateway ===
@@ -82,6 +83,7 @@ pub struct GatewayBuilder {
     extra: String,
     env: Vec<(String, String)>,
     dir: Option<tempfile::TempDir>,
+    wrap: Vec<String>,
 }
 
 pub struct Gateway {
@@ -91,6 +93,7 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     config_path: PathBuf,
     env: Vec<(String, String)>,
+    wrap: Vec<String>,
 }
 
 pub fn gateway() -> GatewayBuilder {
@@ -100,6 +103,7 @@ pub fn gateway() -> GatewayBuilder {
         extra: String::new(),
         env: Vec::new(),
         dir: None,
+        wrap: Vec::new(),
     }
 }
 
@@ -135,6 +139,15 @@ impl GatewayBuilder {
     /// Reuse a data directory (restart scenarios).
     pub fn dir(mut self, dir: tempfile::TempDir) -> Self {
         self.dir = Some(dir);
+        self
+    }
+
+    /// Starts the gateway through this command (program and arguments), which
+    /// must end by executing its remaining arguments (the `palisade serve`
+    /// command line), so the process is still the gateway (the storage fault
+    /// tests run it in its own mount namespace).
+    pub fn wrap(mut self, command: Vec<String>) -> Self {
+        self.wrap = command;
         self
     }
 
@@ -180,7 +193,7 @@ impl GatewayBuilder {
         ];
         env.extend(self.env);
         let logs = Arc::new(Mutex::new(String::new()));
-        let (child, url) = spawn_gateway(&config_path, dir.path(), &env, &logs);
+        let (child, url) = spawn_gateway(&config_path, dir.path(), &env, &logs, &self.wrap);
         Gateway {
             child: Some(child),
             url,
@@ -188,6 +201,7 @@ impl GatewayBuilder {
             dir,
             config_path,
             env,
+            wrap: self.wrap,
         }
     }
 }
@@ -197,8 +211,16 @@ fn spawn_gateway(
     cwd: &Path,
     env: &[(String, String)],
     logs: &Arc<Mutex<String>>,
+    wrap: &[String],
 ) -> (Child, String) {
-    let mut cmd = Command::new(palisade_bin());
+    let mut cmd = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(palisade_bin());
+            cmd
+        }
+        None => Command::new(palisade_bin()),
+    };
     cmd.args(["serve", "--config"])
         .arg(config)
         .current_dir(cwd)
@@ -235,13 +257,14 @@ impl Gateway {
         self.child.as_ref().unwrap().id()
     }
 
-    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    /// SIGTERM, then wait (up to 20 s: a drain against failing storage takes 10) for
+    /// a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        for _ in 0..200 {
+        for _ in 0..400 {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.code();
             }
@@ -273,7 +296,13 @@ impl Gateway {
 
     /// Starts a terminated gateway again (same config, database and environment).
     pub fn start_again(&mut self) {
-        let (child, url) = spawn_gateway(&self.config_path, self.dir.path(), &self.env, &self.logs);
+        let (child, url) = spawn_gateway(
+            &self.config_path,
+            self.dir.path(),
+            &self.env,
+            &self.logs,
+            &self.wrap,
+        );
         self.child = Some(child);
         self.url = url;
     }

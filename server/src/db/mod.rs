@@ -7,18 +7,32 @@
 //! * Every write transaction is opened `BEGIN IMMEDIATE` ([`begin_write`]): a
 //!   deferred transaction that upgrades from read to write gets `SQLITE_BUSY` at once,
 //!   without waiting for the busy timeout.
+//! * Writes go through [`write`] (or report to [`health()`] themselves): a failed
+//!   write makes [`WriteHealth`] say so (`/ready`, `/metrics`) and keeps every
+//!   connection that may have seen it out of the pool ([`keep_on_release`]).
+//! * A connection is given [`ACQUIRE_TIMEOUT`] at most: a request that cannot get
+//!   one fails fast instead of queueing behind a stuck pool.
+
+mod health;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::pool::PoolConnectionMetadata;
+use sea_orm::sqlx::sqlite::{SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr,
     SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
+pub use self::health::{WriteHealth, health, is_storage_failure};
 use crate::config::{DatabaseConfig, InitError};
+
+/// How long a caller waits for a pooled connection before failing (503 on the
+/// management API). Connections are only ever held for one statement or one
+/// short transaction, so a longer wait means something is stuck.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Opens the pool (creating the data directory `0700` and the file `0600` first).
 pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, InitError> {
@@ -53,13 +67,16 @@ async fn open(cfg: &DatabaseConfig, size: Option<u32>) -> Result<DatabaseConnect
         None => u32::try_from(cfg.max_connections).unwrap_or(u32::MAX),
     })
     .min_connections(1)
-    .acquire_timeout(Duration::from_secs(10))
+    .acquire_timeout(ACQUIRE_TIMEOUT)
     .sqlx_logging(false)
     .map_sqlx_sqlite_opts(move |o| {
         o.journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(busy)
             .foreign_keys(true)
+    })
+    .map_sqlx_sqlite_pool_opts(|o| {
+        o.after_release(|conn, meta| Box::pin(async move { Ok(keep_on_release(conn, &meta)) }))
     });
     Database::connect(opts)
         .await
@@ -72,13 +89,90 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), InitError> {
         .map_err(|e| InitError::Database(format!("migrations failed: {e}")))
 }
 
+/// Whether a connection handed back to the pool may be used again ([`health`]
+/// explains both rules). Runs on every release: two atomic loads.
+pub fn keep_on_release(conn: &SqliteConnection, meta: &PoolConnectionMetadata) -> bool {
+    use sea_orm::sqlx::Connection;
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a database connection left inside a transaction");
+        return false;
+    }
+    if health().predates_last_failure(meta.age) {
+        tracing::debug!("closing a database connection that may have seen a failed write");
+        return false;
+    }
+    true
+}
+
 /// Starts a write transaction that holds the write lock from its first statement.
+/// Prefer [`write`], which also reports the outcome to [`health()`].
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
     db.begin_with_options(TransactionOptions {
         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
         ..Default::default()
     })
     .await
+}
+
+/// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it; the outcome
+/// (begin, statements and commit alike) goes to [`health()`]. On an error the
+/// transaction is dropped, which rolls it back and hands its connection to
+/// [`keep_on_release`].
+pub async fn write<T>(
+    db: &DatabaseConnection,
+    f: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, DbErr>,
+) -> Result<T, DbErr> {
+    let out = async {
+        let txn = begin_write(db).await?;
+        let v = f(&txn).await?;
+        txn.commit().await?;
+        Ok(v)
+    }
+    .await;
+    reported(out)
+}
+
+/// While writes are failing, checks at most once per [`PROBE_EVERY`] whether they
+/// work again, with a write that changes nothing yet needs the disk: rewriting
+/// `PRAGMA user_version` with its own value dirties the header page, so the commit
+/// writes a WAL frame. Without it, an unready gateway that gets no traffic (taken
+/// out of its load balancer by `/ready`) would never write again, and so never
+/// learn that storage recovered.
+pub async fn probe_if_failing(db: &DatabaseConnection) {
+    if !health().is_failing() || !health().probe_due(PROBE_EVERY) {
+        return;
+    }
+    let out = write(db, async |txn| {
+        use sea_orm::ConnectionTrait;
+        let v: i64 = txn
+            .query_one_raw(sea_orm::Statement::from_string(
+                txn.get_database_backend(),
+                "PRAGMA user_version",
+            ))
+            .await?
+            .map(|r| r.try_get_by_index(0))
+            .transpose()?
+            .unwrap_or(0);
+        txn.execute_unprepared(&format!("PRAGMA user_version = {v}"))
+            .await
+            .map(|_| ())
+    })
+    .await;
+    if let Err(e) = out {
+        tracing::debug!(error = %e, "database write probe failed");
+    }
+}
+
+/// How often [`probe_if_failing`] may write.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Reports a single-statement write's outcome to [`health()`] and passes it on.
+pub fn reported<T>(out: Result<T, DbErr>) -> Result<T, DbErr> {
+    match &out {
+        Ok(_) => health().succeeded(),
+        Err(e) => health().failed(e),
+    }
+    out
 }
 
 /// The file behind a `sqlite:` URL, or `None` for in-memory databases.
@@ -141,5 +235,29 @@ mod tests {
             Some(PathBuf::from("/tmp/x.db"))
         );
         assert_eq!(sqlite_file_path("sqlite::memory:"), None);
+    }
+
+    #[actix_rt::test]
+    async fn a_probe_write_clears_failing_once_the_database_takes_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DatabaseConfig {
+            url: crate::secret::Secret::new(format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("p.db").display()
+            )),
+            ..Default::default()
+        };
+        let db = connect(&cfg).await.unwrap();
+        migrate(&db).await.unwrap();
+        let io = DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Io(std::io::Error::other("disk full")),
+        )));
+        health().failed(&io);
+        assert!(health().is_failing());
+        probe_if_failing(&db).await;
+        assert!(!health().is_failing(), "the probe's write went through");
+        // The connection that existed at the failure was closed, not reused:
+        // the pool still serves.
+        crate::service::query::Query::ping(&db).await.unwrap();
     }
 }
