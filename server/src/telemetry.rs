@@ -2,12 +2,23 @@
 //! written by a background thread (tracing-appender) so an actix worker never
 //! blocks on stderr. `RUST_LOG` overrides `logging.level`.
 
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
 
 const DISPATCHER_OFF: &str = "actix_http::h1::dispatcher=off";
+
+/// The log's writer when lines are JSON, for the access log, which writes its
+/// lines itself (the same shape as the JSON formatter's, at a fraction of the cost:
+/// `access_log`).
+static JSON_LINES: std::sync::OnceLock<NonBlocking> = std::sync::OnceLock::new();
+
+/// Where finished JSON log lines can be written directly; `None` when lines are
+/// not JSON (or logging is not set up).
+pub fn json_lines() -> Option<&'static NonBlocking> {
+    JSON_LINES.get()
+}
 
 /// Installs the global subscriber; keep the guard alive until exit so buffered
 /// lines are flushed.
@@ -28,6 +39,9 @@ pub fn init(cfg: &LoggingConfig) -> WorkerGuard {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
+    if cfg.format == LogFormat::Json {
+        let _ = JSON_LINES.set(writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
