@@ -22,7 +22,7 @@ use actix_web::error::PayloadError;
 use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes};
 use futures_util::Stream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::state::{ConnHandle, InFlight};
 use crate::app::AppState;
@@ -56,10 +56,13 @@ pub fn is_timeout(e: &PayloadError) -> bool {
 }
 
 /// A request body that fails with `TimedOut` once `timeout` has passed since it
-/// was first read.
+/// was first read. The deadline is checked on every read; a timer is registered
+/// only when a read has to wait, so a body already received (nearly every
+/// one) costs a clock read, not a timer.
 pub struct BodyDeadline {
     inner: Payload,
     timeout: Duration,
+    due: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
     expired: bool,
 }
@@ -69,9 +72,19 @@ impl BodyDeadline {
         Self {
             inner,
             timeout,
+            due: None,
             sleep: None,
             expired: false,
         }
+    }
+
+    fn expire(&mut self) -> Poll<Option<Result<Bytes, PayloadError>>> {
+        self.expired = true;
+        crate::metrics::global().client_error("body_timeout");
+        Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the request body was not received within server.client_body_timeout",
+        )))))
     }
 }
 
@@ -83,20 +96,24 @@ impl Stream for BodyDeadline {
         if this.expired {
             return Poll::Ready(None);
         }
-        let timeout = this.timeout;
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        let now = Instant::now();
+        let due = *this.due.get_or_insert(now + this.timeout);
         // The deadline first: a drip that keeps data ready must not outrun it.
-        if sleep.as_mut().poll(cx).is_ready() {
-            this.expired = true;
-            crate::metrics::global().client_error("body_timeout");
-            return Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the request body was not received within server.client_body_timeout",
-            )))));
+        if now >= due {
+            return this.expire();
         }
-        Pin::new(&mut this.inner).poll_next(cx)
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Pending => {
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.expire(),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => ready,
+        }
     }
 }
 

@@ -26,37 +26,55 @@ use super::refusal;
 use super::state::ConnHandle;
 
 /// The head timer: armed for one generation of [`ConnHandle::started`].
+///
+/// Arming only notes the deadline; the timer itself is registered only when a
+/// read would wait while armed (a head still incomplete). A head that arrives in
+/// one read, as nearly all do, never touches the runtime's timer wheel.
 struct HeadTimer {
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
-    armed: Option<u64>,
+    /// The generation whose head is awaited, and when it is due.
+    armed: Option<(u64, Instant)>,
 }
 
 impl HeadTimer {
     /// Armed from the start: the first head must arrive in time too.
     fn new(timeout: Duration, conn: &ConnHandle) -> Self {
+        let due = Instant::now() + timeout;
         Self {
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
-            armed: Some(conn.started()),
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            armed: Some((conn.started(), due)),
         }
     }
 
     /// Disarms once the awaited head reached the application; arms when bytes
     /// arrive while the connection is idle (the start of the next head).
     fn update(&mut self, conn: &ConnHandle, got_bytes: bool) {
-        if self.armed.is_some_and(|g| g != conn.started()) {
+        if self.armed.is_some_and(|(g, _)| g != conn.started()) {
             self.armed = None;
         }
         if self.armed.is_none() && got_bytes && conn.idle() {
-            self.armed = Some(conn.started());
-            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+            self.armed = Some((conn.started(), Instant::now() + self.timeout));
         }
     }
 
-    /// Registers the waker while armed.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready()
+    /// Whether the armed head is overdue; when the read is about to wait
+    /// (`waiting`), also registers the waker for the deadline.
+    fn expired(&mut self, cx: &mut Context<'_>, waiting: bool) -> bool {
+        let Some((_, due)) = self.armed else {
+            return false;
+        };
+        if Instant::now() >= due {
+            return true;
+        }
+        if !waiting {
+            return false;
+        }
+        if self.sleep.deadline() != due {
+            self.sleep.as_mut().reset(due);
+        }
+        self.sleep.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -157,7 +175,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         let got_bytes = buf.filled().len() > before;
         this.head.update(&this.conn, got_bytes);
-        if this.head.expired(cx) {
+        if this.head.expired(cx, read.is_pending()) {
             buf.set_filled(before);
             this.cut_head(cx);
             return Poll::Ready(Ok(()));
