@@ -118,6 +118,9 @@ fn emit(line: Line) {
 /// saturation. Otherwise (`logging.format: pretty`) each line is a `tracing` event.
 struct Burst {
     text: String,
+    /// When the burst is written, as the formatter writes timestamps: the lines
+    /// of one burst are written together, so they share it.
+    timestamp: String,
     /// The log's writer while lines are JSON and `palisade::access` is enabled
     /// (checked once per burst: `RUST_LOG` can switch it off).
     json: Option<tracing_appender::non_blocking::NonBlocking>,
@@ -127,6 +130,7 @@ impl Burst {
     fn new() -> Self {
         Self {
             text: String::with_capacity(64 * 1024),
+            timestamp: String::new(),
             json: None,
         }
     }
@@ -135,11 +139,16 @@ impl Burst {
         self.json = crate::telemetry::json_lines()
             .filter(|_| tracing::enabled!(target: "palisade::access", tracing::Level::INFO))
             .cloned();
+        self.timestamp.clear();
+        if self.json.is_some() {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            self.timestamp.push_str(&now);
+        }
     }
 
     fn add(&mut self, line: &Line) {
         match self.json {
-            Some(_) => line.format_json(&mut self.text, chrono::Utc::now()),
+            Some(_) => line.format_json(&mut self.text, &self.timestamp),
             None => line.event(),
         }
     }
@@ -158,6 +167,7 @@ impl Burst {
     fn one(line: &Line) {
         let mut burst = Burst {
             text: String::with_capacity(512),
+            timestamp: String::new(),
             json: None,
         };
         burst.open();
@@ -274,14 +284,12 @@ impl Line {
 
     /// Appends the line as JSON (and a newline) to `out`; fields without a value
     /// are left out, as the formatter leaves out `None`s.
-    fn format_json(&self, out: &mut String, now: chrono::DateTime<chrono::Utc>) {
+    fn format_json(&self, out: &mut String, timestamp: &str) {
         use std::fmt::Write;
         let n = &self.note;
-        let _ = write!(
-            out,
-            r#"{{"timestamp":"{}","level":"INFO","message":"access","method":"#,
-            now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        );
+        out.push_str(r#"{"timestamp":""#);
+        out.push_str(timestamp);
+        out.push_str(r#"","level":"INFO","message":"access","method":"#);
         json_str(out, self.method.as_str());
         out.push_str(r#","route":"#);
         json_str(out, &self.route);
@@ -341,6 +349,12 @@ impl Line {
 fn json_str(out: &mut String, s: &str) {
     use std::fmt::Write;
     out.push('"');
+    // Ids, routes and model names almost never need escaping: one quick scan.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut from = 0;
     for (i, b) in s.bytes().enumerate() {
         let escaped = match b {
@@ -436,7 +450,8 @@ mod tests {
 
     fn formatted(line: &Line) -> String {
         let mut out = String::new();
-        line.format_json(&mut out, chrono::Utc::now());
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        line.format_json(&mut out, &now);
         out
     }
 

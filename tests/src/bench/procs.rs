@@ -152,9 +152,15 @@ pub fn spawn_palisade(
         format!("audit: {{ file: \"{}/audit.jsonl\" }}\n", dir.display())
     };
     // `extra` may bring its own `server:` or `auth:` section instead of these.
+    // The bench's clients all connect from 127.0.0.1, as clients do through a load
+    // balancer: trusted as one, so that `server.max_connections_per_ip` (256 by
+    // default) does not refuse the open loop's connections (a key older builds
+    // under `--before` would not know).
     let server = match extra.contains("server:") {
         true => "",
-        false => "server: { listen: \"127.0.0.1:0\", workers: 1 }\n",
+        false => {
+            "server: { listen: \"127.0.0.1:0\", workers: 1, trusted_proxies: [\"127.0.0.1/32\"] }\n"
+        }
     };
     let auth = match extra.contains("auth:") {
         true => String::new(),
