@@ -93,7 +93,7 @@ pub async fn login(
     let permit = state.hasher.admit().await.map_err(busy)?;
     let user = Sessions::user_by_name(&state.db, &username)
         .await
-        .map_err(internal)?;
+        .map_err(ManageError::from)?;
     let ok = permit
         .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
         .await;
@@ -215,10 +215,10 @@ pub async fn logout(
     let now = crate::time::now();
     Sessions::revoke_jti(&state.db, user.jti, user.expires_at)
         .await
-        .map_err(internal)?;
+        .map_err(ManageError::from)?;
     Sessions::revoke_family(&state.db, user.family, now)
         .await
-        .map_err(internal)?;
+        .map_err(ManageError::from)?;
     audit_as(
         &state,
         &req,
