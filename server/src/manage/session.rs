@@ -44,6 +44,14 @@ fn internal(e: impl std::fmt::Display) -> ManageError {
     ManageError::Internal(e.to_string())
 }
 
+/// A session that could not be issued: storage failures answer 503.
+fn session_failed(e: sessions::SessionError) -> ManageError {
+    match e {
+        sessions::SessionError::Database(e) => e.into(),
+        sessions::SessionError::Token(m) => ManageError::Internal(m),
+    }
+}
+
 async fn audit_as(
     state: &AppState,
     req: &HttpRequest,
@@ -128,7 +136,7 @@ pub async fn login(
         crate::time::now(),
     )
     .await
-    .map_err(internal)?;
+    .map_err(session_failed)?;
     audit_as(
         &state,
         &req,
@@ -164,7 +172,7 @@ pub async fn refresh(
         crate::time::now(),
     )
     .await
-    .map_err(internal)?
+    .map_err(session_failed)?
     {
         Ok((pair, user)) => {
             audit_as(

@@ -122,6 +122,16 @@ impl std::fmt::Debug for TokenPair {
     }
 }
 
+/// Why a session could not be issued or refreshed (a failure, not a refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Storage failures among these become 503s, the rest 500s.
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("{0}")]
+    Token(String),
+}
+
 /// A new access token and refresh token in `family`.
 pub async fn issue_pair(
     db: &sea_orm::DatabaseConnection,
@@ -130,7 +140,7 @@ pub async fn issue_pair(
     role: Role,
     family: Uuid,
     now: DateTime<Utc>,
-) -> Result<TokenPair, String> {
+) -> Result<TokenPair, SessionError> {
     let ttl = auth.access_token_ttl.0;
     let (access, _) = jwt::issue(
         auth.jwt_secret.expose().as_bytes(),
@@ -139,7 +149,8 @@ pub async fn issue_pair(
         family,
         now,
         ttl,
-    )?;
+    )
+    .map_err(SessionError::Token)?;
     let refresh = Secret::new(format!(
         "rt-{}",
         &crate::secret::TokenSecret::generate().expose()[4..]
@@ -155,8 +166,7 @@ pub async fn issue_pair(
         expires,
         now,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     Ok(TokenPair {
         access_token: access,
         refresh_token: refresh.expose().to_owned(),
@@ -182,12 +192,9 @@ pub async fn refresh(
     auth: &AuthConfig,
     presented: &str,
     now: DateTime<Utc>,
-) -> Result<Result<(TokenPair, Uuid), RefreshRefused>, String> {
+) -> Result<Result<(TokenPair, Uuid), RefreshRefused>, SessionError> {
     let hash = TokenHash::of(presented).to_hex();
-    let Some(row) = Sessions::refresh_by_hash(db, &hash)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(row) = Sessions::refresh_by_hash(db, &hash).await? else {
         return Ok(Err(RefreshRefused::Unknown));
     };
     let reused = RefreshRefused::Reused {
@@ -195,30 +202,21 @@ pub async fn refresh(
         family: row.family_id,
     };
     if row.spent_at.is_some() || row.revoked_at.is_some() {
-        Sessions::revoke_family(db, row.family_id, now)
-            .await
-            .map_err(|e| e.to_string())?;
+        Sessions::revoke_family(db, row.family_id, now).await?;
         return Ok(Err(reused));
     }
     if now >= row.expires_at {
         return Ok(Err(RefreshRefused::Expired));
     }
-    if !Sessions::spend_refresh(db, row.id, now)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Sessions::revoke_family(db, row.family_id, now)
-            .await
-            .map_err(|e| e.to_string())?;
+    if !Sessions::spend_refresh(db, row.id, now).await? {
+        Sessions::revoke_family(db, row.family_id, now).await?;
         return Ok(Err(reused));
     }
-    let Some(user) = Sessions::live_user(db, row.user_id)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(user) = Sessions::live_user(db, row.user_id).await? else {
         return Ok(Err(RefreshRefused::Unknown));
     };
-    let role = Role::parse(&user.role).ok_or("stored role is invalid")?;
+    let role = Role::parse(&user.role)
+        .ok_or_else(|| SessionError::Token("stored role is invalid".into()))?;
     let pair = issue_pair(db, auth, user.id, role, row.family_id, now).await?;
     Ok(Ok((pair, user.id)))
 }
