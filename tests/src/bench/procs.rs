@@ -151,7 +151,8 @@ pub fn spawn_palisade(
     } else {
         format!("audit: {{ file: \"{}/audit.jsonl\" }}\n", dir.display())
     };
-    // `extra` may bring its own `server:` or `auth:` section instead of these.
+    // `extra` may bring its own `server:`, `auth:` or `logging:` section instead of
+    // these.
     // The bench's clients all connect from 127.0.0.1, as clients do through a load
     // balancer: trusted as one, so that `server.max_connections_per_ip` (256 by
     // default) does not refuse the open loop's connections (a key older builds
@@ -162,6 +163,10 @@ pub fn spawn_palisade(
             "server: { listen: \"127.0.0.1:0\", workers: 1, trusted_proxies: [\"127.0.0.1/32\"] }\n"
         }
     };
+    let logging = match extra.contains("logging:") {
+        true => "",
+        false => "logging: { level: info, format: json }\n",
+    };
     let auth = match extra.contains("auth:") {
         true => String::new(),
         false => format!("auth: {{ management_token: \"{BENCH_MANAGEMENT_TOKEN}\" }}\n"),
@@ -169,9 +174,7 @@ pub fn spawn_palisade(
     let config = format!(
         "{server}\
          database: {{ url: \"sqlite://{}/palisade.db?mode=rwc\" }}\n\
-         {auth}\
-         logging: {{ level: info, format: json }}\n\
-         {audit}{extra}\
+         {auth}{logging}{audit}{extra}\
          providers:\n  - {{ name: mock, base_url: \"{mock_url}/v1\", api_key: \"sk-bench\", models: [\"gpt-4o-mini\", \"gpt-4o\"] }}\n",
         dir.display(),
     );

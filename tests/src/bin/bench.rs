@@ -74,6 +74,10 @@ struct Args {
     /// config as the side `palisade-before`: a same-run before/after.
     #[arg(long)]
     before: Option<PathBuf>,
+    /// Run the measured Palisade (not `--before`'s) with `logging.access_log: false`,
+    /// to show what the access line costs (older builds may not know the key).
+    #[arg(long)]
+    access_log_off: bool,
     /// Another OpenAI-compatible gateway in front of the same mock: NAME=URL[,KEY]
     /// (URL is its `/v1` base). The mock's address is printed at start.
     #[arg(long = "compare")]
@@ -136,6 +140,10 @@ fn main() -> Result<(), String> {
     if args.login_flood {
         return run_login_flood(&args, gw_cpu, dir.path(), &mock.url);
     }
+    let measured = match args.access_log_off {
+        true => format!("{LIMITS_ON}{ACCESS_LOG_OFF}"),
+        false => LIMITS_ON.to_owned(),
+    };
     let palisade = match &args.gateway_url {
         Some(_) => None,
         None => Some(procs::spawn_palisade(
@@ -143,7 +151,7 @@ fn main() -> Result<(), String> {
             gw_cpu,
             dir.path(),
             &mock.url,
-            LIMITS_ON,
+            &measured,
             &log("palisade"),
         )?),
     };
@@ -251,6 +259,8 @@ fn run_login_flood(
 /// limit, and (in `setup_token`) token and project limits, all far above what the
 /// bench sends so they are checked on every request and never refuse one.
 const LIMITS_ON: &str = "rate_limits: { per_ip_rps: 1000000 }\n";
+/// `--access-log-off`: the measured side's logging without the access line.
+const ACCESS_LOG_OFF: &str = "logging: { level: info, format: json, access_log: false }\n";
 
 /// Sides besides the main Palisade.
 struct Extra {
