@@ -261,23 +261,10 @@ async fn revoke_tokens_of<C: ConnectionTrait>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::audit_writer::AuditResult;
     use sea_orm::{Database, PaginatorTrait};
 
     fn event(at: DateTime<Utc>) -> AuditEvent {
-        AuditEvent {
-            id: uuid::Uuid::now_v7(),
-            timestamp: at,
-            action: "project.create",
-            actor: "t".into(),
-            client_ip: None,
-            project_id: None,
-            token_id: None,
-            token_hint: None,
-            request_id: None,
-            result: AuditResult::Success,
-            details: serde_json::json!({}),
-        }
+        AuditEvent::sample("project.create", at)
     }
 
     #[actix_rt::test]

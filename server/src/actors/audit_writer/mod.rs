@@ -82,6 +82,26 @@ pub struct AuditEvent {
     pub details: serde_json::Value,
 }
 
+#[cfg(test)]
+impl AuditEvent {
+    /// A minimal successful event for unit tests.
+    pub fn sample(action: &'static str, at: DateTime<Utc>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            timestamp: at,
+            action,
+            actor: "t".into(),
+            client_ip: None,
+            project_id: None,
+            token_id: None,
+            token_hint: None,
+            request_id: None,
+            result: AuditResult::Success,
+            details: serde_json::json!({}),
+        }
+    }
+}
+
 /// One proxied request. What was kept of the request and response bodies rides
 /// along so token counts are parsed (or estimated) on the writer's thread, not on
 /// the request path ([`crate::usage`]).

@@ -436,18 +436,6 @@ mod tests {
     }
 
     fn event() -> super::super::AuditEvent {
-        super::super::AuditEvent {
-            id: uuid::Uuid::now_v7(),
-            timestamp: crate::time::now(),
-            action: "token.revoke",
-            actor: "t".into(),
-            client_ip: None,
-            project_id: None,
-            token_id: None,
-            token_hint: None,
-            request_id: None,
-            result: super::super::AuditResult::Success,
-            details: serde_json::json!({}),
-        }
+        super::super::AuditEvent::sample("token.revoke", crate::time::now())
     }
 }
