@@ -2,6 +2,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: a proxied request allocates and frees
+/// many small buffers across threads (headers, bodies, futures), and glibc's
+/// `malloc`/`free`/`malloc_consolidate` were the largest items in the gateway's
+/// profile at saturation (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for start-up failures (EX_USAGE), as linkerd does.
 const EXIT_INIT: u8 = 64;
 

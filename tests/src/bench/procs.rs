@@ -1,7 +1,7 @@
 //! Processes under test: the mock upstream, a release `palisade`, optionally nginx;
 //! CPU pinning with `taskset`, and RSS from `/proc`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -71,37 +71,44 @@ fn command(bin: &Path, cpu: Option<usize>) -> Command {
 /// Waits for a line containing `marker` on the reader and returns what follows it;
 /// every line also goes to `log` when given (kept after the run, for the
 /// gateway's own account of anything odd in the numbers).
+///
+/// Past the marker the rest is copied in bulk (`io::copy`), not line by line:
+/// with the access log on, the gateway writes a line per request, and a copier
+/// that made one `write` per line spent the bench's own CPU (on a 2-core machine,
+/// the cores the gateway and the mock share) on the harness, not on the gateway.
 fn wait_for(
     reader: impl std::io::Read + Send + 'static,
     marker: &'static str,
     log: Option<&Path>,
 ) -> Result<String, String> {
-    let mut log = match log {
+    let mut log: Box<dyn std::io::Write + Send> = match log {
         Some(path) => {
-            Some(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+            Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
         }
-        None => None,
+        None => Box::new(std::io::sink()),
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if let Some(f) = log.as_mut() {
-                use std::io::Write;
-                let _ = writeln!(f, "{line}");
+        let mut reader = BufReader::with_capacity(256 * 1024, reader);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
-            if let Some(i) = line.find(marker)
-                && let Some(tx) = tx.take()
-            {
+            let _ = log.write_all(line.as_bytes());
+            if let Some(i) = line.find(marker) {
                 let rest = &line[i + marker.len()..];
                 let addr = rest
                     .split(|c: char| c == '"' || c.is_whitespace())
                     .next()
                     .unwrap_or_default();
                 let _ = tx.send(addr.to_owned());
+                break;
             }
         }
+        let _ = std::io::copy(&mut reader, &mut log);
     });
     rx.recv_timeout(Duration::from_secs(60))
         .map_err(|_| format!("no '{marker}' line in time"))
