@@ -1,22 +1,22 @@
 //! Assembling and running the HTTP server.
 //!
-//! Connections: [`crate::edge::conn`] accepts them (per-IP cap, TLS) and guards
+//! Connections: [`crate::http::edge::conn`] accepts them (per-IP cap, TLS) and guards
 //! their bytes (a head timeout on every request, JSON for the parser's own
 //! errors) before actix-http's HTTP/1.1 dispatcher runs the app below.
 //!
 //! Middleware order (outermost first), for every route:
-//! 0. [`crate::edge::conn::body::middleware`]: marks the request in flight on its
+//! 0. [`crate::http::edge::conn::body::middleware`]: marks the request in flight on its
 //!    connection until its response ends, and bounds its body read
 //!    (`server.client_body_timeout`);
 //! 1. `request_id::middleware`: assigns the request id before anything can fail,
 //!    and stamps `x-request-id` on every response, errors included.
-//! 2. [`crate::access_log::middleware`] (when `logging.access_log`): one line per
+//! 2. [`crate::http::access_log::middleware`] (when `logging.access_log`): one line per
 //!    request, written when its body ends.
 //! 3. `TracingLogger<RootSpan>`: one span per request carrying that id.
-//! 4. [`crate::edge::middleware`]: `Host` check, global IP lists, and the security
+//! 4. [`crate::http::edge::middleware`]: `Host` check, global IP lists, and the security
 //!    headers on every response;
 //! 5. CORS (only when `server.cors.allowed_origins` lists any);
-//! 6. Routing: `/v1` → [`crate::proxy`], `/manage` → [`crate::manage`] (which adds
+//! 6. Routing: `/v1` → [`crate::http::proxy`], `/manage` → [`crate::http::manage`] (which adds
 //!    its own auth middleware), `/health`, `/ready`, else a JSON 404.
 //!
 //! No compression middleware anywhere: it would buffer SSE streams.
@@ -50,81 +50,18 @@ use tracing_actix_web::TracingLogger;
 use crate::actors::audit_writer::{AuditSettings, AuditSink, AuditWriter};
 use crate::actors::provider_supervisor::ProviderSupervisor;
 use crate::actors::request_queue::Admission;
-use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
+use crate::actors::token_registry::{FlushUsage, TokenRegistry};
 use crate::config::{Config, InitError};
 use crate::crypto::KeyCipher;
-use crate::edge::EdgePolicy;
+use crate::http::RootSpan;
 use crate::policy::CidrList;
 use crate::providers::Providers;
 use crate::rate_limit::RpmLimits;
 use crate::rate_limit::ip::{self, AuthFailures, ClientIpKey, IpGovernor};
 use crate::rate_limit::unauthenticated::Unauthenticated;
 use crate::sessions::passwords::{self, Hasher};
-use crate::telemetry::RootSpan;
-use crate::{db, manage, ops, proxy, request_id};
-
-/// Shared, read-only state handed to every handler.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub audit: AuditSink,
-    pub db: DatabaseConnection,
-    pub registry: Registry,
-    pub providers: Arc<Providers>,
-    /// Receives attempt outcomes (fire-and-forget); routing reads provider status
-    /// directly.
-    pub supervisor: actix::Addr<ProviderSupervisor>,
-    pub allowed_paths: Vec<String>,
-    pub trusted_proxies: CidrList,
-    /// `usage.enabled`: whether proxied requests leave usage records.
-    pub usage_enabled: bool,
-    /// The `RequestQueue`: slots for forwarded requests.
-    pub admission: Admission,
-    /// Per-token and per-project requests per minute.
-    pub rpm: RpmLimits,
-    /// Failed management authentication per client IP.
-    pub auth_failures: AuthFailures,
-    /// Failed logins per username (whatever the client IP).
-    pub login_failures: AuthFailures<String>,
-    /// Requests to `/manage/auth/*` per client IP (actix-governor).
-    pub auth_ip_limit: IpGovernor,
-    /// `/v1` requests without a valid credential: counted, limited per client
-    /// IP, audited in aggregate.
-    pub unauthenticated: Unauthenticated,
-    /// bcrypt, on a bounded pool of low-priority threads.
-    pub hasher: Hasher,
-    /// Host, global IP lists, security headers.
-    pub edge: EdgePolicy,
-}
-
-impl Registry {
-    /// Sends a management write and waits for it to be applied.
-    pub async fn ask<M, T>(&self, msg: M) -> Result<T, crate::error::ManageError>
-    where
-        M: actix::Message<Result = Result<T, crate::error::ManageError>> + Send + 'static,
-        T: Send + 'static,
-        TokenRegistry: actix::Handler<M>,
-    {
-        self.addr
-            .send(msg)
-            .await
-            .map_err(|e| crate::error::ManageError::Unavailable(format!("token registry: {e}")))?
-    }
-}
-
-/// Every route. `ip_limit` is the `/v1` per-IP limit, shared by all workers;
-/// `None` leaves it off.
-pub fn configure(
-    cfg: &mut web::ServiceConfig,
-    ip_limit: Option<IpGovernor>,
-    auth_limit: IpGovernor,
-) {
-    cfg.service(proxy::scope(ip_limit))
-        .service(manage::scope(auth_limit))
-        .route("/health", web::get().to(ops::health))
-        .route("/metrics", web::get().to(crate::metrics::handler))
-        .route("/ready", web::get().to(ops::ready))
-        .default_service(web::to(ops::not_found));
-}
+use crate::state::{AppState, EdgePolicy};
+use crate::{db, http::request_id};
 
 /// Runs `palisade serve` until a shutdown signal; see the module docs for order.
 pub async fn serve(config: Config) -> Result<(), InitError> {
@@ -232,7 +169,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     let origins = config.server.cors.allowed_origins.clone();
     let access_log = config.logging.access_log;
     if access_log {
-        crate::access_log::start()
+        crate::http::access_log::start()
             .map_err(|e| InitError::Other(format!("cannot start the access log: {e}")))?;
     }
     let tls = match &config.server.tls {
@@ -242,8 +179,8 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let listen = &config.server.listen;
     let cannot = |e: std::io::Error| InitError::Other(format!("cannot listen on {listen}: {e}"));
-    let listening = crate::edge::conn::listen(&config.server, tls, move || {
-        let cors = crate::edge::cors::middleware(&origins);
+    let listening = crate::http::edge::conn::listen(&config.server, tls, move || {
+        let cors = crate::http::edge::cors::middleware(&origins);
         App::new()
             // Read-only state for every handler.
             .app_data(state.clone())
@@ -253,22 +190,24 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
                 cors.unwrap_or_default(),
             ))
             // Host check, global IP lists, security headers on every response.
-            .wrap(from_fn(crate::edge::middleware))
+            .wrap(from_fn(crate::http::edge::middleware))
             // The request span, so every log line of the request carries its id.
             .wrap(TracingLogger::<RootSpan>::new())
             // The access line: inside request ids (it logs the id), outside the
             // rest so it sees every status, the edge's refusals included.
             .wrap(actix_web::middleware::Condition::new(
                 access_log,
-                from_fn(crate::access_log::middleware),
+                from_fn(crate::http::access_log::middleware),
             ))
             // Request ids exist before any other middleware can fail.
             .wrap(from_fn(request_id::middleware))
             // Outermost: the connection's head timer must know when a request is
             // in flight, for every response; the body deadline wraps the payload
             // before anything reads it.
-            .wrap(from_fn(crate::edge::conn::body::middleware))
-            .configure(|cfg| configure(cfg, ip_limit.clone(), state.auth_ip_limit.clone()))
+            .wrap(from_fn(crate::http::edge::conn::body::middleware))
+            .configure(|cfg| {
+                crate::http::configure(cfg, ip_limit.clone(), state.auth_ip_limit.clone())
+            })
     })
     .map_err(cannot)?;
     for addr in &listening.addrs {
@@ -317,7 +256,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             "storage is failing: audit records NOT written at shutdown are lost"
         );
     }
-    crate::access_log::drain(std::time::Duration::from_secs(5));
+    crate::http::access_log::drain(std::time::Duration::from_secs(5));
     Ok(())
 }
 

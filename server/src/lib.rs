@@ -25,29 +25,25 @@
 //! Retries and failover: `proxy/attempts.rs`; routing: [`providers::routing`].
 //! Database access: [`service`]. Errors and their envelopes: [`error`].
 
-pub mod access_log;
 pub mod actors;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
-pub mod edge;
 pub mod error;
+pub mod http;
 pub mod ids;
-pub mod manage;
 pub mod metrics;
 pub mod net;
-pub mod ops;
 pub mod policy;
 pub mod preflight;
 pub mod providers;
-pub mod proxy;
 pub mod rate_limit;
-pub mod request_id;
 pub mod secret;
 pub mod service;
 pub mod sessions;
+pub mod state;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

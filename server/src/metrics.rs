@@ -10,18 +10,13 @@ use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::HttpRequest;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::app::AppState;
-use crate::error::ManageError;
-use crate::secret::constant_time_eq;
 
 mod connections;
 
@@ -330,56 +325,46 @@ impl Metrics {
             .inc();
     }
 
-    /// Reads the live gauges and renders everything.
-    fn render(&self, state: &AppState) -> Result<String, std::fmt::Error> {
-        let q = state.admission.stats().snapshot();
-        self.queue_in_flight
-            .set(i64::try_from(q.in_flight).unwrap_or(i64::MAX));
-        self.queue_waiting
-            .set(i64::try_from(q.waiting).unwrap_or(i64::MAX));
-        self.audit_backlog
-            .set(i64::try_from(state.audit.backlog()).unwrap_or(i64::MAX));
-        // The sink counts; the counter catches up at each scrape.
-        let waits = state.audit.waited();
+    /// Sets the live gauges from `live` and renders everything.
+    pub fn render(&self, live: &Live) -> Result<String, std::fmt::Error> {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue_in_flight.set(gauge(live.queue_in_flight));
+        self.queue_waiting.set(gauge(live.queue_waiting));
+        self.audit_backlog.set(gauge(live.audit_backlog));
+        // The counters' sources count; each counter catches up at a scrape.
         self.audit_waits
-            .inc_by(waits.saturating_sub(self.audit_waits.get()));
-        let hashes = state.hasher.stats();
-        self.password_hashes_in_flight.set(hashes.in_flight());
-        self.password_hashes_in_flight_max.set(hashes.peak());
+            .inc_by(live.audit_waited.saturating_sub(self.audit_waits.get()));
+        self.password_hashes_in_flight.set(live.hashes_in_flight);
+        self.password_hashes_in_flight_max.set(live.hashes_peak);
         self.password_hashes_refused.inc_by(
-            hashes
-                .refused()
+            live.hashes_refused
                 .saturating_sub(self.password_hashes_refused.get()),
         );
-        self.audit_waiting
-            .set(i64::try_from(state.audit.waiting()).unwrap_or(i64::MAX));
-        self.audit_oldest
-            .set(state.audit.oldest_age().as_secs_f64());
-        let dropped = state.audit.dropped();
+        self.audit_waiting.set(gauge(live.audit_waiting));
+        self.audit_oldest.set(live.audit_oldest.as_secs_f64());
         self.audit_dropped
-            .inc_by(dropped.saturating_sub(self.audit_dropped.get()));
-        let health = crate::db::health();
-        let errors = health.errors_total();
-        self.db_write_errors
-            .inc_by(errors.saturating_sub(self.db_write_errors.get()));
-        self.storage_failing
-            .set(i64::from(health.is_failing() || state.audit.is_failing()));
-        for (kind, n) in state.registry.cache.census(crate::time::now()) {
+            .inc_by(live.audit_dropped.saturating_sub(self.audit_dropped.get()));
+        self.db_write_errors.inc_by(
+            live.db_write_errors
+                .saturating_sub(self.db_write_errors.get()),
+        );
+        self.storage_failing.set(i64::from(live.storage_failing));
+        for (kind, n) in &live.tokens {
             self.tokens
                 .get_or_create(&KindLabel {
                     kind: Cow::Borrowed(kind),
                 })
-                .set(n);
+                .set(*n);
         }
-        for p in state.providers.all() {
-            let value = match p.status.state().as_str() {
+        for (provider, state) in &live.providers {
+            let value = match *state {
                 "open" => 2,
                 "half_open" => 1,
                 _ => 0,
             };
             self.provider_state
                 .get_or_create(&ProviderLabel {
-                    provider: Cow::Owned(p.name.clone()),
+                    provider: Cow::Owned(provider.clone()),
                 })
                 .set(value);
         }
@@ -389,10 +374,32 @@ impl Metrics {
     }
 }
 
+/// What the gauges read at a scrape, gathered by the `/metrics` handler from the
+/// actors and pools that own the numbers.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub queue_in_flight: u64,
+    pub queue_waiting: u64,
+    pub audit_backlog: u64,
+    pub audit_waited: u64,
+    pub audit_waiting: u64,
+    pub audit_oldest: Duration,
+    pub audit_dropped: u64,
+    pub hashes_in_flight: i64,
+    pub hashes_peak: i64,
+    pub hashes_refused: u64,
+    pub db_write_errors: u64,
+    pub storage_failing: bool,
+    /// Tokens per kind (active, expired, revoked, inactive).
+    pub tokens: Vec<(&'static str, i64)>,
+    /// Each provider's breaker state (`closed`, `half_open`, `open`).
+    pub providers: Vec<(String, &'static str)>,
+}
+
 // The SPEC paths (`config::DEFAULT_ALLOWED_PATHS`) spelt out with their `/v1`,
 // so a label is a borrowed `&'static str` and costs no allocation per request;
 // a test keeps the two lists in step.
-const KNOWN_ROUTES: &[&str] = &[
+pub const KNOWN_ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
@@ -419,52 +426,5 @@ pub fn route_label(req: &HttpRequest) -> Label {
         Some(p) if p.starts_with("/v1/models/") => Cow::Borrowed("/v1/models/{id}"),
         _ if path.starts_with("/v1/") => Cow::Borrowed("/v1/other"),
         _ => Cow::Borrowed("other"),
-    }
-}
-
-/// `GET /metrics`.
-pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ip = crate::net::client_ip(&req, &state.trusted_proxies);
-    if let Err(locked) = state.auth_failures.check(&ip) {
-        return locked.error_response();
-    }
-    let presented = crate::secret::bearer(req.headers());
-    let management = state.config.auth.management_token.expose();
-    let scrape = state.config.metrics.token.as_ref().map(|t| t.expose());
-    let ok = presented.is_some_and(|p| {
-        constant_time_eq(p, management)
-            | scrape.is_some_and(|t| !t.is_empty() && constant_time_eq(p, t))
-    });
-    if !ok {
-        global().auth_failure("metrics");
-        return state
-            .auth_failures
-            .refuse(&ip, ManageError::Unauthorized)
-            .error_response();
-    }
-    match global().render(&state) {
-        Ok(body) => HttpResponse::Ok()
-            .insert_header((
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            ))
-            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-            .body(body),
-        Err(_) => ManageError::Internal("metrics encoding failed".into()).error_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::KNOWN_ROUTES;
-
-    #[test]
-    fn every_default_proxy_path_has_its_own_route_label() {
-        for path in crate::config::DEFAULT_ALLOWED_PATHS {
-            let route = format!("/v1{path}");
-            assert!(KNOWN_ROUTES.contains(&route.as_str()), "{route}");
-        }
     }
 }

@@ -55,37 +55,3 @@ pub fn init(cfg: &LoggingConfig) -> WorkerGuard {
     }
     guard
 }
-
-/// Root span per request: method, path, request id, status. Field values come from
-/// the request line only; headers (which carry credentials) are never recorded.
-pub struct RootSpan;
-
-impl tracing_actix_web::RootSpanBuilder for RootSpan {
-    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
-        use actix_web::HttpMessage;
-        let request_id = request
-            .extensions()
-            .get::<crate::request_id::RequestId>()
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_default();
-        tracing::info_span!(
-            "http",
-            method = %request.method(),
-            path = %request.path(),
-            request_id = %request_id,
-            status = tracing::field::Empty,
-        )
-    }
-
-    fn on_request_end<B: actix_web::body::MessageBody>(
-        span: tracing::Span,
-        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
-    ) {
-        let status = match outcome {
-            Ok(res) => res.status().as_u16(),
-            Err(e) => e.as_response_error().status_code().as_u16(),
-        };
-        span.record("status", status);
-        span.in_scope(|| tracing::debug!(status, "request finished"));
-    }
-}

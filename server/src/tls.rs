@@ -10,22 +10,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{InitError, TlsConfig};
 
-/// `server.tls.min_version`: `1.2` (default) or `1.3`.
-pub fn versions(
-    min: Option<&str>,
-) -> Result<&'static [&'static rustls::SupportedProtocolVersion], String> {
-    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
-        [&rustls::version::TLS13, &rustls::version::TLS12];
-    static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
-    match min.unwrap_or("1.2") {
-        "1.2" => Ok(&BOTH),
-        "1.3" => Ok(&ONLY_13),
-        other => Err(format!(
-            "{other:?} is not a TLS version Palisade serves (1.2 or 1.3)"
-        )),
-    }
-}
-
 /// The rustls server configuration for `tls` (cert and key both set).
 pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, InitError> {
     let bad = |m: String| InitError::Other(format!("server.tls: {m}"));
@@ -35,7 +19,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, InitError>
     let certs = read_certs(cert_file).map_err(bad)?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| bad(format!("key_file {}: {e}", key_file.display())))?;
-    let versions = versions(tls.min_version.as_deref()).map_err(bad)?;
+    let versions = crate::config::units::tls_versions(tls.min_version.as_deref()).map_err(bad)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)

@@ -131,6 +131,22 @@ pub fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     ByteSize::deserialize(d).map(|b| b.0)
 }
 
+/// `server.tls.min_version`: `1.2` (default) or `1.3`.
+pub fn tls_versions(
+    min: Option<&str>,
+) -> Result<&'static [&'static rustls::SupportedProtocolVersion], String> {
+    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min.unwrap_or("1.2") {
+        "1.2" => Ok(&BOTH),
+        "1.3" => Ok(&ONLY_13),
+        other => Err(format!(
+            "{other:?} is not a TLS version Palisade serves (1.2 or 1.3)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

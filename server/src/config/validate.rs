@@ -17,12 +17,12 @@ impl Config {
             ));
         }
         for h in &self.server.trusted_hosts {
-            if let Err(e) = crate::edge::hosts::HostPattern::parse(h) {
+            if let Err(e) = crate::policy::hosts::HostPattern::parse(h) {
                 errors.push(format!("server.trusted_hosts: {e}"));
             }
         }
         for o in &self.server.cors.allowed_origins {
-            if let Err(e) = crate::edge::cors::validate_origin(o) {
+            if let Err(e) = crate::policy::validate_origin(o) {
                 errors.push(format!("server.cors.allowed_origins: {e}"));
             }
         }
@@ -49,7 +49,7 @@ impl Config {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
                 errors.push("server.tls: cert_file and key_file must be set together".to_owned());
             }
-            if let Err(e) = crate::tls::versions(tls.min_version.as_deref()) {
+            if let Err(e) = super::units::tls_versions(tls.min_version.as_deref()) {
                 errors.push(format!("server.tls.min_version: {e}"));
             }
         }

@@ -152,3 +152,18 @@ fn atomic<T: 'static>(
 pub(crate) fn parse_hash(hex: &str) -> Option<TokenHash> {
     TokenHash::from_hex(hex)
 }
+
+impl Registry {
+    /// Sends a management write and waits for it to be applied.
+    pub async fn ask<M, T>(&self, msg: M) -> Result<T, crate::error::ManageError>
+    where
+        M: actix::Message<Result = Result<T, crate::error::ManageError>> + Send + 'static,
+        T: Send + 'static,
+        TokenRegistry: actix::Handler<M>,
+    {
+        self.addr
+            .send(msg)
+            .await
+            .map_err(|e| crate::error::ManageError::Unavailable(format!("token registry: {e}")))?
+    }
+}

@@ -48,7 +48,7 @@ pub async fn read_limited(
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
-            e if crate::edge::conn::is_body_timeout(&e) => ManageError::RequestTimeout,
+            e if crate::http::edge::conn::is_body_timeout(&e) => ManageError::RequestTimeout,
             e => ManageError::InvalidJson(format!("cannot read the request body: {e}")),
         })?;
         if (buf.len() + chunk.len()) as u64 > limit {

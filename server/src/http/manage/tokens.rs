@@ -16,10 +16,10 @@ use super::views::{ListView, TokenView};
 use crate::actors::token_registry::{
     CreateToken, IssuedToken, NewToken, RevokeToken, RotateToken, TokenPatch, UpdateToken,
 };
-use crate::app::AppState;
 use crate::error::ManageError;
 use crate::ids::{ProjectId, TokenId};
 use crate::service::query::Query;
+use crate::state::AppState;
 
 pub const MAX_REQUESTS_MAX: i64 = 1_000_000_000_000;
 pub const MAX_GRACE_SECONDS: i64 = 86_400;

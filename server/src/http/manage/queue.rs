@@ -3,7 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn show(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.admission.stats().snapshot())

@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::ManageError;
 use crate::service::query::{Query, UsageFilter, UsageGroup};
+use crate::state::AppState;
 
 pub async fn summary(
     req: HttpRequest,

@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use chrono::SubsecRound;
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn list(state: web::Data<AppState>) -> HttpResponse {
     let data: Vec<_> = state

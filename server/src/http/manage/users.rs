@@ -10,11 +10,11 @@ use uuid::Uuid;
 use super::audit::{self, Subject, Who};
 use super::body::{Body, read_limited};
 use super::list::ListParams;
-use crate::app::AppState;
 use crate::error::ManageError;
 use crate::secret::Secret;
 use crate::service::sessions::Sessions;
 use crate::sessions::{Role, passwords};
+use crate::state::AppState;
 
 #[derive(Serialize)]
 struct UserView {

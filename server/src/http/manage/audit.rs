@@ -11,10 +11,10 @@ use uuid::Uuid;
 use super::list::ListParams;
 pub use crate::actors::audit_writer::AuditResult;
 use crate::actors::audit_writer::{AuditEvent, Record};
-use crate::app::AppState;
 use crate::error::ManageError;
-use crate::request_id::RequestId;
+use crate::http::request_id::RequestId;
 use crate::service::query::{AuditFilter, Query};
+use crate::state::AppState;
 
 /// Who is acting, from where, in which request.
 pub struct Who {

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::auth;
 use crate::actors::token_registry::Resolved;
 use crate::actors::token_registry::cache::ip_allowed;
-use crate::app::AppState;
 use crate::error::ProxyError;
+use crate::state::AppState;
 
 pub async fn list(
     req: HttpRequest,

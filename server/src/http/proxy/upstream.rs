@@ -14,8 +14,8 @@ use actix_web::web::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::ProxyError;
+use crate::http::request_id::RequestId;
 use crate::providers::{Provider, without_url};
-use crate::request_id::RequestId;
 use crate::secret::Secret;
 
 /// Request headers never forwarded: hop-by-hop ones, the client's credentials and

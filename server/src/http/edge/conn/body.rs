@@ -25,7 +25,7 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use super::state::{ConnHandle, InFlight};
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn middleware(
     mut req: ServiceRequest,

@@ -1,6 +1,8 @@
 //! Allowlists shared by tokens, projects and providers: model names with `*` globs,
 //! and CIDR ranges. An empty list means "no restriction".
 
+pub mod hosts;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -108,4 +110,16 @@ mod tests {
         assert!(!l.allows("127.0.0.1".parse().unwrap()));
         assert!(CidrList::default().allows("1.2.3.4".parse().unwrap()));
     }
+}
+
+/// Checks one configured origin: `scheme://host[:port]`, nothing more.
+pub fn validate_origin(origin: &str) -> Result<(), String> {
+    let url = url::Url::parse(origin).map_err(|e| format!("{origin:?}: {e}"))?;
+    let exact = url.origin().ascii_serialization() == origin;
+    if !matches!(url.scheme(), "http" | "https") || !exact {
+        return Err(format!(
+            "{origin:?} is not an origin like https://app.example.com (scheme, host and optional port; no path or trailing slash)"
+        ));
+    }
+    Ok(())
 }

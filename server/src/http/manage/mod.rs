@@ -21,10 +21,10 @@ use actix_web::{HttpResponse, ResponseError, web};
 use actix_web::HttpMessage;
 use actix_web::http::Method;
 
-use crate::app::AppState;
 use crate::error::ManageError;
 use crate::secret::constant_time_eq;
 use crate::sessions::{Principal, Role};
+use crate::state::AppState;
 
 /// Mounts the management scope; `auth_limit` is the per-IP limit for
 /// `/manage/auth/*`, shared by all workers.

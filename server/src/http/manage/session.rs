@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::audit::{self, AuditResult, Subject, Who};
 use super::body::{Body, read_limited};
-use crate::app::AppState;
 use crate::error::ManageError;
 use crate::secret::Secret;
 use crate::service::sessions::Sessions;
 use crate::sessions::{self, Principal, RefreshRefused, Role, passwords};
+use crate::state::AppState;
 
 /// Longest username or password accepted in a login body (checked before any
 /// bcrypt work).

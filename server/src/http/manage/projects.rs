@@ -10,11 +10,11 @@ use super::views::{ListView, ProjectView};
 use crate::actors::token_registry::{
     CreateProject, DeleteProject, NewProject, ProjectPatch, RevokeProjectTokens, UpdateProject,
 };
-use crate::app::AppState;
 use crate::error::ManageError;
 use crate::ids::ProjectId;
 use crate::secret::Secret;
 use crate::service::query::Query;
+use crate::state::AppState;
 
 pub const NAME_MAX: usize = 100;
 pub const DESCRIPTION_MAX: usize = 2000;

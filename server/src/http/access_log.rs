@@ -273,7 +273,7 @@ impl Line {
             route: crate::metrics::route_label(req),
             status,
             request_id: ext
-                .get::<crate::request_id::RequestId>()
+                .get::<crate::http::request_id::RequestId>()
                 .map(|r| r.as_str().to_owned())
                 .unwrap_or_default(),
             proxied: path == "/v1" || path.starts_with("/v1/"),

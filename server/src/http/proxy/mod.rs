@@ -31,10 +31,10 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
 use crate::actors::audit_writer::UsageRecord;
 use crate::actors::token_registry::cache::ip_allowed;
-use crate::app::AppState;
 use crate::error::ProxyError;
+use crate::http::request_id::RequestId;
 use crate::rate_limit::ip::IpGovernor;
-use crate::request_id::RequestId;
+use crate::state::AppState;
 
 pub fn scope(
     ip_limit: Option<IpGovernor>,
@@ -84,7 +84,7 @@ pub(crate) async fn audit_denial(
     e: &ProxyError,
     seen: Option<&crate::actors::token_registry::Resolved>,
 ) {
-    use crate::manage::audit::{AuditResult, Subject, Who, record_as};
+    use crate::http::manage::audit::{AuditResult, Subject, Who, record_as};
     let mut who = Who::of(req, state);
     who.actor = seen.map_or_else(
         || "anonymous".to_owned(),
@@ -124,7 +124,7 @@ async fn admit_and_forward(
     let now = crate::time::now();
     let resolved = auth::resolve(req, state, now).await?;
     *seen = Some(resolved.clone());
-    crate::access_log::note_caller(req, resolved.token.id.0, resolved.project.id.0);
+    crate::http::access_log::note_caller(req, resolved.token.id.0, resolved.project.id.0);
     let ip = crate::net::client_ip(req, &state.trusted_proxies);
     if !ip_allowed(&resolved, ip) {
         return Err(ProxyError::IpNotAllowed);
@@ -134,7 +134,7 @@ async fn admit_and_forward(
     let peek = body::peek(req, &bytes)?;
     let restricted =
         !resolved.token.allowed_models.is_empty() || !resolved.project.allowed_models.is_empty();
-    crate::access_log::note_model(req, peek.model.as_deref());
+    crate::http::access_log::note_model(req, peek.model.as_deref());
     let model = match (&peek.model, body::requires_model(tail) || restricted) {
         (Some(m), _) => Some(m.as_str()),
         (None, true) => return Err(ProxyError::MissingModel),

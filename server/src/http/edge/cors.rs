@@ -46,18 +46,6 @@ const EXPOSED_HEADERS: &[&str] = &[
     "x-ratelimit-reset-requests",
 ];
 
-/// Checks one configured origin: `scheme://host[:port]`, nothing more.
-pub fn validate_origin(origin: &str) -> Result<(), String> {
-    let url = url::Url::parse(origin).map_err(|e| format!("{origin:?}: {e}"))?;
-    let exact = url.origin().ascii_serialization() == origin;
-    if !matches!(url.scheme(), "http" | "https") || !exact {
-        return Err(format!(
-            "{origin:?} is not an origin like https://app.example.com (scheme, host and optional port; no path or trailing slash)"
-        ));
-    }
-    Ok(())
-}
-
 /// The middleware for `origins` (already validated); `None` keeps CORS closed.
 pub fn middleware(origins: &[String]) -> Option<Cors> {
     if origins.is_empty() {

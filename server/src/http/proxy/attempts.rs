@@ -28,13 +28,13 @@ use rand::Rng;
 use super::stream::{self, UsageTap};
 use super::upstream;
 use crate::actors::provider_supervisor::{Outcome, Verdict};
-use crate::app::AppState;
 use crate::config::RetryConfig;
 use crate::error::ProxyError;
+use crate::http::request_id::RequestId;
 use crate::providers::Provider;
 use crate::providers::status::{BreakerState, InFlight};
-use crate::request_id::RequestId;
 use crate::secret::Secret;
+use crate::state::AppState;
 
 /// Everything an attempt needs besides the usage tap.
 pub struct Plan<'a> {
@@ -98,7 +98,7 @@ pub async fn forward(
         )
         .await;
         let answered = sent.as_ref().ok().map(|r| r.status().as_u16());
-        crate::access_log::note_attempt(plan.req, &provider.name, answered);
+        crate::http::access_log::note_attempt(plan.req, &provider.name, answered);
         let resp = match sent {
             Ok(resp) => resp,
             Err(e) => {

@@ -8,55 +8,16 @@
 pub mod conn;
 pub mod cors;
 pub mod headers;
-pub mod hosts;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{ResponseError, web};
 
-use crate::app::AppState;
-use crate::config::ServerConfig;
 use crate::error::{ManageError, ProxyError};
-use crate::policy::CidrList;
+use crate::state::AppState;
 
-use self::hosts::HostPattern;
-
-/// The edge settings, parsed once.
-#[derive(Debug, Clone, Default)]
-pub struct EdgePolicy {
-    pub trusted_hosts: Vec<HostPattern>,
-    pub ip_allowlist: CidrList,
-    pub ip_denylist: CidrList,
-    /// Palisade terminates TLS itself (HSTS is sent).
-    pub tls: bool,
-}
-
-impl EdgePolicy {
-    pub fn from_config(server: &ServerConfig) -> Result<Self, String> {
-        let trusted_hosts = server
-            .trusted_hosts
-            .iter()
-            .map(|h| HostPattern::parse(h))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            trusted_hosts,
-            ip_allowlist: CidrList::new(server.ip_allowlist.clone()),
-            ip_denylist: CidrList::new(server.ip_denylist.clone()),
-            tls: server.tls_enabled(),
-        })
-    }
-
-    /// Deny wins; an empty allowlist allows everyone not denied. The client IP
-    /// is only worked out when a list is set.
-    fn ip_allowed(&self, ip: impl FnOnce() -> std::net::IpAddr) -> bool {
-        if self.ip_denylist.is_empty() && self.ip_allowlist.is_empty() {
-            return true;
-        }
-        let ip = ip();
-        !self.ip_denylist.contains(ip) && self.ip_allowlist.allows(ip)
-    }
-}
+use crate::policy::hosts;
 
 pub async fn middleware(
     req: ServiceRequest,

@@ -29,7 +29,7 @@ pub async fn read_limited(
     let mut buf = BytesMut::with_capacity(capacity);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
-            e if crate::edge::conn::is_body_timeout(&e) => ProxyError::RequestTimeout,
+            e if crate::http::edge::conn::is_body_timeout(&e) => ProxyError::RequestTimeout,
             e => ProxyError::InvalidJson(format!("cannot read the request body: {e}")),
         })?;
         if (buf.len() + chunk.len()) as u64 > limit {

@@ -1,0 +1,66 @@
+//! The HTTP layer: the one route table ([`configure`]), the handlers
+//! ([`proxy`] for `/v1`, [`manage`] for `/manage`, [`ops`] for probes,
+//! [`metrics`] for `/metrics`), and what every request meets on the way in and
+//! out ([`edge`], [`request_id`], [`access_log`], [`RootSpan`]). Domain errors
+//! become envelopes here.
+
+pub mod access_log;
+pub mod edge;
+pub mod manage;
+pub mod metrics;
+pub mod ops;
+pub mod proxy;
+pub mod request_id;
+
+use actix_web::web;
+
+use crate::rate_limit::ip::IpGovernor;
+
+/// Every route. `ip_limit` is the `/v1` per-IP limit, shared by all workers;
+/// `None` leaves it off.
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    ip_limit: Option<IpGovernor>,
+    auth_limit: IpGovernor,
+) {
+    cfg.service(proxy::scope(ip_limit))
+        .service(manage::scope(auth_limit))
+        .route("/health", web::get().to(ops::health))
+        .route("/metrics", web::get().to(metrics::handler))
+        .route("/ready", web::get().to(ops::ready))
+        .default_service(web::to(ops::not_found));
+}
+
+/// Root span per request: method, path, request id, status. Field values come from
+/// the request line only; headers (which carry credentials) are never recorded.
+pub struct RootSpan;
+
+impl tracing_actix_web::RootSpanBuilder for RootSpan {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        use actix_web::HttpMessage;
+        let request_id = request
+            .extensions()
+            .get::<request_id::RequestId>()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default();
+        tracing::info_span!(
+            "http",
+            method = %request.method(),
+            path = %request.path(),
+            request_id = %request_id,
+            status = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        let status = match outcome {
+            Ok(res) => res.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        span.record("status", status);
+        span.in_scope(|| tracing::debug!(status, "request finished"));
+    }
+}
