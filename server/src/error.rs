@@ -82,10 +82,10 @@ pub enum ProxyError {
     #[error("No healthy provider serves the model `{model}` right now.")]
     NoHealthyProvider { model: String, retry_after: u64 },
     /// A token's or project's requests-per-minute allowance is spent.
-    #[error("Rate limit of {} requests per minute reached for this {scope}; retry in {}.", state.limit, crate::rate_limit::format_reset(*retry_after))]
+    #[error("Rate limit of {} requests per minute reached for this {scope}; retry in {}.", state.limit, crate::limits::format_reset(*retry_after))]
     RateLimited {
         scope: &'static str,
-        state: crate::rate_limit::RateState,
+        state: crate::limits::RateState,
         retry_after: std::time::Duration,
     },
     /// The per-client-IP limit (`rate_limits.per_ip_rps`).
@@ -300,9 +300,9 @@ impl ResponseError for ProxyError {
             Self::RateLimited {
                 state, retry_after, ..
             } => {
-                let secs = crate::rate_limit::retry_after_secs(*retry_after);
+                let secs = crate::limits::retry_after_secs(*retry_after);
                 resp.insert_header((header::RETRY_AFTER, secs.to_string()));
-                for h in crate::rate_limit::headers(state) {
+                for h in crate::limits::headers(state) {
                     resp.insert_header(h);
                 }
             }
@@ -406,7 +406,7 @@ impl ManageError {
 
 impl From<sea_orm::DbErr> for ManageError {
     fn from(e: sea_orm::DbErr) -> Self {
-        if crate::db::is_storage_failure(&e) {
+        if crate::storage::is_storage_failure(&e) {
             Self::Storage(format!("database: {e}"))
         } else {
             Self::Internal(format!("database: {e}"))

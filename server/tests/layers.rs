@@ -9,7 +9,7 @@
 //! | state | `state` (`AppState`: handles only) |
 //! | domain | `actors`, `providers`, `rate_limit`, `sessions` |
 //! | data | `service`, `db`, `preflight`, `tls` |
-//! | base | `error`, `config`, `telemetry` |
+//! | base | `error`, `config`, `telemetry`, `storage` |
 //! | core | `ids`, `time`, `secret`, `policy`, `crypto`, `net`, `usage`, `records`, `limits`, `metrics` |
 //!
 //! A module may mention a module of its own level or a lower one, and the modules
@@ -28,7 +28,7 @@ const LEVELS: &[(&str, &[&str])] = &[
             "metrics",
         ],
     ),
-    ("base", &["error", "config", "telemetry"]),
+    ("base", &["error", "config", "telemetry", "storage"]),
     ("data", &["service", "db", "preflight", "tls"]),
     ("domain", &["actors", "providers", "rate_limit", "sessions"]),
     ("state", &["state"]),

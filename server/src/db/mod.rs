@@ -258,6 +258,6 @@ mod tests {
         assert!(!health().is_failing(), "the probe's write went through");
         // The connection that existed at the failure was closed, not reused:
         // the pool still serves.
-        crate::service::query::Query::ping(&db).await.unwrap();
+        db.ping().await.unwrap();
     }
 }

@@ -82,6 +82,18 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Checks one configured origin: `scheme://host[:port]`, nothing more.
+pub fn validate_origin(origin: &str) -> Result<(), String> {
+    let url = url::Url::parse(origin).map_err(|e| format!("{origin:?}: {e}"))?;
+    let exact = url.origin().ascii_serialization() == origin;
+    if !matches!(url.scheme(), "http" | "https") || !exact {
+        return Err(format!(
+            "{origin:?} is not an origin like https://app.example.com (scheme, host and optional port; no path or trailing slash)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,16 +122,4 @@ mod tests {
         assert!(!l.allows("127.0.0.1".parse().unwrap()));
         assert!(CidrList::default().allows("1.2.3.4".parse().unwrap()));
     }
-}
-
-/// Checks one configured origin: `scheme://host[:port]`, nothing more.
-pub fn validate_origin(origin: &str) -> Result<(), String> {
-    let url = url::Url::parse(origin).map_err(|e| format!("{origin:?}: {e}"))?;
-    let exact = url.origin().ascii_serialization() == origin;
-    if !matches!(url.scheme(), "http" | "https") || !exact {
-        return Err(format!(
-            "{origin:?} is not an origin like https://app.example.com (scheme, host and optional port; no path or trailing slash)"
-        ));
-    }
-    Ok(())
 }

@@ -14,28 +14,5 @@ pub mod ip;
 pub mod rpm;
 pub mod unauthenticated;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-
-pub use self::rpm::{
-    LocalRateStore, RateKey, RateState, RateStore, RpmLimits, Verdict, format_reset,
-    retry_after_secs,
-};
-
-/// The OpenAI-style `x-ratelimit-*-requests` headers for `state`.
-pub fn headers(state: &RateState) -> [(HeaderName, HeaderValue); 3] {
-    [
-        (
-            HeaderName::from_static("x-ratelimit-limit-requests"),
-            HeaderValue::from(state.limit),
-        ),
-        (
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderValue::from(state.remaining),
-        ),
-        (
-            HeaderName::from_static("x-ratelimit-reset-requests"),
-            HeaderValue::from_str(&format_reset(state.reset))
-                .unwrap_or(HeaderValue::from_static("0s")),
-        ),
-    ]
-}
+pub use self::rpm::{LocalRateStore, RateKey, RateStore, RpmLimits, Verdict};
+pub use crate::limits::{RateState, format_reset, headers, retry_after_secs};

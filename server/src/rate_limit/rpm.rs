@@ -21,21 +21,13 @@ use governor::{Quota, RateLimiter};
 use crate::actors::token_registry::cache::{ProjectState, TokenState};
 use crate::error::ProxyError;
 use crate::ids::{ProjectId, TokenId};
+pub use crate::limits::{RateState, format_reset, retry_after_secs};
 
 /// Whose allowance a request draws on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateKey {
     Token(TokenId),
     Project(ProjectId),
-}
-
-/// A limit's state after a request, as the `x-ratelimit-*` headers report it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateState {
-    pub limit: u32,
-    pub remaining: u32,
-    /// Until the bucket is full again.
-    pub reset: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,24 +190,6 @@ impl<S: RateStore> RpmLimits<S> {
         }
         Ok(tightest)
     }
-}
-
-/// `x-ratelimit-reset-requests` in OpenAI's style: `1s`, `0.5s`, `6m0s`.
-pub fn format_reset(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms >= 60_000 {
-        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        let s = format!("{:.3}", d.as_secs_f64());
-        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
-    }
-}
-
-/// `retry-after` in whole seconds, never 0 (a client would retry at once).
-pub fn retry_after_secs(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::actors::audit_writer::AuditEvent;
 use crate::db::{begin_write, reported, write};
+use crate::records::AuditEvent;
 use crate::usage::UsageRow;
 
 pub struct Mutation;

@@ -100,8 +100,8 @@ mod tests {
             usage_estimated: Set(u.estimated),
         }
     }
-    use crate::actors::audit_writer::UsageRecord;
     use crate::usage::Tokens;
+    use crate::usage::UsageRecord;
     use sea_orm::{ConnectionTrait, Database, EntityTrait, QueryOrder};
 
     fn row(i: u16, tokens: Option<Tokens>) -> UsageRow {

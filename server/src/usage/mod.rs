@@ -21,11 +21,12 @@ mod text;
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use uuid::Uuid;
 
 pub use self::capture::{Capture, KeptRequest, KeptResponse};
 use self::estimate::{Counter, PER_MESSAGE, REPLY_PRIMING, bytes_heuristic, scale};
-use crate::actors::audit_writer::UsageRecord;
 
 /// The largest request or non-streamed response body kept for accounting; a
 /// bigger one is counted from its length alone.
@@ -67,6 +68,33 @@ impl WithUsage {
             .or_else(|| self.response.and_then(|r| r.usage))
             .filter(Tokens::is_known)
     }
+}
+
+/// One proxied request. What was kept of the request and response bodies rides
+/// along so token counts are parsed (or estimated) on the writer's thread, not on
+/// the request path (this module).
+#[derive(Debug, Clone)]
+pub struct UsageRecord {
+    pub id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub request_id: String,
+    pub project_id: Uuid,
+    pub token_id: Uuid,
+    pub model: Option<String>,
+    pub provider: String,
+    pub endpoint: String,
+    pub status: u16,
+    pub streamed: bool,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub client_closed: bool,
+    /// The body was cut after a 2xx head (upstream error or idle timeout):
+    /// `status` holds the error (502 or 504), yet what the client got is counted.
+    pub body_cut: bool,
+    /// The request body (if small enough), for a prompt estimate.
+    pub request: KeptRequest,
+    /// The response body as [`Capture`] kept it.
+    pub response: KeptResponse,
 }
 
 /// A usage record ready for the database.

@@ -32,102 +32,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
+
 use sea_orm::DatabaseConnection;
-use serde::Serialize;
+
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
 use self::jsonl::AuditFile;
 use self::scheduling::Role;
 use self::sink::{AUDIT, Queued, Slots, USAGE};
 pub use self::sink::{AuditSink, StorageFailing, UsageSlot};
+pub use crate::records::{AuditEvent, AuditResult};
+pub use crate::usage::UsageRecord;
 
 // === Records ===
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditResult {
-    Success,
-    Failure,
-    Denied,
-    Error,
-}
-
-impl AuditResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Failure => "failure",
-            Self::Denied => "denied",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// One audit event, exactly the SPEC §3 shape. Built only from ids, hints and
-/// non-secret fields.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent {
-    pub id: Uuid,
-    pub timestamp: DateTime<Utc>,
-    pub action: &'static str,
-    pub actor: String,
-    pub client_ip: Option<String>,
-    pub project_id: Option<Uuid>,
-    pub token_id: Option<Uuid>,
-    pub token_hint: Option<String>,
-    pub request_id: Option<String>,
-    pub result: AuditResult,
-    pub details: serde_json::Value,
-}
-
-#[cfg(test)]
-impl AuditEvent {
-    /// A minimal successful event for unit tests.
-    pub fn sample(action: &'static str, at: DateTime<Utc>) -> Self {
-        Self {
-            id: Uuid::now_v7(),
-            timestamp: at,
-            action,
-            actor: "t".into(),
-            client_ip: None,
-            project_id: None,
-            token_id: None,
-            token_hint: None,
-            request_id: None,
-            result: AuditResult::Success,
-            details: serde_json::json!({}),
-        }
-    }
-}
-
-/// One proxied request. What was kept of the request and response bodies rides
-/// along so token counts are parsed (or estimated) on the writer's thread, not on
-/// the request path ([`crate::usage`]).
-#[derive(Debug, Clone)]
-pub struct UsageRecord {
-    pub id: Uuid,
-    pub timestamp: DateTime<Utc>,
-    pub request_id: String,
-    pub project_id: Uuid,
-    pub token_id: Uuid,
-    pub model: Option<String>,
-    pub provider: String,
-    pub endpoint: String,
-    pub status: u16,
-    pub streamed: bool,
-    pub latency_ms: f64,
-    pub ttfb_ms: Option<f64>,
-    pub client_closed: bool,
-    /// The body was cut after a 2xx head (upstream error or idle timeout):
-    /// `status` holds the error (502 or 504), yet what the client got is counted.
-    pub body_cut: bool,
-    /// The request body (if small enough), for a prompt estimate.
-    pub request: crate::usage::KeptRequest,
-    /// The response body as [`crate::usage::Capture`] kept it.
-    pub response: crate::usage::KeptResponse,
-}
 
 #[derive(Debug)]
 pub enum Record {
