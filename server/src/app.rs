@@ -21,13 +21,18 @@
 //!
 //! No compression middleware anywhere: it would buffer SSE streams.
 //!
-//! Actors, each on its own arbiter thread:
+//! Actors (the four of SPEC §1), each on its own thread:
 //! - `TokenRegistry` ([`crate::actors::token_registry`]): handlers read its cache
 //!   directly and send it management writes;
 //! - `RequestQueue` ([`crate::actors::request_queue`]): handlers take a free slot
 //!   lock-free, and message it only to wait for one;
-//! - `AuditWriter` ([`crate::actors::audit_writer`]): handlers queue audit events
-//!   and usage records on its bounded channel; it batches them to the DB and JSONL.
+//! - `ProviderSupervisor` ([`crate::actors::provider_supervisor`]): handlers
+//!   report attempt outcomes to it (fire-and-forget) and read provider status
+//!   directly; it runs breakers and health checks;
+//! - `AuditWriter` ([`crate::actors::audit_writer`]): not an actix actor and has no
+//!   messages: handlers queue audit events and usage records on its bounded
+//!   channel (a semaphore of `audit.buffer` slots); it batches them to the DB and
+//!   JSONL.
 //!
 //! Shutdown order:
 //! 1. SIGTERM/SIGINT: actix stops accepting and lets in-flight requests and streams

@@ -51,3 +51,21 @@ pub fn headers(state: &RateState) -> [(HeaderName, HeaderValue); 3] {
         ),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_format() {
+        assert_eq!(format_reset(Duration::ZERO), "0s");
+        assert_eq!(format_reset(Duration::from_millis(500)), "0.5s");
+        assert_eq!(format_reset(Duration::from_millis(1250)), "1.25s");
+        assert_eq!(format_reset(Duration::from_secs(1)), "1s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+}

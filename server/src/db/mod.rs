@@ -26,7 +26,7 @@ use sea_orm::{
     SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-pub use self::health::{WriteHealth, health, is_storage_failure};
+pub use self::health::health;
 use crate::config::{DatabaseConfig, InitError};
 
 /// How long a caller waits for a pooled connection before failing (503 on the

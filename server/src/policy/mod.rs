@@ -45,10 +45,6 @@ impl ModelList {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn as_slice(&self) -> &[String] {
-        &self.0
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -32,8 +32,6 @@ pub struct Provider {
     pub name: String,
     /// Without a trailing slash; the proxy appends the path after `/v1`.
     pub base_url: String,
-    /// `base_url` parsed once, so a request only swaps path and query.
-    pub base: reqwest::Url,
     pub api_key: Secret,
     pub patterns: Vec<String>,
     pub priority: i64,
@@ -58,17 +56,6 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    /// The upstream URL for a path under `/v1` and the client's query string.
-    pub fn url_for(&self, tail: &str, query: &str) -> reqwest::Url {
-        let mut url = self.base.clone();
-        let mut path = String::with_capacity(self.base.path().len() + tail.len());
-        path.push_str(self.base.path().trim_end_matches('/'));
-        path.push_str(tail);
-        url.set_path(&path);
-        url.set_query((!query.is_empty()).then_some(query));
-        url
-    }
-
     pub fn serves(&self, model: &str) -> bool {
         self.patterns.iter().any(|p| glob_match(p, model))
     }
@@ -208,13 +195,13 @@ impl Providers {
             .iter()
             .map(|c| {
                 let base_url = c.base_url.trim_end_matches('/').to_owned();
-                let base = reqwest::Url::parse(&base_url)
+                // Checked here; the proxy appends the path to the string.
+                reqwest::Url::parse(&base_url)
                     .map_err(|e| format!("providers.{}.base_url: {e}", c.name))?;
                 Ok(Provider {
                     index: 0,
                     name: c.name.clone(),
                     base_url,
-                    base,
                     api_key: c.api_key.clone(),
                     patterns: c.models.clone(),
                     priority: c.priority,
@@ -302,40 +289,5 @@ pub async fn refresh_models_forever(providers: Arc<Providers>, interval: Duratio
             p.note_models_refresh(outcome);
             *due = now + wait;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ProviderConfig;
-
-    fn provider(base: &str, models: &[&str], priority: i64) -> ProviderConfig {
-        ProviderConfig {
-            name: format!("p{priority}"),
-            base_url: base.to_owned(),
-            api_key: Secret::default(),
-            models: models.iter().map(|m| (*m).to_owned()).collect(),
-            priority,
-            weight: 1,
-            timeouts: ProviderTimeouts::default(),
-            health_check: Default::default(),
-            circuit_breaker: Default::default(),
-        }
-    }
-
-    #[test]
-    fn url_keeps_base_path_and_query() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ps = Providers::from_config(&[provider("http://h:1/openai/v1/", &["*"], 0)]).unwrap();
-        let p = &ps.all()[0];
-        assert_eq!(
-            p.url_for("/chat/completions", "").as_str(),
-            "http://h:1/openai/v1/chat/completions"
-        );
-        assert_eq!(
-            p.url_for("/embeddings", "a=1&b=2").as_str(),
-            "http://h:1/openai/v1/embeddings?a=1&b=2"
-        );
     }
 }

@@ -106,11 +106,6 @@ impl ProviderStatus {
         self.healthy.load(Ordering::Acquire)
     }
 
-    /// Worth routing to: healthy and the breaker not open.
-    pub fn usable(&self) -> bool {
-        self.healthy() && self.state() != BreakerState::Open
-    }
-
     pub fn consecutive_failures(&self) -> u64 {
         self.consecutive_failures.load(Ordering::Relaxed)
     }

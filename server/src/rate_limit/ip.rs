@@ -59,7 +59,7 @@ impl KeyExtractor for ClientIpKey {
         // A fresh response in the OpenAI envelope instead of actix-governor's
         // plain-text one (and its non-standard `x-ratelimit-after`).
         ProxyError::IpRateLimited {
-            retry_after: super::rpm::retry_after_secs(wait),
+            retry_after: crate::limits::retry_after_secs(wait),
         }
         .error_response()
     }
@@ -132,7 +132,7 @@ impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
         if left.is_none() {
             self.locked.remove(key);
         }
-        left.map(super::rpm::retry_after_secs)
+        left.map(crate::limits::retry_after_secs)
     }
 
     /// Records a failed attempt; `Some(seconds)` when it used up the allowance.
@@ -140,7 +140,7 @@ impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
         let negative = self.limiter.as_ref()?.check_key(key).err()?;
         let wait = negative.wait_time_from(DefaultClock::default().now());
         self.locked.insert(key.clone(), Instant::now() + wait);
-        Some(super::rpm::retry_after_secs(wait))
+        Some(crate::limits::retry_after_secs(wait))
     }
 
     /// 429 `rate_limit_exceeded` while `key` is locked out.

@@ -14,5 +14,4 @@ pub mod ip;
 pub mod rpm;
 pub mod unauthenticated;
 
-pub use self::rpm::{LocalRateStore, RateKey, RateStore, RpmLimits, Verdict};
-pub use crate::limits::{RateState, format_reset, headers, retry_after_secs};
+pub use self::rpm::{RateStore, RpmLimits};

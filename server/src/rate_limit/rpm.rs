@@ -21,7 +21,7 @@ use governor::{Quota, RateLimiter};
 use crate::actors::token_registry::cache::{ProjectState, TokenState};
 use crate::error::ProxyError;
 use crate::ids::{ProjectId, TokenId};
-pub use crate::limits::{RateState, format_reset, retry_after_secs};
+use crate::limits::RateState;
 
 /// Whose allowance a request draws on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -195,19 +195,6 @@ impl<S: RateStore> RpmLimits<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reset_format() {
-        assert_eq!(format_reset(Duration::ZERO), "0s");
-        assert_eq!(format_reset(Duration::from_millis(500)), "0.5s");
-        assert_eq!(format_reset(Duration::from_millis(1250)), "1.25s");
-        assert_eq!(format_reset(Duration::from_secs(1)), "1s");
-        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
-        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
-        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
-    }
 
     #[actix_rt::test]
     async fn burst_then_limited_then_changed_limit_applies() {

@@ -80,10 +80,6 @@ impl Unauthenticated {
         Refusal { error, file_now }
     }
 
-    pub fn window(&self) -> Duration {
-        self.tally.window
-    }
-
     /// Files the counts gathered since the last flush, and forgets limiter state
     /// of addresses whose buckets have refilled.
     pub async fn flush(&self, mut file: impl AsyncFnMut(AuditEvent)) {

@@ -54,7 +54,6 @@ pub struct Principal {
 
 #[derive(Debug, Clone)]
 pub struct SessionUser {
-    pub id: Uuid,
     pub username: String,
     pub jti: Uuid,
     pub family: Uuid,
@@ -98,7 +97,6 @@ pub async fn authenticate(
     Some(Principal {
         role: Role::parse(&user.role)?,
         user: Some(SessionUser {
-            id: user.id,
             username: user.username,
             jti: claims.jti,
             family: claims.fam,

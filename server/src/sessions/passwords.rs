@@ -80,7 +80,6 @@ pub struct Hasher {
 
 struct Inner {
     slots: Arc<Semaphore>,
-    size: usize,
     waiting: AtomicUsize,
     max_waiting: usize,
     max_wait: Duration,
@@ -141,7 +140,6 @@ impl Hasher {
         }
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(size)),
-            size,
             waiting: AtomicUsize::new(0),
             max_waiting: size.saturating_mul(per_slot),
             max_wait,
@@ -159,10 +157,6 @@ impl Hasher {
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
-    }
-
-    pub fn size(&self) -> usize {
-        self.inner.size
     }
 
     /// A hashing slot: at once if one is free, else after a bounded wait; `Busy`

@@ -51,7 +51,8 @@ pub struct KeptResponse {
 }
 
 impl KeptResponse {
-    /// A response known in full (tests, and bodies built whole).
+    /// A response known in full (tests).
+    #[cfg(test)]
     pub fn whole(body: Bytes) -> Self {
         Self {
             total: body.len() as u64,
@@ -62,6 +63,7 @@ impl KeptResponse {
     }
 
     /// The kept head's length.
+    #[cfg(test)]
     pub fn head_len(&self) -> usize {
         self.head.iter().map(Bytes::len).sum()
     }

@@ -206,10 +206,6 @@ impl TokenCache {
         self.tokens.get(&id).map(|t| Arc::clone(&t.counters))
     }
 
-    pub fn project(&self, id: ProjectId) -> Option<Arc<ProjectState>> {
-        self.projects.get(&id).map(|p| Arc::clone(&p))
-    }
-
     /// Tokens by state, for `palisade_tokens_total` (a scan; scrape time only).
     pub fn census(&self, now: DateTime<Utc>) -> [(&'static str, i64); 4] {
         let (mut active, mut inactive, mut expired, mut revoked) = (0, 0, 0, 0);

@@ -223,7 +223,7 @@ async fn admit_and_forward(
         // Palisade's limit is the one this client lives under: it replaces any
         // the provider sent.
         if let Some(rate) = &rate {
-            for (name, value) in crate::rate_limit::headers(rate) {
+            for (name, value) in crate::limits::headers(rate) {
                 resp.headers_mut().insert(name, value);
             }
         }
