@@ -208,7 +208,5 @@ async fn not_found() -> Result<HttpResponse, ManageError> {
 }
 
 async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::MethodNotAllowed().json(serde_json::json!({
-        "error": { "message": "method not allowed on this route", "code": "method_not_allowed" }
-    }))
+    crate::error::method_not_allowed()
 }
