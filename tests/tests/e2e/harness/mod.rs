@@ -228,6 +228,11 @@ fn spawn_gateway(
         .env_remove("PALISADE_LISTEN")
         .env_remove("PALISADE_DATABASE_URL")
         .env_remove("PALISADE_CONFIG")
+        // A config that leaves these secrets out reads them: only what a test
+        // passes may reach the gateway, never the developer's shell.
+        .env_remove("PALISADE_MANAGEMENT_TOKEN")
+        .env_remove("PALISADE_JWT_SECRET")
+        .env_remove("PALISADE_ENCRYPTION_KEY")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -333,7 +338,10 @@ impl Gateway {
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env_remove("PALISADE_DATABASE_URL")
-            .env_remove("PALISADE_CONFIG");
+            .env_remove("PALISADE_CONFIG")
+            .env_remove("PALISADE_MANAGEMENT_TOKEN")
+            .env_remove("PALISADE_JWT_SECRET")
+            .env_remove("PALISADE_ENCRYPTION_KEY");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
