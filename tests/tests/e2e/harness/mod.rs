@@ -396,6 +396,22 @@ impl Gateway {
         self.dir.path().join("data/palisade.db")
     }
 
+    /// Another writer holds SQLite's write lock (`BEGIN IMMEDIATE`), so every write
+    /// of the gateway's gets `SQLITE_BUSY` until it commits (`COMMIT` on the
+    /// returned connection).
+    pub async fn lock_database(&self) -> sea_orm::sqlx::sqlite::SqliteConnection {
+        use sea_orm::sqlx::Connection;
+        let url = format!("sqlite://{}", self.db_path().display());
+        let mut conn = sea_orm::sqlx::sqlite::SqliteConnection::connect(&url)
+            .await
+            .unwrap();
+        sea_orm::sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+
     // --- management API ---
 
     pub async fn manage(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
