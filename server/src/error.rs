@@ -312,14 +312,11 @@ impl ResponseError for ProxyError {
             }
             _ => {}
         }
-        resp.json(json!({
-            "error": {
-                "message": self.to_string(),
-                "type": self.error_type(),
-                "code": self.code(),
-                "param": null,
-            }
-        }))
+        resp.json(openai_envelope(
+            &self.to_string(),
+            self.error_type(),
+            self.code(),
+        ))
     }
 }
 
@@ -434,9 +431,9 @@ impl ResponseError for ManageError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut error = json!({ "message": self.to_string(), "code": self.code() });
+        let mut envelope = manage_envelope(&self.to_string(), self.code());
         match self {
-            Self::Validation(fields) => error["fields"] = json!(fields),
+            Self::Validation(fields) => envelope["error"]["fields"] = json!(fields),
             Self::Internal(detail) | Self::Unavailable(detail) | Self::Storage(detail) => {
                 tracing::error!(code = self.code(), detail = %detail, "management request failed");
             }
@@ -457,6 +454,108 @@ impl ResponseError for ManageError {
             }
             _ => {}
         }
-        resp.json(json!({ "error": error }))
+        resp.json(envelope)
+    }
+}
+
+// === Envelopes answered outside the two enums ===
+
+/// `{"error":{"message","type","code","param":null}}`, the `/v1` shape.
+fn openai_envelope(message: &str, error_type: &str, code: &str) -> serde_json::Value {
+    json!({
+        "error": {
+            "message": message,
+            "type": error_type,
+            "code": code,
+            "param": null,
+        }
+    })
+}
+
+/// `{"error":{"message","code"}}`, the `/manage` and operational shape.
+fn manage_envelope(message: &str, code: &str) -> serde_json::Value {
+    json!({ "error": { "message": message, "code": code } })
+}
+
+/// The JSON 404 for a path that no route serves (outside `/v1` and `/manage`,
+/// which answer their own).
+pub fn route_not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(manage_envelope("no such route", "not_found"))
+}
+
+/// 405 on a management route that exists but not with this method.
+pub fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed().json(manage_envelope(
+        "method not allowed on this route",
+        "method_not_allowed",
+    ))
+}
+
+/// The end of a stream the upstream broke after the 200 was sent: the `/v1`
+/// envelope as one SSE event, then `[DONE]`, so SDKs stop reading and raise.
+/// `code` is that of the matching [`ProxyError`] (`upstream_error`, `upstream_timeout`).
+pub fn sse_error_event(code: &str) -> actix_web::web::Bytes {
+    let event = openai_envelope(
+        "The upstream provider failed while streaming the response.",
+        "api_error",
+        code,
+    );
+    actix_web::web::Bytes::from(format!("data: {event}\n\ndata: [DONE]\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(resp: HttpResponse) -> String {
+        let bytes = actix_web::body::to_bytes(resp.into_body()).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn route_envelopes_are_the_manage_shape() {
+        for (resp, status, body) in [
+            (
+                route_not_found(),
+                StatusCode::NOT_FOUND,
+                r#"{"error":{"code":"not_found","message":"no such route"}}"#,
+            ),
+            (
+                method_not_allowed(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"error":{"code":"method_not_allowed","message":"method not allowed on this route"}}"#,
+            ),
+        ] {
+            assert_eq!(resp.status(), status);
+            assert_eq!(body_of(resp).await, body);
+        }
+    }
+
+    #[test]
+    fn sse_error_event_is_the_openai_envelope_then_done() {
+        assert_eq!(
+            sse_error_event("upstream_timeout"),
+            concat!(
+                r#"data: {"error":{"code":"upstream_timeout","message":"The upstream provider failed while streaming the response.","param":null,"type":"api_error"}}"#,
+                "\n\ndata: [DONE]\n\n"
+            )
+        );
+    }
+
+    /// The enums' bodies come from the same two shape builders.
+    #[actix_web::test]
+    async fn enum_envelopes_keep_their_shapes() {
+        assert_eq!(
+            body_of(ProxyError::TokenRevoked.error_response()).await,
+            r#"{"error":{"code":"token_revoked","message":"This API key has been revoked.","param":null,"type":"authentication_error"}}"#
+        );
+        assert_eq!(
+            body_of(ManageError::NotFound("project").error_response()).await,
+            r#"{"error":{"code":"not_found","message":"project not found"}}"#
+        );
+        assert_eq!(
+            body_of(ManageError::field("name", "must not be empty").error_response()).await,
+            r#"{"error":{"code":"validation_failed","fields":{"name":"must not be empty"},"message":"validation failed"}}"#
+        );
     }
 }

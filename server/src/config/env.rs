@@ -4,6 +4,35 @@
 
 use yaml_serde::Value;
 
+/// The secrets whose documented default is their environment variable: a file
+/// that leaves one out gets `${VAR:-}`, as if it had written it, so the variable
+/// is read (through the same `lookup`) instead of silently ignored.
+const SECRET_DEFAULTS: [(&str, &str); 3] = [
+    ("management_token", "${PALISADE_MANAGEMENT_TOKEN:-}"),
+    ("jwt_secret", "${PALISADE_JWT_SECRET:-}"),
+    ("encryption_key", "${PALISADE_ENCRYPTION_KEY:-}"),
+];
+
+/// Adds the absent [`SECRET_DEFAULTS`] under `auth` (creating the section when
+/// the file has none), before expansion. A key that is present, even empty,
+/// stays as written; an `auth` that is not a mapping is left for the
+/// deserializer to report.
+pub fn fill_secret_defaults(tree: &mut Value) {
+    let Value::Mapping(root) = tree else {
+        return;
+    };
+    let auth = root
+        .entry(Value::String("auth".to_owned()))
+        .or_insert_with(|| Value::Mapping(Default::default()));
+    let Value::Mapping(auth) = auth else {
+        return;
+    };
+    for (key, default) in SECRET_DEFAULTS {
+        auth.entry(Value::String(key.to_owned()))
+            .or_insert_with(|| Value::String(default.to_owned()));
+    }
+}
+
 /// Expands every string scalar in place. Returns the path and name of each variable
 /// that is unset and has no default, so start-up can name them all at once.
 pub fn expand_tree(

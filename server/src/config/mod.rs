@@ -501,6 +501,7 @@ impl Config {
         if tree.is_null() {
             tree = yaml_serde::Value::Mapping(Default::default());
         }
+        env::fill_secret_defaults(&mut tree);
         let mut missing = Vec::new();
         env::expand_tree(&mut tree, "", lookup, &mut missing);
         if !missing.is_empty() {

@@ -177,3 +177,50 @@ fn flood_limits_default_on_and_are_validated() {
             .contains("rate_limits.unauthenticated_burst")
     );
 }
+
+const ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const JWT_SECRET: &str = "jwt-secret-0123456789abcdef-0123456789";
+
+#[test]
+fn omitted_auth_secrets_read_their_variables() {
+    let cfg = load(
+        &minimal(),
+        &[
+            (
+                "PALISADE_MANAGEMENT_TOKEN",
+                "from-the-environment-0123456789abcdef",
+            ),
+            ("PALISADE_JWT_SECRET", JWT_SECRET),
+            ("PALISADE_ENCRYPTION_KEY", ENCRYPTION_KEY),
+        ],
+    )
+    .unwrap();
+    // Written in the file: the file wins.
+    assert_eq!(cfg.auth.management_token.expose(), TOKEN);
+    assert_eq!(cfg.auth.jwt_secret.expose(), JWT_SECRET);
+    assert_eq!(cfg.auth.encryption_key.expose(), ENCRYPTION_KEY);
+}
+
+#[test]
+fn omitted_auth_section_reads_the_management_token_variable() {
+    let cfg = load(
+        "providers: [{ name: a, base_url: \"http://x/v1\" }]\n",
+        &[("PALISADE_MANAGEMENT_TOKEN", TOKEN)],
+    )
+    .unwrap();
+    assert_eq!(cfg.auth.management_token.expose(), TOKEN);
+    assert_eq!(cfg.auth.jwt_secret.expose(), "");
+    assert_eq!(cfg.auth.encryption_key.expose(), "");
+}
+
+#[test]
+fn auth_secret_written_empty_stays_empty() {
+    let cfg = load(
+        &format!(
+            "auth: {{ management_token: \"{TOKEN}\", encryption_key: \"\" }}\nproviders: [{{ name: a, base_url: \"http://x/v1\" }}]\n"
+        ),
+        &[("PALISADE_ENCRYPTION_KEY", ENCRYPTION_KEY)],
+    )
+    .unwrap();
+    assert_eq!(cfg.auth.encryption_key.expose(), "");
+}

@@ -50,7 +50,5 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn not_found() -> HttpResponse {
-    HttpResponse::NotFound().json(json!({
-        "error": { "message": "no such route", "code": "not_found" }
-    }))
+    crate::error::route_not_found()
 }

@@ -78,31 +78,43 @@ impl Principal {
 }
 
 /// A JWT's principal, if it is valid, unrevoked, and its user still exists.
+/// `Err` when the database could not say: that is no verdict on the token, and
+/// must not be answered or counted as bad credentials.
 pub async fn authenticate(
     db: &sea_orm::DatabaseConnection,
     auth: &AuthConfig,
     token: &str,
-) -> Option<Principal> {
+) -> Result<Option<Principal>, sea_orm::DbErr> {
     let secret = auth.jwt_secret.expose();
     if secret.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let claims = jwt::validate(secret.as_bytes(), token)?;
-    if Sessions::jti_revoked(db, claims.jti).await.ok()?
-        || Sessions::family_revoked(db, claims.fam).await.ok()?
+    let Some(claims) = jwt::validate(secret.as_bytes(), token) else {
+        return Ok(None);
+    };
+    if Sessions::jti_revoked(db, claims.jti).await?
+        || Sessions::family_revoked(db, claims.fam).await?
     {
-        return None;
+        return Ok(None);
     }
-    let user = Sessions::live_user(db, claims.sub).await.ok()??;
-    Some(Principal {
-        role: Role::parse(&user.role)?,
+    let Some(user) = Sessions::live_user(db, claims.sub).await? else {
+        return Ok(None);
+    };
+    let (Some(role), Some(expires_at)) = (
+        Role::parse(&user.role),
+        DateTime::from_timestamp(claims.exp, 0),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Principal {
+        role,
         user: Some(SessionUser {
             username: user.username,
             jti: claims.jti,
             family: claims.fam,
-            expires_at: DateTime::from_timestamp(claims.exp, 0)?,
+            expires_at,
         }),
-    })
+    }))
 }
 
 /// What login and refresh return (SPEC §3).
@@ -217,4 +229,43 @@ pub async fn refresh(
         .ok_or_else(|| SessionError::Token("stored role is invalid".into()))?;
     let pair = issue_pair(db, auth, user.id, role, row.family_id, now).await?;
     Ok(Ok((pair, user.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::ResponseError;
+    use sea_orm::Database;
+
+    use super::*;
+    use crate::error::ManageError;
+
+    const JWT_SECRET: &str = "unit-test-jwt-secret-0123456789abcdef";
+
+    /// A well-formed, signed token whose lookups cannot be answered is not a
+    /// refusal: the caller answers 503 and counts nothing against the client.
+    #[actix_rt::test]
+    async fn authenticate_with_storage_failing_is_an_error_not_a_refusal() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let auth = AuthConfig {
+            jwt_secret: Secret::new(JWT_SECRET),
+            ..AuthConfig::default()
+        };
+        let (token, _) = jwt::issue(
+            JWT_SECRET.as_bytes(),
+            Uuid::now_v7(),
+            "admin",
+            Uuid::now_v7(),
+            crate::time::now(),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        // Storage answers: a user that does not exist is a refusal.
+        assert!(matches!(authenticate(&db, &auth, &token).await, Ok(None)));
+        db.close_by_ref().await.unwrap();
+        let err = authenticate(&db, &auth, &token).await.unwrap_err();
+        let answer = ManageError::from(err);
+        assert_eq!(answer.status_code().as_u16(), 503, "{answer:?}");
+        assert_eq!(answer.code(), "service_unavailable");
+    }
 }

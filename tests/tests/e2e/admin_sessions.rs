@@ -515,3 +515,68 @@ async fn sessions_cli_creates_users_from_stdin_and_no_secret_leaks() {
         assert!(!audit.contains(&secret), "{what} in the audit file");
     }
 }
+
+/// A management request whose valid JWT cannot be checked because the database
+/// cannot answer (here: the pool's one connection is held by a write waiting on
+/// a lock another process holds, so the check cannot get a connection) is a
+/// storage 503, not bad credentials: no 401, no `auth.failure`, no strike towards
+/// the IP's lock-out (one failure allowed, so two counted strikes would lock it).
+#[tokio::test]
+async fn sessions_storage_failure_during_jwt_check_is_503_not_bad_credentials() {
+    let (_mock, gw) = start_with(
+        "database: { url: \"${E2E_DATABASE_URL}\", max_connections: 1, busy_timeout: 20s }\n\
+         rate_limits: { auth_failures_per_minute: 1, auth_failures_burst: 1 }",
+    );
+    create_user(&gw, "olga", "olga's password!", "admin").await;
+    let (status, pair) = login(&gw, "olga", "olga's password!").await;
+    assert_eq!(status, 200, "{pair}");
+    let access = s(&pair["access_token"]).to_owned();
+    let get = || gw.get("/manage/projects").bearer_auth(&access).send();
+
+    let mut lock = gw.lock_database().await;
+    // Holds the only connection until the lock is released.
+    let write = gw.manage("POST", "/manage/projects", Some(json!({"name": "late"})));
+    let outage = async {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut refused = Vec::new();
+        while refused.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the JWT check never lacked storage"
+            );
+            let r = get().await.unwrap();
+            if r.status() != 200 {
+                let retry_after = r.headers().get("retry-after").cloned();
+                refused.push((
+                    r.status().as_u16(),
+                    r.json::<Value>().await.unwrap(),
+                    retry_after,
+                ));
+            }
+        }
+        sea_orm::sqlx::query("COMMIT")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        refused
+    };
+    let ((status, created), refused) = tokio::join!(write, outage);
+    assert_eq!(status, 201, "{created}");
+    for (status, body, retry_after) in &refused {
+        assert_manage_error(*status, body, 503, "service_unavailable");
+        assert!(retry_after.is_some(), "{body}");
+    }
+    // Storage is back: the same client is not locked out.
+    assert_eq!(get().await.unwrap().status(), 200);
+    // Events are written in order: once the later write's event is there, an
+    // `auth.failure` of the outage would be too.
+    gw.wait_for("/manage/audit?action=project.create", |b| {
+        !b["data"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let (_, failures) = gw
+        .manage("GET", "/manage/audit?action=auth.failure", None)
+        .await;
+    assert_eq!(failures["data"], json!([]), "{failures}");
+    assert!(!gw.logs().contains("bad credentials"));
+}

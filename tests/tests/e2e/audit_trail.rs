@@ -227,3 +227,46 @@ async fn audit_failures_denials_filters_and_pages() {
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+/// A token Palisade recognised but refused (revoked, deactivated) is denied in
+/// its own name: an operator finds who still uses it by `token_id`.
+#[tokio::test]
+async fn audit_refused_known_tokens_are_denied_with_their_identity() {
+    let mock = Mock::start("up");
+    let gw = gateway().provider(&mock, "[\"*\"]").start();
+    let (pid, revoked_id, revoked) = gw.project_and_token(json!({}), json!({})).await;
+    let (inactive_id, inactive) = gw.create_token(&pid, json!({})).await;
+    let (status, _) = gw
+        .manage("DELETE", &format!("/manage/tokens/{revoked_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = gw
+        .manage(
+            "PATCH",
+            &format!("/manage/tokens/{inactive_id}"),
+            Some(json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for (id, secret, reason) in [
+        (&revoked_id, &revoked, "token_revoked"),
+        (&inactive_id, &inactive, "token_inactive"),
+    ] {
+        assert_eq!(
+            gw.chat(secret, chat_body("gpt-4o-mini")).await.status(),
+            401
+        );
+        let found = gw
+            .wait_for(
+                &format!("/manage/audit?action=proxy.denied&token_id={id}"),
+                |b| !events(b).is_empty(),
+            )
+            .await;
+        let e = &events(&found)[0];
+        assert_eq!(e["actor"], format!("token:{id}"), "{e}");
+        assert_eq!(e["project_id"], pid.as_str(), "{e}");
+        assert!(e["token_hint"].as_str().unwrap().starts_with("tok-"), "{e}");
+        assert_eq!(e["details"]["reason"], reason, "{e}");
+        assert_eq!(e["result"], "denied", "{e}");
+    }
+}

@@ -8,19 +8,7 @@ use std::time::Duration;
 use sea_orm::sqlx::{Connection, sqlite::SqliteConnection};
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, Mock, chat_body, gateway};
-
-/// Another writer holds SQLite's write lock (`BEGIN IMMEDIATE`), so every write
-/// of the gateway's gets `SQLITE_BUSY` until it commits.
-async fn lock_database(gw: &Gateway) -> SqliteConnection {
-    let url = format!("sqlite://{}", gw.db_path().display());
-    let mut conn = SqliteConnection::connect(&url).await.unwrap();
-    sea_orm::sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn
-}
+use crate::harness::{Mock, chat_body, gateway};
 
 #[tokio::test]
 async fn audit_locked_database_does_not_hold_requests_and_loses_nothing() {
@@ -35,7 +23,7 @@ async fn audit_locked_database_does_not_hold_requests_and_loses_nothing() {
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
 
-    let mut lock = lock_database(&gw).await;
+    let mut lock = gw.lock_database().await;
     const N: usize = 300;
     // Every request must finish while the lock is still held: a request path
     // that waited for the database would never get here (the bound only turns a
@@ -136,7 +124,7 @@ async fn audit_writer_behind_hands_over_to_catch_up_and_back() {
         .start();
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
     // The writer cannot write: the buffer fills and requests wait for room.
-    let mut lock = lock_database(&gw).await;
+    let mut lock = gw.lock_database().await;
     const N: usize = 100;
     let requests = gw.chat_many(&t, N, 16);
     let unlock = async {

@@ -2,7 +2,9 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Mock, assert_manage_error, assert_proxy_error, chat_body, error_of, gateway};
+use crate::harness::{
+    ENCRYPTION_KEY, Mock, assert_manage_error, assert_proxy_error, chat_body, error_of, gateway,
+};
 
 const PROJECT_FIELDS: &[&str] = &[
     "id",
@@ -304,4 +306,32 @@ async fn projects_deactivated_project_blocks_its_tokens() {
     )
     .await;
     assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+}
+
+/// The documented default of `auth.encryption_key` is `${PALISADE_ENCRYPTION_KEY:-}`:
+/// a config that names only the management token still stores (encrypted) and
+/// uses a project's upstream key when the variable is exported.
+#[tokio::test]
+async fn projects_upstream_key_with_encryption_key_only_in_the_environment() {
+    let mock = Mock::start("up");
+    let gw = gateway()
+        .provider(&mock, "[\"*\"]")
+        .yaml("auth: { management_token: \"${E2E_MANAGEMENT_TOKEN}\" }")
+        .env("PALISADE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .start();
+    let (status, p) = gw
+        .manage(
+            "POST",
+            "/manage/projects",
+            Some(json!({"name": "env-key", "upstream_api_key": "sk-project-env-key"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["has_upstream_api_key"], true);
+    let (_, t) = gw.create_token(p["id"].as_str().unwrap(), json!({})).await;
+    assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+    assert_eq!(
+        mock.last_request().await["headers"]["authorization"],
+        "Bearer sk-project-env-key"
+    );
 }

@@ -125,6 +125,26 @@ pub struct Resolved {
     pub project: Arc<ProjectState>,
 }
 
+/// Why [`TokenCache::lookup`] refused a secret. `matched` is the token (and
+/// project) the secret named when it named one that may not be used now
+/// (revoked, expired, inactive, its project inactive or deleted): the refusal is
+/// that token's, and its audit event must say whose.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ProxyError,
+    pub matched: Option<Resolved>,
+}
+
+impl From<ProxyError> for Refused {
+    /// A refusal that matched no token.
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            matched: None,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct TokenCache {
     by_hash: DashMap<TokenHash, HashSlot>,
@@ -139,10 +159,10 @@ pub struct TokenCache {
 impl TokenCache {
     /// Resolves a presented secret to an active token of an active project.
     /// Unknown and past-grace secrets are indistinguishable (`invalid_api_key`).
-    pub fn lookup(&self, hash: &TokenHash, now: DateTime<Utc>) -> Result<Resolved, ProxyError> {
+    pub fn lookup(&self, hash: &TokenHash, now: DateTime<Utc>) -> Result<Resolved, Refused> {
         let slot = *self.by_hash.get(hash).ok_or(ProxyError::InvalidApiKey)?;
         if slot.valid_until.is_some_and(|until| now >= until) {
-            return Err(ProxyError::InvalidApiKey);
+            return Err(ProxyError::InvalidApiKey.into());
         }
         let token = self
             .tokens
@@ -154,19 +174,21 @@ impl TokenCache {
             .get(&token.project_id)
             .map(|p| Arc::clone(&p))
             .ok_or(ProxyError::InvalidApiKey)?;
-        if token.revoked || project.deleted {
-            return Err(ProxyError::TokenRevoked);
+        let unusable = match () {
+            () if token.revoked || project.deleted => Some(ProxyError::TokenRevoked),
+            () if now >= token.expires_at => Some(ProxyError::TokenExpired),
+            () if !token.is_active => Some(ProxyError::TokenInactive),
+            () if !project.is_active => Some(ProxyError::ProjectInactive),
+            () => None,
+        };
+        let resolved = Resolved { token, project };
+        match unusable {
+            None => Ok(resolved),
+            Some(error) => Err(Refused {
+                error,
+                matched: Some(resolved),
+            }),
         }
-        if now >= token.expires_at {
-            return Err(ProxyError::TokenExpired);
-        }
-        if !token.is_active {
-            return Err(ProxyError::TokenInactive);
-        }
-        if !project.is_active {
-            return Err(ProxyError::ProjectInactive);
-        }
-        Ok(Resolved { token, project })
     }
 
     /// Atomically checks the lifetime quota and counts the request, unless the

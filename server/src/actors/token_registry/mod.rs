@@ -34,7 +34,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, SqlErr};
 
-pub use self::cache::{Resolved, TokenCache, TokenCounters};
+pub use self::cache::{Refused, Resolved, TokenCache, TokenCounters};
 use self::convert::{project_state, token_state};
 use crate::crypto::KeyCipher;
 use crate::error::ManageError;

@@ -23,18 +23,25 @@ pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        return next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_boxed_body);
-    };
     let started = tokio::time::Instant::now();
-    let edge = &state.edge;
     let path = req.path();
     let proxy = path == "/v1" || path.starts_with("/v1/");
     let manage = path.starts_with("/manage");
     let probe = path == "/health" || path == "/ready";
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        // Without the state there is no policy to apply: refuse (logged by the
+        // envelope) rather than let the request past the host check, the IP lists
+        // and the headers.
+        let detail = "application state missing at the edge".to_owned();
+        let refusal = match proxy {
+            true => ProxyError::Unavailable(detail).error_response(),
+            false => ManageError::Internal(detail).error_response(),
+        };
+        let mut res = req.into_response(refusal);
+        headers::apply(res.headers_mut(), manage, false);
+        return Ok(res);
+    };
+    let edge = &state.edge;
     let host = req
         .headers()
         .get(actix_web::http::header::HOST)
@@ -69,4 +76,38 @@ pub async fn middleware(
         started.elapsed(),
     );
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::from_fn;
+    use actix_web::{App, HttpResponse, test};
+
+    /// An app whose state was never registered: the edge must not wave requests
+    /// through to a handler that would answer 200.
+    #[actix_web::test]
+    async fn edge_without_app_state_fails_closed() {
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(super::middleware))
+                .default_service(actix_web::web::to(HttpResponse::Ok)),
+        )
+        .await;
+        for (path, status, code) in [
+            ("/v1/chat/completions", 503, "service_unavailable"),
+            ("/manage/projects", 500, "internal_error"),
+            ("/health", 500, "internal_error"),
+        ] {
+            let req = test::TestRequest::post().uri(path).to_request();
+            let resp = test::call_service(&app, req).await;
+            assert_eq!(resp.status().as_u16(), status, "{path}");
+            assert_eq!(
+                resp.headers().get("x-frame-options").unwrap(),
+                "DENY",
+                "{path}"
+            );
+            let body: serde_json::Value = test::read_body_json(resp).await;
+            assert_eq!(body["error"]["code"], code, "{path}: {body}");
+        }
+    }
 }

@@ -152,7 +152,16 @@ async fn require_auth(
             Some(Principal::management_token())
         }
         Some(p) if crate::sessions::jwt::looks_like_jwt(p) => {
-            crate::sessions::authenticate(&state.db, &state.config.auth, p).await
+            match crate::sessions::authenticate(&state.db, &state.config.auth, p).await {
+                Ok(principal) => principal,
+                // The credentials could not be checked: a storage 503 (retry-after),
+                // neither an `auth.failure` nor a strike towards the IP's lock-out.
+                Err(e) => {
+                    return Ok(req
+                        .into_response(ManageError::from(e).error_response())
+                        .map_into_right_body());
+                }
+            }
         }
         _ => None,
     };
@@ -208,7 +217,5 @@ async fn not_found() -> Result<HttpResponse, ManageError> {
 }
 
 async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::MethodNotAllowed().json(serde_json::json!({
-        "error": { "message": "method not allowed on this route", "code": "method_not_allowed" }
-    }))
+    crate::error::method_not_allowed()
 }

@@ -3,11 +3,11 @@
 use actix_web::HttpRequest;
 use chrono::{DateTime, Utc};
 
-use crate::actors::token_registry::Resolved;
+use crate::actors::token_registry::{Refused, Resolved};
+use crate::state::AppState;
 use crate::error::ProxyError;
 use crate::rate_limit::unauthenticated::is_unauthenticated;
 use crate::secret::TokenHash;
-use crate::state::AppState;
 
 pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     crate::secret::bearer(req.headers()).or_else(|| {
@@ -21,21 +21,23 @@ pub fn presented_key(req: &HttpRequest) -> Option<&str> {
 
 /// The caller's token and project. A request with no credential or an unknown
 /// one goes through [`crate::rate_limit::unauthenticated`]: counted, limited per
-/// client IP, and audited in aggregate (the first of its kind at once, here).
+/// client IP, and audited in aggregate (the first of its kind at once, here). A
+/// refusal of a known token carries it, for the caller's audit event.
 pub async fn resolve(
     req: &HttpRequest,
     state: &AppState,
     now: DateTime<Utc>,
-) -> Result<Resolved, ProxyError> {
+) -> Result<Resolved, Refused> {
     let e = match presented_key(req) {
         None => ProxyError::MissingApiKey,
         Some(key) => match state.registry.cache.lookup(&TokenHash::of(key), now) {
             Ok(resolved) => return Ok(resolved),
-            Err(e) => e,
+            Err(refused) if refused.matched.is_some() => return Err(refused),
+            Err(refused) => refused.error,
         },
     };
     if !is_unauthenticated(&e) {
-        return Err(e);
+        return Err(e.into());
     }
     let ip = crate::net::client_ip(req, &state.trusted_proxies);
     let reason = e.code();
@@ -43,7 +45,7 @@ pub async fn resolve(
     if refusal.file_now {
         file_first(req, state, reason).await;
     }
-    Err(refusal.error)
+    Err(refusal.error.into())
 }
 
 /// The first unauthenticated failure of its (client IP, reason) in a window, as

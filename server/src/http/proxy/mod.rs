@@ -122,7 +122,11 @@ async fn admit_and_forward(
     }
     let started = tokio::time::Instant::now();
     let now = crate::time::now();
-    let resolved = auth::resolve(req, state, now).await?;
+    let resolved = auth::resolve(req, state, now).await.map_err(|refused| {
+        // A known token refused (revoked, expired, inactive): the denial is its own.
+        *seen = refused.matched;
+        refused.error
+    })?;
     *seen = Some(resolved.clone());
     crate::http::access_log::note_caller(req, resolved.token.id.0, resolved.project.id.0);
     let ip = crate::net::client_ip(req, &state.trusted_proxies);

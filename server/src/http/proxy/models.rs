@@ -53,7 +53,9 @@ pub async fn retrieve(
 
 /// The same checks as a proxied request, up to the model: credential, then IP.
 async fn authorize(req: &HttpRequest, state: &AppState) -> Result<Resolved, ProxyError> {
-    let resolved = auth::resolve(req, state, crate::time::now()).await?;
+    let resolved = auth::resolve(req, state, crate::time::now())
+        .await
+        .map_err(|refused| refused.error)?;
     if !ip_allowed(
         &resolved,
         crate::net::client_ip(req, &state.trusted_proxies),

@@ -366,7 +366,7 @@ impl Relay {
         }
         if self.sse {
             self.state = State::Ending;
-            Poll::Ready(Some(Ok(sse_error(reason.code()))))
+            Poll::Ready(Some(Ok(crate::error::sse_error_event(reason.code()))))
         } else {
             self.state = State::Done;
             let err = match reason {
@@ -390,18 +390,6 @@ impl Drop for Relay {
             tap.finish(completed);
         }
     }
-}
-
-fn sse_error(code: &str) -> Bytes {
-    let event = serde_json::json!({
-        "error": {
-            "message": "The upstream provider failed while streaming the response.",
-            "type": "api_error",
-            "code": code,
-            "param": null,
-        }
-    });
-    Bytes::from(format!("data: {event}\n\ndata: [DONE]\n\n"))
 }
 
 #[cfg(test)]

@@ -228,6 +228,11 @@ fn spawn_gateway(
         .env_remove("PALISADE_LISTEN")
         .env_remove("PALISADE_DATABASE_URL")
         .env_remove("PALISADE_CONFIG")
+        // A config that leaves these secrets out reads them: only what a test
+        // passes may reach the gateway, never the developer's shell.
+        .env_remove("PALISADE_MANAGEMENT_TOKEN")
+        .env_remove("PALISADE_JWT_SECRET")
+        .env_remove("PALISADE_ENCRYPTION_KEY")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -333,7 +338,10 @@ impl Gateway {
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env_remove("PALISADE_DATABASE_URL")
-            .env_remove("PALISADE_CONFIG");
+            .env_remove("PALISADE_CONFIG")
+            .env_remove("PALISADE_MANAGEMENT_TOKEN")
+            .env_remove("PALISADE_JWT_SECRET")
+            .env_remove("PALISADE_ENCRYPTION_KEY");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -386,6 +394,22 @@ impl Gateway {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("data/palisade.db")
+    }
+
+    /// Another writer holds SQLite's write lock (`BEGIN IMMEDIATE`), so every write
+    /// of the gateway's gets `SQLITE_BUSY` until it commits (`COMMIT` on the
+    /// returned connection).
+    pub async fn lock_database(&self) -> sea_orm::sqlx::sqlite::SqliteConnection {
+        use sea_orm::sqlx::Connection;
+        let url = format!("sqlite://{}", self.db_path().display());
+        let mut conn = sea_orm::sqlx::sqlite::SqliteConnection::connect(&url)
+            .await
+            .unwrap();
+        sea_orm::sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
     }
 
     // --- management API ---

@@ -44,21 +44,37 @@ fn lookup_distinguishes_states() {
     assert!(cache.lookup(&h, now).is_ok());
     assert!(matches!(
         cache.lookup(&TokenHash::of("tok-2"), now),
-        Err(ProxyError::InvalidApiKey)
+        Err(Refused {
+            error: ProxyError::InvalidApiKey,
+            matched: None
+        })
     ));
     assert!(matches!(
         cache.lookup(&h, now + Duration::days(2)),
-        Err(ProxyError::TokenExpired)
+        Err(Refused {
+            error: ProxyError::TokenExpired,
+            matched: Some(_)
+        })
     ));
     cache.update_token(tid, |t| t.with(|t| t.is_active = false));
     assert!(matches!(
         cache.lookup(&h, now),
-        Err(ProxyError::TokenInactive)
+        Err(Refused {
+            error: ProxyError::TokenInactive,
+            matched: Some(_)
+        })
     ));
     cache.update_token(tid, |t| t.with(|t| t.revoked = true));
+    // The refusal names the token it matched, for the audit trail.
+    let refused = cache.lookup(&h, now).unwrap_err();
+    let matched = refused.matched.unwrap();
+    assert_eq!((matched.token.id, matched.project.id), (tid, pid));
     assert!(matches!(
         cache.lookup(&h, now),
-        Err(ProxyError::TokenRevoked)
+        Err(Refused {
+            error: ProxyError::TokenRevoked,
+            matched: Some(_)
+        })
     ));
 }
 
@@ -156,11 +172,17 @@ fn rotation_keeps_previous_until_grace_ends() {
     assert!(cache.lookup(&new, now).is_ok());
     assert!(matches!(
         cache.lookup(&old, until),
-        Err(ProxyError::InvalidApiKey)
+        Err(Refused {
+            error: ProxyError::InvalidApiKey,
+            matched: None
+        })
     ));
     cache.prune_expired_previous(until);
     assert!(matches!(
         cache.lookup(&old, now),
-        Err(ProxyError::InvalidApiKey)
+        Err(Refused {
+            error: ProxyError::InvalidApiKey,
+            matched: None
+        })
     ));
 }
