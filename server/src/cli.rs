@@ -146,7 +146,7 @@ async fn create_user(cfg: &Config, username: &str, role: &str) -> Result<(), Ini
     use crate::sessions::{Role, passwords};
     let bad = |m: String| InitError::Other(format!("user create: {m}"));
     let role = Role::parse(role).ok_or_else(|| bad("--role must be admin or viewer".into()))?;
-    if !crate::http::manage::users::username_ok(username) {
+    if !crate::sessions::users::username_ok(username) {
         return Err(bad("--username: 1-64 letters, digits and . _ - @".into()));
     }
     let mut line = String::new();
@@ -159,7 +159,7 @@ async fn create_user(cfg: &Config, username: &str, role: &str) -> Result<(), Ini
     crate::db::migrate(&conn).await?;
     let cost = u32::try_from(cfg.auth.bcrypt_cost).unwrap_or(12);
     let hasher = passwords::Hasher::start(1, cost);
-    let user = crate::http::manage::users::create_user(&conn, username, password, role, &hasher)
+    let user = crate::sessions::users::create_user(&conn, username, password, role, &hasher)
         .await
         .map_err(|e| bad(e.to_string()))?;
     let mut out = std::io::stdout().lock();

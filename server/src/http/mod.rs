@@ -5,6 +5,7 @@
 //! become envelopes here.
 
 pub mod access_log;
+pub mod audit;
 pub mod edge;
 pub mod manage;
 pub mod metrics;

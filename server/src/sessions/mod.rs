@@ -12,6 +12,7 @@
 
 pub mod jwt;
 pub mod passwords;
+pub mod users;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

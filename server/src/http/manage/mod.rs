@@ -1,7 +1,7 @@
 //! `/manage/*`: the operator API (SPEC §3). Every route sits behind [`require_auth`];
 //! writes go to the `TokenRegistry` actor, reads straight to the database.
 
-pub mod audit;
+mod audit;
 mod body;
 mod list;
 mod projects;
@@ -10,7 +10,7 @@ mod queue;
 mod session;
 mod tokens;
 mod usage;
-pub mod users;
+mod users;
 mod views;
 
 use actix_web::body::MessageBody;
@@ -171,16 +171,16 @@ async fn require_auth(
             path = req.path(),
             "management request rejected: bad credentials"
         );
-        let who = audit::Who::of(req.request(), &state);
-        let subject = audit::Subject {
+        let who = crate::http::audit::Who::of(req.request(), &state);
+        let subject = crate::http::audit::Subject {
             details: serde_json::json!({ "method": req.method().as_str(), "path": req.path() }),
             ..Default::default()
         };
-        audit::record_as(
+        crate::http::audit::record_as(
             &state,
             &who,
             "auth.failure",
-            audit::AuditResult::Denied,
+            crate::http::audit::AuditResult::Denied,
             subject,
         )
         .await;

@@ -3,7 +3,6 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::audit::{self, Subject, Who};
 use super::body::{Body, read_limited};
 use super::list::ListParams;
 use super::views::{ListView, ProjectView};
@@ -11,6 +10,7 @@ use crate::actors::token_registry::{
     CreateProject, DeleteProject, NewProject, ProjectPatch, RevokeProjectTokens, UpdateProject,
 };
 use crate::error::ManageError;
+use crate::http::audit::{self, Subject, Who};
 use crate::ids::ProjectId;
 use crate::secret::Secret;
 use crate::service::query::Query;

@@ -5,9 +5,9 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::audit::{self, AuditResult, Subject, Who};
 use super::body::{Body, read_limited};
 use crate::error::ManageError;
+use crate::http::audit::{self, AuditResult, Subject, Who};
 use crate::secret::Secret;
 use crate::service::sessions::Sessions;
 use crate::sessions::{self, Principal, RefreshRefused, Role, passwords};

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::audit::{self, Subject, Who};
 use super::body::{Body, Field, read_limited};
 use super::list::ListParams;
 use super::projects::{NAME_MAX, RPM_MAX, nullable_list};
@@ -17,6 +16,7 @@ use crate::actors::token_registry::{
     CreateToken, IssuedToken, NewToken, RevokeToken, RotateToken, TokenPatch, UpdateToken,
 };
 use crate::error::ManageError;
+use crate::http::audit::{self, Subject, Who};
 use crate::ids::{ProjectId, TokenId};
 use crate::service::query::Query;
 use crate::state::AppState;

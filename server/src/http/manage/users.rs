@@ -7,12 +7,13 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::audit::{self, Subject, Who};
 use super::body::{Body, read_limited};
 use super::list::ListParams;
 use crate::error::ManageError;
+use crate::http::audit::{self, Subject, Who};
 use crate::secret::Secret;
 use crate::service::sessions::Sessions;
+use crate::sessions::users::{UserError, create_user, username_ok};
 use crate::sessions::{Role, passwords};
 use crate::state::AppState;
 
@@ -35,32 +36,13 @@ impl From<&entity::users::Model> for UserView {
     }
 }
 
-/// Letters, digits and `._-@`, 1–64 characters.
-pub fn username_ok(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
-}
-
-/// Creates a user (also used by `palisade user create`).
-pub async fn create_user(
-    db: &sea_orm::DatabaseConnection,
-    username: &str,
-    password: Secret,
-    role: Role,
-    hasher: &passwords::Hasher,
-) -> Result<entity::users::Model, ManageError> {
-    if Sessions::user_by_name(db, username).await?.is_some() {
-        return Err(ManageError::Conflict(format!(
-            "a user named {:?} exists",
-            username.to_lowercase()
-        )));
+fn user_error(e: UserError) -> ManageError {
+    match e {
+        UserError::Exists(name) => ManageError::Conflict(format!("a user named {name:?} exists")),
+        UserError::Hash(passwords::HashError::Busy(b)) => super::session::busy(b),
+        UserError::Hash(passwords::HashError::Failed(why)) => ManageError::Internal(why),
+        UserError::Storage(e) => e.into(),
     }
-    let hash = hasher.hash(password).await.map_err(|e| match e {
-        passwords::HashError::Busy(b) => super::session::busy(b),
-        passwords::HashError::Failed(why) => ManageError::Internal(why),
-    })?;
-    Ok(Sessions::insert_user(db, username, hash, role.as_str(), crate::time::now()).await?)
 }
 
 pub async fn create(
@@ -104,6 +86,7 @@ pub async fn create(
             &state.hasher,
         )
         .await
+        .map_err(user_error)
     }
     .await;
     audit::record(&state, &who, "user.create", &out, Subject::default(), |u| {

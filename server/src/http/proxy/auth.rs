@@ -4,10 +4,10 @@ use actix_web::HttpRequest;
 use chrono::{DateTime, Utc};
 
 use crate::actors::token_registry::{Refused, Resolved};
-use crate::state::AppState;
 use crate::error::ProxyError;
 use crate::rate_limit::unauthenticated::is_unauthenticated;
 use crate::secret::TokenHash;
+use crate::state::AppState;
 
 pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     crate::secret::bearer(req.headers()).or_else(|| {
@@ -51,7 +51,7 @@ pub async fn resolve(
 /// The first unauthenticated failure of its (client IP, reason) in a window, as
 /// a `proxy.denied` event of its own (`count: 1`).
 async fn file_first(req: &HttpRequest, state: &AppState, reason: &'static str) {
-    use crate::http::manage::audit::{AuditResult, Subject, Who, record_as};
+    use crate::http::audit::{AuditResult, Subject, Who, record_as};
     let who = Who::of(req, state);
     let subject = Subject {
         details: serde_json::json!({ "reason": reason, "path": req.path(), "count": 1 }),

@@ -84,7 +84,7 @@ pub(crate) async fn audit_denial(
     e: &ProxyError,
     seen: Option<&crate::actors::token_registry::Resolved>,
 ) {
-    use crate::http::manage::audit::{AuditResult, Subject, Who, record_as};
+    use crate::http::audit::{AuditResult, Subject, Who, record_as};
     let mut who = Who::of(req, state);
     who.actor = seen.map_or_else(
         || "anonymous".to_owned(),
