@@ -2,9 +2,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit code for start-up failures (EX_USAGE), as linkerd does.
-const EXIT_INIT: u8 = 64;
-
 fn main() -> ExitCode {
     // One TLS stack, one crypto provider: install ring before anything uses rustls.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -15,7 +12,7 @@ fn main() -> ExitCode {
         Err(e) => {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "palisade: {e}");
-            ExitCode::from(EXIT_INIT)
+            ExitCode::from(e.code())
         }
     }
 }
