@@ -174,15 +174,13 @@ async fn create_token(state: &AppState, payload: web::Payload) -> Result<IssuedT
 /// `expires_in_seconds` or `expires_at` (not both), default `tokens.default_ttl`,
 /// never beyond `tokens.max_ttl`.
 fn expiry(b: &mut Body, state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
-    let max = state.config.tokens.max_ttl.0;
+    let max_ttl = state.config.tokens.max_ttl;
+    let max = max_ttl.0;
     let max_secs = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
     let ttl_secs = b.int("expires_in_seconds", 1, i64::MAX).value();
     let at = b.timestamp("expires_at").value();
     let limit = now + chrono::Duration::seconds(max_secs);
-    let too_long = format!(
-        "the lifetime must not exceed tokens.max_ttl ({})",
-        humantime::format_duration(max)
-    );
+    let too_long = format!("the lifetime must not exceed tokens.max_ttl ({max_ttl})");
     match (ttl_secs, at) {
         (Some(_), Some(_)) => {
             b.error(
