@@ -56,7 +56,7 @@ use crate::actors::audit_writer::{AuditSettings, AuditSink, AuditWriter};
 use crate::actors::provider_supervisor::ProviderSupervisor;
 use crate::actors::request_queue::Admission;
 use crate::actors::token_registry::{FlushUsage, TokenRegistry};
-use crate::config::{Config, InitError};
+use crate::config::{Config, ExitError, InitError};
 use crate::crypto::KeyCipher;
 use crate::http::RootSpan;
 use crate::policy::CidrList;
@@ -69,7 +69,9 @@ use crate::state::{AppState, EdgePolicy};
 use crate::{db, http::request_id};
 
 /// Runs `palisade serve` until a shutdown signal; see the module docs for order.
-pub async fn serve(config: Config) -> Result<(), InitError> {
+/// Start-up failures are [`InitError`]s; a failure once serving is
+/// [`ExitError::Runtime`], so the two exit with different codes.
+pub async fn serve(config: Config) -> Result<(), ExitError> {
     let config = Arc::new(config);
     let conn = db::connect(&config.database).await?;
     db::migrate(&conn).await?;
@@ -83,7 +85,8 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
             errors: vec![format!(
                 "auth.jwt_secret: {users} admin user(s) exist; set PALISADE_JWT_SECRET (at least 32 bytes) so they can log in"
             )],
-        });
+        }
+        .into());
     }
     let cipher = match config.auth.encryption_key.expose() {
         "" => None,
@@ -230,7 +233,7 @@ pub async fn serve(config: Config) -> Result<(), InitError> {
     });
     server
         .await
-        .map_err(|e| InitError::Other(format!("server error: {e}")))?;
+        .map_err(|e| ExitError::Runtime(format!("server error: {e}")))?;
 
     match registry.addr.send(FlushUsage).await {
         Ok(Ok(n)) => tracing::info!(tokens = n, "request counters written; bye"),

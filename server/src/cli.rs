@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config, InitError};
+use crate::config::{self, Config, ExitError, InitError};
 use crate::secret::Secret;
 
 #[derive(Parser, Debug)]
@@ -75,7 +75,7 @@ pub enum UserCommand {
     },
 }
 
-pub async fn run(cli: Cli) -> Result<(), InitError> {
+pub async fn run(cli: Cli) -> Result<(), ExitError> {
     match cli.command {
         Command::Serve { config, dev } => {
             let mut cfg = if config::use_built_in(config.as_deref(), dev) {
@@ -117,12 +117,12 @@ pub async fn run(cli: Cli) -> Result<(), InitError> {
         } => {
             let cfg = Config::load(&config::resolve_path(config.as_deref()), true)?;
             let _guard = crate::telemetry::init(&cfg.logging);
-            create_user(&cfg, &username, &role).await
+            Ok(create_user(&cfg, &username, &role).await?)
         }
         Command::RotateEncryptionKey { config } => {
             let cfg = Config::load(&config::resolve_path(config.as_deref()), true)?;
             let _guard = crate::telemetry::init(&cfg.logging);
-            rotate_encryption_key(&cfg).await
+            Ok(rotate_encryption_key(&cfg).await?)
         }
         Command::CheckConfig { config, dev } => {
             let path = config::resolve_path(config.as_deref());

@@ -9,9 +9,6 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit code for start-up failures (EX_USAGE), as linkerd does.
-const EXIT_INIT: u8 = 64;
-
 fn main() -> ExitCode {
     // One TLS stack, one crypto provider: install ring before anything uses rustls.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -22,7 +19,7 @@ fn main() -> ExitCode {
         Err(e) => {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "palisade: {e}");
-            ExitCode::from(EXIT_INIT)
+            ExitCode::from(e.code())
         }
     }
 }

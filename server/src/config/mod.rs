@@ -20,7 +20,7 @@ pub use self::providers::{
 pub use self::units::{ByteSize, HumanDuration};
 use crate::secret::Secret;
 
-/// Start-up failures: the process prints the message and exits with code 64.
+/// Start-up failures: the process prints the message and exits with [`EXIT_INIT`].
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("cannot read config file {path}: {source}")]
@@ -36,6 +36,32 @@ pub enum InitError {
     Database(String),
     #[error("{0}")]
     Other(String),
+}
+
+/// Exit code of a failure before serving (EX_USAGE, as linkerd does).
+pub const EXIT_INIT: u8 = 64;
+/// Exit code of a server that started and then failed (EX_SOFTWARE).
+pub const EXIT_RUNTIME: u8 = 70;
+
+/// Why a command failed; the exit code tells a supervisor whether to fix the
+/// configuration (64) or to look at a server that broke while running (70), see
+/// `docs/operations.md`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    #[error(transparent)]
+    Init(#[from] InitError),
+    /// The server had started serving and then failed.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl ExitError {
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Init(_) => EXIT_INIT,
+            Self::Runtime(_) => EXIT_RUNTIME,
+        }
+    }
 }
 
 // === Defaults ===

@@ -224,3 +224,13 @@ fn auth_secret_written_empty_stays_empty() {
     .unwrap();
     assert_eq!(cfg.auth.encryption_key.expose(), "");
 }
+
+#[test]
+fn exit_codes_tell_start_up_from_runtime_failures() {
+    let init = ExitError::from(InitError::Database("unreachable".to_owned()));
+    assert_eq!(init.code(), 64);
+    assert_eq!(init.to_string(), "database: unreachable");
+    let runtime = ExitError::Runtime("server error: boom".to_owned());
+    assert_eq!(runtime.code(), 70);
+    assert_eq!(runtime.to_string(), "server error: boom");
+}

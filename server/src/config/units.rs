@@ -32,15 +32,44 @@ impl HumanDuration {
     }
 }
 
+/// In the units a configuration is written in, days the largest: `365d`, `30d`,
+/// `1h 30m`, `100ms`. `humantime::format_duration` counts in years of 365.25 days
+/// and months of 30.44, so a configured `365d` came out as
+/// `11months 30days 3h 50m 24s`. The output parses back to the same duration.
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        let nanos = u64::from(self.0.subsec_nanos());
+        if secs == 0 && nanos == 0 {
+            return f.write_str("0s");
+        }
+        let parts = [
+            (secs / 86_400, "d"),
+            (secs / 3_600 % 24, "h"),
+            (secs / 60 % 60, "m"),
+            (secs % 60, "s"),
+            (nanos / 1_000_000, "ms"),
+            (nanos / 1_000 % 1_000, "us"),
+            (nanos % 1_000, "ns"),
+        ];
+        let mut sep = "";
+        for (n, unit) in parts.into_iter().filter(|(n, _)| *n > 0) {
+            write!(f, "{sep}{n}{unit}")?;
+            sep = " ";
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Debug for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(self.0))
+        s.collect_str(self)
     }
 }
 
@@ -167,6 +196,27 @@ mod tests {
         );
         assert_eq!(HumanDuration::parse("5").unwrap().0, Duration::from_secs(5));
         assert!(HumanDuration::parse("soon").is_err());
+    }
+
+    #[test]
+    fn durations_print_as_configured_in_days_at_most() {
+        for (configured, printed) in [
+            ("365d", "365d"),
+            ("30d", "30d"),
+            ("1d", "1d"),
+            ("90s", "1m 30s"),
+            ("1500ms", "1s 500ms"),
+            ("100ms", "100ms"),
+            ("0s", "0s"),
+            ("3d 4h 5m 6s 7ms 8us 9ns", "3d 4h 5m 6s 7ms 8us 9ns"),
+        ] {
+            let d = HumanDuration::parse(configured).unwrap();
+            assert_eq!(d.to_string(), printed, "{configured}");
+            assert_eq!(format!("{d:?}"), printed, "{configured}");
+            assert_eq!(HumanDuration::parse(printed).unwrap(), d, "{printed}");
+        }
+        let yaml = yaml_serde::to_string(&HumanDuration::secs(365 * 86_400)).unwrap();
+        assert_eq!(yaml.trim(), "365d");
     }
 
     #[test]

@@ -30,43 +30,79 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     rest.ends_with(last)
 }
 
+/// Model patterns; empty allows every model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ModelList(Vec<String>);
+pub struct ModelList {
+    patterns: Vec<String>,
+    /// Allows no model at all: a stored list that could not be read ([`Self::nothing`]).
+    closed: bool,
+}
 
 impl ModelList {
-    pub fn new(models: Vec<String>) -> Self {
-        Self(models)
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self {
+            patterns,
+            closed: false,
+        }
+    }
+
+    /// A list that allows no model: what a stored list that cannot be read becomes,
+    /// since reading it as `[]` would lift the restriction (fail closed).
+    pub fn nothing() -> Self {
+        Self {
+            patterns: Vec::new(),
+            closed: true,
+        }
     }
 
     pub fn allows(&self, model: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|p| glob_match(p, model))
+        !self.closed
+            && (self.patterns.is_empty() || self.patterns.iter().any(|p| glob_match(p, model)))
     }
 
+    /// No restriction at all (a closed list is the strictest restriction).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        !self.closed && self.patterns.is_empty()
     }
 }
 
+/// CIDR ranges; as an allowlist, empty allows every address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CidrList(Vec<IpNet>);
+pub struct CidrList {
+    nets: Vec<IpNet>,
+    /// Allows no address at all: a stored list that could not be read ([`Self::nothing`]).
+    closed: bool,
+}
 
 impl CidrList {
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self(nets)
+        Self {
+            nets,
+            closed: false,
+        }
+    }
+
+    /// An allowlist that allows no address: what a stored list that cannot be read
+    /// becomes, since reading it as `[]` would lift the restriction (fail closed).
+    pub fn nothing() -> Self {
+        Self {
+            nets: Vec::new(),
+            closed: true,
+        }
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.0.is_empty() || self.0.iter().any(|n| n.contains(&ip))
+        !self.closed && (self.nets.is_empty() || self.contains(ip))
     }
 
+    /// No restriction at all (a closed list is the strictest restriction).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        !self.closed && self.nets.is_empty()
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|n| n.contains(&ip))
+        self.nets.iter().any(|n| n.contains(&ip))
     }
 }
 
@@ -117,5 +153,18 @@ mod tests {
         assert!(l.allows("::1".parse().unwrap()));
         assert!(!l.allows("127.0.0.1".parse().unwrap()));
         assert!(CidrList::default().allows("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn closed_lists_allow_nothing_and_count_as_restrictions() {
+        let models = ModelList::nothing();
+        assert!(!models.allows("gpt-4o"));
+        assert!(!models.allows(""));
+        assert!(!models.is_empty());
+        let cidrs = CidrList::nothing();
+        assert!(!cidrs.allows("127.0.0.1".parse().unwrap()));
+        assert!(!cidrs.allows("::1".parse().unwrap()));
+        assert!(!cidrs.is_empty());
+        assert!(ModelList::default().is_empty() && CidrList::default().is_empty());
     }
 }

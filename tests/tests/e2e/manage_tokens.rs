@@ -128,6 +128,13 @@ async fn tokens_validation_and_lookup_errors() {
             resp["error"]["fields"].get(field).is_some(),
             "{body} -> {resp}"
         );
+        if field == "expires_in_seconds" {
+            // As configured: humantime printed `7days` (and `365d` in its months).
+            assert_eq!(
+                resp["error"]["fields"][field],
+                "the lifetime must not exceed tokens.max_ttl (7d)"
+            );
+        }
     }
     // Within max_ttl is fine, and default TTL applies.
     let (status, t) = gw

@@ -72,3 +72,22 @@ async fn metrics_need_credentials_and_report_real_traffic() {
     assert!(!text.contains(&token), "a token in the metrics");
     assert!(!text.contains("/manage/tokens/0"), "{text}");
 }
+
+#[tokio::test]
+async fn metrics_upstream_ttfb_recorded_with_usage_disabled() {
+    // Time to first byte describes the upstream: it used to be measured only on
+    // the way to a usage record, so `usage.enabled: false` left it empty.
+    let (_mock, gw) = start("usage: { enabled: false }");
+    let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
+    let mut streamed = chat_body("gpt-4o-mini");
+    streamed["stream"] = json!(true);
+    for body in [chat_body("gpt-4o-mini"), streamed] {
+        let resp = gw.chat(&token, body).await;
+        assert_eq!(resp.status(), 200);
+        // The whole body read: its first chunk has been through the gateway.
+        assert!(!resp.text().await.unwrap().is_empty());
+    }
+    let text = gw.metrics_text().await;
+    let series = "palisade_upstream_ttfb_seconds_count{provider=\"up\"} 2";
+    assert!(text.contains(series), "missing {series:?} in:\n{text}");
+}

@@ -6,7 +6,7 @@
 use serde_json::json;
 use tokio::time::{Duration, Instant};
 
-use crate::harness::{Mock, assert_proxy_error, chat_body, error_of, gateway};
+use crate::harness::{Gateway, Mock, assert_proxy_error, chat_body, error_of, gateway};
 
 const CHAT: &str = "/v1/chat/completions";
 const NO_HEALTH: &str = "health_check: { enabled: false }";
@@ -24,13 +24,20 @@ fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-#[tokio::test]
-async fn upstream_errors_429_retry_after_longer_than_max_delay_returns_at_once() {
+/// One provider (default retry settings) whose next `count` answers are 429 with
+/// `retry-after: retry_after`, and a token to call it with.
+async fn answering_429(count: u32, retry_after: &str) -> (Mock, Gateway, String) {
     let mock = Mock::start("only");
     let gw = gateway().provider_yaml(&single(&mock)).start();
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
-    mock.fail_next(json!({"count": 100, "status": 429, "retry_after": "30"}))
+    mock.fail_next(json!({"count": count, "status": 429, "retry_after": retry_after}))
         .await;
+    (mock, gw, t)
+}
+
+#[tokio::test]
+async fn upstream_errors_429_retry_after_longer_than_max_delay_returns_at_once() {
+    let (mock, gw, t) = answering_429(100, "30").await;
     let started = Instant::now();
     let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
     let took = started.elapsed();
@@ -41,6 +48,23 @@ async fn upstream_errors_429_retry_after_longer_than_max_delay_returns_at_once()
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(mock.count(CHAT).await, 1, "one upstream call, no waiting");
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn upstream_errors_429_retry_after_beyond_u64_seconds_is_an_error_envelope() {
+    // `1e20` seconds is past what a `Duration` holds: converting it used to panic
+    // the worker, and the client lost the connection instead of hearing the 429.
+    let (mock, gw, t) = answering_429(1, "1e20").await;
+    let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
+    assert_eq!(
+        header(&resp, "retry-after"),
+        Some(u64::MAX.to_string().as_str())
+    );
+    let (status, body) = error_of(resp).await;
+    assert_proxy_error(status, &body, 429, "upstream_rate_limited");
+    assert_eq!(mock.count(CHAT).await, 1, "one upstream call, no waiting");
+    let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
+    assert_eq!(resp.status(), 200, "the gateway still serves");
 }
 
 #[tokio::test]

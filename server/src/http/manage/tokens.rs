@@ -1,8 +1,10 @@
 //! `/manage/tokens` handlers. The secret appears in exactly two responses: create
 //! and rotate.
 
+use std::future::Future;
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -36,14 +38,47 @@ struct WithSecret<'a> {
     token: &'a str,
 }
 
-fn with_secret(state: &AppState, issued: &IssuedToken) -> serde_json::Value {
+fn with_secret(
+    state: &AppState,
+    issued: &IssuedToken,
+) -> Result<serde_json::Value, serde_json::Error> {
     let live = state.registry.cache.counters(TokenId(issued.model.id));
     let view = TokenView::new(&issued.model, live.as_deref(), crate::time::now());
     serde_json::to_value(WithSecret {
         view,
         token: issued.secret.expose(),
     })
-    .unwrap_or(serde_json::Value::Null)
+}
+
+/// Answers `status` with the body that carries the one-time secret. The secret is
+/// shown nowhere else, so a body that could not be built must not become a 2xx
+/// (it used to be `null`): `withdraw` runs first (create revokes the new token, so
+/// no usable token is left whose secret nobody has), then a 500. The serializer's
+/// message names types, never values, so the log cannot hold the secret.
+async fn answer_with_secret<F: Future<Output = ()>>(
+    status: StatusCode,
+    body: Result<serde_json::Value, serde_json::Error>,
+    withdraw: impl FnOnce() -> F,
+) -> Result<HttpResponse, ManageError> {
+    match body {
+        Ok(body) => Ok(HttpResponse::build(status).json(body)),
+        Err(e) => {
+            withdraw().await;
+            Err(ManageError::Internal(format!(
+                "the response holding the token's secret could not be built: {e}"
+            )))
+        }
+    }
+}
+
+/// Revokes a token just created whose secret could not be sent back, and audits it.
+async fn withdraw_created(state: &AppState, who: &Who, model: &entity::tokens::Model) {
+    let out = state.registry.ask(RevokeToken(TokenId(model.id))).await;
+    if let Err(e) = &out {
+        tracing::error!(token_id = %model.id, error = %e, "a token whose secret was never sent back could not be revoked; revoke it by hand");
+    }
+    let subject = || token_subject(model, json!({ "reason": "secret_not_delivered" }));
+    audit::record(state, who, "token.revoke", &out, subject(), |()| subject()).await;
 }
 
 fn view(state: &AppState, model: &entity::tokens::Model) -> TokenView {
@@ -87,7 +122,11 @@ pub async fn create(
         |t| token_subject(&t.model, json!({ "after": view(&state, &t.model) })),
     )
     .await;
-    Ok(HttpResponse::Created().json(with_secret(&state, &out?)))
+    let issued = out?;
+    answer_with_secret(StatusCode::CREATED, with_secret(&state, &issued), || {
+        withdraw_created(&state, &who, &issued.model)
+    })
+    .await
 }
 
 fn token_subject(t: &entity::tokens::Model, details: serde_json::Value) -> Subject {
@@ -135,15 +174,13 @@ async fn create_token(state: &AppState, payload: web::Payload) -> Result<IssuedT
 /// `expires_in_seconds` or `expires_at` (not both), default `tokens.default_ttl`,
 /// never beyond `tokens.max_ttl`.
 fn expiry(b: &mut Body, state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
-    let max = state.config.tokens.max_ttl.0;
+    let max_ttl = state.config.tokens.max_ttl;
+    let max = max_ttl.0;
     let max_secs = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
     let ttl_secs = b.int("expires_in_seconds", 1, i64::MAX).value();
     let at = b.timestamp("expires_at").value();
     let limit = now + chrono::Duration::seconds(max_secs);
-    let too_long = format!(
-        "the lifetime must not exceed tokens.max_ttl ({})",
-        humantime::format_duration(max)
-    );
+    let too_long = format!("the lifetime must not exceed tokens.max_ttl ({max_ttl})");
     match (ttl_secs, at) {
         (Some(_), Some(_)) => {
             b.error(
@@ -280,5 +317,49 @@ pub async fn rotate(
         )
     })
     .await;
-    Ok(HttpResponse::Ok().json(with_secret(&state, &out?)))
+    let issued = out?;
+    // Nothing to withdraw: the previous secret keeps its grace, if any, and
+    // rotating again issues a secret that does reach the caller.
+    answer_with_secret(StatusCode::OK, with_secret(&state, &issued), || async {}).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use serde::ser::Error as _;
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn answer_with_secret_sends_the_body_and_withdraws_nothing() {
+        let withdrawn = Cell::new(false);
+        let resp = answer_with_secret(
+            StatusCode::CREATED,
+            Ok(json!({"token": "pal_x"})),
+            || async { withdrawn.set(true) },
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(!withdrawn.get());
+    }
+
+    #[actix_web::test]
+    async fn answer_with_secret_unserializable_is_500_after_withdrawing() {
+        let withdrawn = Cell::new(false);
+        let out = answer_with_secret(
+            StatusCode::CREATED,
+            Err(serde_json::Error::custom("cannot serialize")),
+            || async { withdrawn.set(true) },
+        )
+        .await;
+        let err = out.expect_err("a body without the secret is no success");
+        assert!(matches!(err, ManageError::Internal(_)), "{err:?}");
+        assert_eq!(
+            actix_web::ResponseError::status_code(&err),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert!(withdrawn.get(), "the unreachable token is withdrawn");
+    }
 }

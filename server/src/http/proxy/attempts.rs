@@ -109,12 +109,13 @@ pub async fn forward(
         };
         let status = resp.status().as_u16();
         if retry.retry_on.contains(&status) {
-            let wait = retry_after(resp.headers());
+            let asked = retry_after(resp.headers(), retry.max_delay.0);
             verdict.failure(format!("status {status}"));
-            last = upstream_status(status, wait);
-            match wait {
-                Some(w) if w > retry.max_delay.0 => resting[i] = true,
-                w => hints[i] = w,
+            last = upstream_status(status, asked);
+            match asked {
+                Some(RetryAfter::Longer(_)) => resting[i] = true,
+                Some(RetryAfter::Wait(w)) => hints[i] = Some(w),
+                None => hints[i] = None,
             }
             continue;
         }
@@ -134,9 +135,8 @@ pub async fn forward(
 }
 
 /// The client's error when the attempts ended on a retryable upstream answer.
-fn upstream_status(status: u16, wait: Option<Duration>) -> ProxyError {
-    // Whole seconds, rounded up: `Retry-After: 0.5` must not become "now".
-    let retry_after = wait.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+fn upstream_status(status: u16, asked: Option<RetryAfter>) -> ProxyError {
+    let retry_after = asked.map(RetryAfter::client_secs);
     match status {
         429 => ProxyError::UpstreamRateLimited { retry_after },
         _ => ProxyError::UpstreamStatus {
@@ -211,8 +211,31 @@ fn full_jitter(retry: &RetryConfig, n: u32) -> Duration {
     Duration::from_secs_f64(rand::rng().random_range(0.0..=cap.max(0.0)))
 }
 
+/// What a provider's `retry-after` asked for, judged against `retry.max_delay`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RetryAfter {
+    /// At most `retry.max_delay`: waited out before calling that provider again.
+    Wait(Duration),
+    /// Longer (up to absurd: the header is the upstream's word): not waited out,
+    /// only passed on to the client, in whole seconds rounded up, saturating.
+    Longer(u64),
+}
+
+impl RetryAfter {
+    /// Whole seconds, rounded up: `Retry-After: 0.5` must not become "now".
+    fn client_secs(self) -> u64 {
+        match self {
+            Self::Wait(d) => d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)),
+            Self::Longer(secs) => secs,
+        }
+    }
+}
+
 /// `retry-after-ms` (OpenAI) or `retry-after` in seconds; HTTP dates are ignored.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+/// The value is compared with `max_delay` while still a float: only a wait within
+/// it becomes a `Duration` (`Duration::from_secs_f64` panics beyond `u64::MAX`
+/// seconds, and `1e20` is one header away), so no header value can panic.
+fn retry_after(headers: &reqwest::header::HeaderMap, max_delay: Duration) -> Option<RetryAfter> {
     let get = |name: &str| {
         headers
             .get(name)
@@ -220,9 +243,19 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v >= 0.0)
     };
-    get("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| get("retry-after").map(Duration::from_secs_f64))
+    let secs = get("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| get("retry-after"))?;
+    Some(if secs > max_delay.as_secs_f64() {
+        // `as` saturates a float at `u64::MAX`; it cannot panic.
+        RetryAfter::Longer(secs.ceil() as u64)
+    } else {
+        RetryAfter::Wait(
+            Duration::try_from_secs_f64(secs)
+                .unwrap_or(max_delay)
+                .min(max_delay),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -246,19 +279,87 @@ mod tests {
         }
     }
 
+    const MAX: Duration = Duration::from_secs(5);
+
     #[test]
     fn retry_after_reads_seconds_and_milliseconds() {
         let mut h = reqwest::header::HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h, MAX), None);
         h.insert("retry-after", "2".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after(&h, MAX),
+            Some(RetryAfter::Wait(Duration::from_secs(2)))
+        );
         h.insert("retry-after-ms", "250".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        assert_eq!(
+            retry_after(&h, MAX),
+            Some(RetryAfter::Wait(Duration::from_millis(250)))
+        );
         h.insert("retry-after-ms", "soon".parse().unwrap());
         h.insert(
             "retry-after",
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h, MAX), None);
+    }
+
+    #[test]
+    fn retry_after_beyond_max_delay_is_longer_in_whole_seconds() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "5".parse().unwrap());
+        assert_eq!(retry_after(&h, MAX), Some(RetryAfter::Wait(MAX)));
+        h.insert("retry-after", "5.2".parse().unwrap());
+        assert_eq!(retry_after(&h, MAX), Some(RetryAfter::Longer(6)));
+        h.insert("retry-after-ms", "120000".parse().unwrap());
+        assert_eq!(retry_after(&h, MAX), Some(RetryAfter::Longer(120)));
+    }
+
+    #[test]
+    fn retry_after_absurd_values_neither_panic_nor_wait() {
+        for (name, value) in [
+            ("retry-after", "1e20"),
+            ("retry-after", "1e308"),
+            ("retry-after", "18446744073709551616"),
+            ("retry-after-ms", "1e25"),
+            ("retry-after-ms", "1.8e308"),
+            ("retry-after", "inf"),
+            ("retry-after", "NaN"),
+            ("retry-after", "-1"),
+            ("retry-after-ms", "-0.5"),
+        ] {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(name, value.parse().unwrap());
+            let asked = retry_after(&h, MAX);
+            match asked {
+                None | Some(RetryAfter::Longer(_)) => {}
+                Some(RetryAfter::Wait(w)) => assert!(w <= MAX, "{name}: {value} → {w:?}"),
+            }
+            // The client's error is built from it without overflowing either.
+            let _ = upstream_status(429, asked);
+        }
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "1e20".parse().unwrap());
+        assert_eq!(retry_after(&h, MAX), Some(RetryAfter::Longer(u64::MAX)));
+        // `u64::MAX` as a float rounds up to 2^64, one past what a `Duration` holds,
+        // yet is within the largest `max_delay` a configuration can hold.
+        h.insert("retry-after", "18446744073709551615".parse().unwrap());
+        assert_eq!(
+            retry_after(&h, Duration::MAX),
+            Some(RetryAfter::Wait(Duration::MAX))
+        );
+    }
+
+    #[test]
+    fn upstream_status_rounds_the_client_retry_after_up() {
+        let e = upstream_status(429, Some(RetryAfter::Wait(Duration::from_millis(500))));
+        assert!(
+            matches!(
+                e,
+                ProxyError::UpstreamRateLimited {
+                    retry_after: Some(1)
+                }
+            ),
+            "{e:?}"
+        );
     }
 }

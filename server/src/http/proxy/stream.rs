@@ -117,13 +117,15 @@ impl UsageTap {
     }
 
     fn on_chunk(&mut self, chunk: &Bytes) {
-        if self.slot.is_none() {
-            return;
-        }
+        // The histogram describes the upstream, not usage: it is fed with usage
+        // records off too (one `Option` check per chunk after the first).
         if self.ttfb.is_none() {
             let ttfb = self.started.elapsed();
             crate::metrics::global().upstream_ttfb(&self.record.provider, ttfb);
             self.ttfb = Some(ttfb);
+        }
+        if self.slot.is_none() {
+            return;
         }
         self.capture.push(chunk, self.record.streamed);
     }
