@@ -234,3 +234,52 @@ fn exit_codes_tell_start_up_from_runtime_failures() {
     assert_eq!(runtime.code(), 70);
     assert_eq!(runtime.to_string(), "server error: boom");
 }
+
+/// Every key of the configuration (the defaults, one provider with every field)
+/// is in docs/configuration.md: as its full path (`server.tls.min_version`), or, in
+/// a row that lists siblings, as `.min_version` with its parent's path in the doc.
+#[test]
+fn every_config_key_is_documented() {
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let path = match prefix {
+                        "" => k.clone(),
+                        p => format!("{p}.{k}"),
+                    };
+                    match v {
+                        serde_json::Value::Object(m) if !m.is_empty() => leaves(&path, v, out),
+                        serde_json::Value::Array(a) if a.first().is_some_and(|f| f.is_object()) => {
+                            leaves(&format!("{path}[]"), &a[0], out)
+                        }
+                        _ => out.push(path),
+                    }
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
+    let cfg = load(&minimal(), &[]).unwrap();
+    let mut keys = Vec::new();
+    leaves("", &serde_json::to_value(&cfg).unwrap(), &mut keys);
+    assert!(keys.len() > 50, "{keys:?}");
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| {
+            let (parent, leaf) = k.rsplit_once('.').unwrap_or(("", k));
+            !doc.contains(&format!("`{k}`"))
+                && !doc.contains(&format!("`{k}"))
+                && !(doc.contains(&format!("`.{leaf}`")) && doc.contains(parent))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
+}
