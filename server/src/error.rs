@@ -241,21 +241,24 @@ impl ResponseError for ProxyError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        match self {
+        let counted = match self {
             Self::UpstreamError(_)
             | Self::UpstreamStatus { .. }
             | Self::UpstreamRateLimited { .. }
-            | Self::UpstreamTimeout => {}
+            | Self::UpstreamTimeout => None,
             Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::TokenExpired
             | Self::TokenRevoked
-            | Self::TokenInactive => {
-                crate::metrics::global().auth_failure(self.code());
-                crate::metrics::global().rejected(self.code());
-            }
-            _ => crate::metrics::global().rejected(self.code()),
-        }
+            | Self::TokenInactive => Some(Refusal {
+                code: self.code(),
+                auth_failure: true,
+            }),
+            _ => Some(Refusal {
+                code: self.code(),
+                auth_failure: false,
+            }),
+        };
         match self {
             Self::UpstreamError(detail) | Self::Unavailable(detail) => {
                 tracing::warn!(code = self.code(), detail = %detail, "proxy request failed");
@@ -312,12 +315,26 @@ impl ResponseError for ProxyError {
             }
             _ => {}
         }
-        resp.json(openai_envelope(
+        let mut resp = resp.json(openai_envelope(
             &self.to_string(),
             self.error_type(),
             self.code(),
-        ))
+        ));
+        if let Some(refusal) = counted {
+            resp.extensions_mut().insert(refusal);
+        }
+        resp
     }
+}
+
+/// A refusal as the metrics count it, carried on the response: building an
+/// envelope has no side effects, and the edge middleware counts each response's
+/// refusal once (`palisade_rejected_requests_total`, and the auth-failure counter
+/// for credential errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub auth_failure: bool,
 }
 
 /// The header the official OpenAI SDKs read before deciding to retry.
@@ -445,7 +462,6 @@ impl ResponseError for ManageError {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::RateLimited { retry_after } | Self::Busy { retry_after } => {
-                crate::metrics::global().rejected(self.code());
                 resp.insert_header((header::RETRY_AFTER, retry_after.max(&1).to_string()));
             }
             // The rest of the body may still be on its way: close, don't drain.
@@ -454,7 +470,15 @@ impl ResponseError for ManageError {
             }
             _ => {}
         }
-        resp.json(envelope)
+        let counted = matches!(self, Self::RateLimited { .. } | Self::Busy { .. });
+        let mut resp = resp.json(envelope);
+        if counted {
+            resp.extensions_mut().insert(Refusal {
+                code: self.code(),
+                auth_failure: false,
+            });
+        }
+        resp
     }
 }
 
@@ -505,6 +529,33 @@ pub fn sse_error_event(code: &str) -> actix_web::web::Bytes {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn envelopes_carry_their_refusal_for_the_edge_to_count() {
+        let refusal = |r: actix_web::HttpResponse| r.extensions().get::<Refusal>().copied();
+        assert_eq!(
+            refusal(ProxyError::InvalidApiKey.error_response()),
+            Some(Refusal {
+                code: "invalid_api_key",
+                auth_failure: true
+            })
+        );
+        assert_eq!(
+            refusal(ProxyError::ModelNotAllowed("gpt-x".into()).error_response())
+                .map(|r| r.auth_failure),
+            Some(false)
+        );
+        // Upstream failures are not refusals of the client's request.
+        assert_eq!(refusal(ProxyError::UpstreamTimeout.error_response()), None);
+        assert_eq!(
+            refusal(ManageError::RateLimited { retry_after: 3 }.error_response()),
+            Some(Refusal {
+                code: "rate_limit_exceeded",
+                auth_failure: false
+            })
+        );
+        assert_eq!(refusal(ManageError::Unauthorized.error_response()), None);
+    }
     use super::*;
 
     async fn body_of(resp: HttpResponse) -> String {

@@ -14,7 +14,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{ResponseError, web};
 
-use crate::error::{ManageError, ProxyError};
+use crate::error::{ManageError, ProxyError, Refusal};
 use crate::state::AppState;
 
 use crate::policy::hosts;
@@ -70,6 +70,14 @@ pub async fn middleware(
         None => cors::envelope_refusal(next.call(req).await?.map_into_boxed_body(), proxy),
     };
     headers::apply(res.headers_mut(), manage, edge.tls);
+    // Refusals are counted here, once per response, from what the envelope says.
+    let refusal = res.response().extensions().get::<Refusal>().copied();
+    if let Some(refusal) = refusal {
+        if refusal.auth_failure {
+            crate::metrics::global().auth_failure(refusal.code);
+        }
+        crate::metrics::global().rejected(refusal.code);
+    }
     crate::metrics::global().response(
         crate::metrics::route_label(res.request()),
         res.status().as_u16(),
