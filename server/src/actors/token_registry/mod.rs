@@ -152,3 +152,6 @@ fn atomic<T: 'static>(
 pub(crate) fn parse_hash(hex: &str) -> Option<TokenHash> {
     TokenHash::from_hex(hex)
 }
+
+#[cfg(test)]
+mod tests;
