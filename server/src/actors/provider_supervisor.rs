@@ -18,6 +18,7 @@
 //! start-up, and the provider is usable until checks say otherwise.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -64,6 +65,14 @@ pub struct ProviderSupervisor {
 impl ProviderSupervisor {
     /// Starts the actor on its own arbiter thread.
     pub fn start(providers: Arc<Providers>) -> Addr<Self> {
+        let actor = Self::new(providers);
+        let arbiter = Arbiter::new();
+        Self::start_in_arbiter(&arbiter.handle(), move |_| actor)
+    }
+
+    /// The actor, not yet started (tests start it on their own runtime, where
+    /// time can be paused).
+    fn new(providers: Arc<Providers>) -> Self {
         let n = providers.all().len();
         let health_clients = providers
             .all()
@@ -80,24 +89,20 @@ impl ProviderSupervisor {
                 })?
             })
             .collect();
-        let actor = Self {
+        Self {
             providers,
             generation: vec![0; n],
             probe_successes: vec![0; n],
             passed_once: vec![false; n],
             health_clients,
-        };
-        let arbiter = Arbiter::new();
-        Self::start_in_arbiter(&arbiter.handle(), move |_| actor)
+        }
     }
 
     fn open(&mut self, i: usize, ctx: &mut Context<Self>, why: &str) {
         let p = &self.providers.all()[i];
         let cooldown = p.breaker.cooldown.0;
         self.generation[i] += 1;
-        let until =
-            now_ms().saturating_add(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX));
-        p.status.set_state(BreakerState::Open, until, 0);
+        p.status.set_state(BreakerState::Open, cooldown, 0);
         tracing::warn!(provider = %p.name, reason = %why, cooldown_ms = cooldown.as_millis() as u64, "circuit breaker opened");
         let generation = self.generation[i];
         ctx.notify_later(
@@ -111,7 +116,7 @@ impl ProviderSupervisor {
 
     fn close(&mut self, i: usize) {
         let p = &self.providers.all()[i];
-        p.status.set_state(BreakerState::Closed, 0, 0);
+        p.status.set_state(BreakerState::Closed, Duration::ZERO, 0);
         p.status.set_failures(0);
         tracing::info!(provider = %p.name, "circuit breaker closed");
     }
@@ -255,12 +260,203 @@ impl Handler<HalfOpen> for ProviderSupervisor {
             return;
         }
         self.probe_successes[i] = 0;
-        p.status
-            .set_state(BreakerState::HalfOpen, 0, p.breaker.half_open_max_requests);
+        p.status.set_state(
+            BreakerState::HalfOpen,
+            Duration::ZERO,
+            p.breaker.half_open_max_requests,
+        );
         tracing::info!(provider = %p.name, "circuit breaker half-open: probing");
     }
 }
 
-fn now_ms() -> u64 {
-    crate::time::now().timestamp_millis().max(0).unsigned_abs()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BreakerConfig, HealthCheckConfig, HumanDuration, ProviderConfig};
+    use crate::error::ProxyError;
+    use crate::providers::status::ProviderStatus;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// How late a tokio timer may fire: deadlines are rounded to whole
+    /// milliseconds, so the cooldown's timer fires within two of its end.
+    const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+    /// One provider's breaker under a supervisor started on the test's own
+    /// runtime (time paused), with health checks off.
+    struct Breaker {
+        addr: Addr<ProviderSupervisor>,
+        providers: Arc<Providers>,
+    }
+
+    impl Breaker {
+        async fn start(failure_threshold: u64, cooldown_secs: u64, probes: u64) -> Self {
+            tokio::time::pause();
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = ProviderConfig {
+                name: "p".to_owned(),
+                base_url: "http://h/v1".to_owned(),
+                api_key: Default::default(),
+                models: vec!["*".to_owned()],
+                priority: 0,
+                weight: 1,
+                timeouts: Default::default(),
+                health_check: HealthCheckConfig {
+                    enabled: false,
+                    ..Default::default()
+                },
+                circuit_breaker: BreakerConfig {
+                    failure_threshold,
+                    cooldown: HumanDuration::secs(cooldown_secs),
+                    half_open_max_requests: probes,
+                },
+            };
+            let providers = Arc::new(Providers::from_config(&[config]).unwrap());
+            let addr = ProviderSupervisor::new(Arc::clone(&providers)).start();
+            Self { addr, providers }
+        }
+
+        fn status(&self) -> &ProviderStatus {
+            &self.providers.all()[0].status
+        }
+
+        async fn report(&self, provider: usize, verdict: Verdict) {
+            self.addr.send(Outcome { provider, verdict }).await.unwrap();
+        }
+
+        async fn fail(&self) {
+            self.report(0, Verdict::Failure("status 503".to_owned()))
+                .await;
+        }
+
+        async fn succeed(&self) {
+            self.report(0, Verdict::Success).await;
+        }
+
+        /// Advances paused time by `by`, then makes a round trip through the
+        /// mailbox: the actor handles its mailbox and its fired timers in the same
+        /// poll, so whatever fell due has been applied when this returns.
+        async fn advance(&self, by: Duration) {
+            tokio::time::advance(by).await;
+            self.report(usize::MAX, Verdict::Success).await;
+        }
+
+        /// `retry_after` of the 503 a request gets now, or `None` if it is routed.
+        fn retry_after(&self) -> Option<u64> {
+            match self.providers.candidates(Some("m"), &[]) {
+                Ok(_) => None,
+                Err(ProxyError::NoHealthyProvider { retry_after, .. }) => Some(retry_after),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn breaker_opens_after_the_threshold_half_opens_after_the_cooldown_and_closes_on_probes()
+    {
+        let b = Breaker::start(3, 10, 2).await;
+        let s = b.status();
+        b.fail().await;
+        b.fail().await;
+        assert_eq!(s.state(), BreakerState::Closed);
+        assert_eq!(s.consecutive_failures(), 2);
+        // Failures must be consecutive: a success starts the count again.
+        b.succeed().await;
+        assert_eq!(s.consecutive_failures(), 0);
+        b.fail().await;
+        b.fail().await;
+        assert_eq!(s.state(), BreakerState::Closed);
+        b.fail().await;
+        assert_eq!(s.state(), BreakerState::Open);
+        assert!(!(s.healthy() && s.state() != BreakerState::Open));
+        assert!(!s.try_admit());
+        b.advance(ms(9_999)).await;
+        assert_eq!(s.state(), BreakerState::Open, "before the cooldown ends");
+        b.advance(ms(1) + TIMER_SLACK).await;
+        assert_eq!(s.state(), BreakerState::HalfOpen);
+        // `half_open_max_requests` probes at once, no more; one that ended
+        // without a verdict gives its permit back.
+        assert!(s.try_admit());
+        assert!(s.try_admit());
+        assert!(!s.try_admit());
+        s.return_probe();
+        assert!(s.try_admit());
+        b.succeed().await;
+        assert_eq!(s.state(), BreakerState::HalfOpen, "one probe of two");
+        b.succeed().await;
+        assert_eq!(s.state(), BreakerState::Closed);
+        assert_eq!(s.consecutive_failures(), 0);
+        assert!(s.try_admit());
+        assert!(s.try_admit(), "closed: no permits to count");
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_probe_opens_the_breaker_again_for_a_whole_cooldown() {
+        let b = Breaker::start(1, 10, 2).await;
+        let s = b.status();
+        b.fail().await;
+        b.advance(ms(10_000) + TIMER_SLACK).await;
+        assert_eq!(s.state(), BreakerState::HalfOpen);
+        b.advance(ms(3_000)).await;
+        // One success, then a failure: open at once, whatever came before.
+        b.succeed().await;
+        b.fail().await;
+        assert_eq!(s.state(), BreakerState::Open);
+        assert!(!s.try_admit());
+        b.advance(ms(9_999)).await;
+        assert_eq!(s.state(), BreakerState::Open);
+        b.advance(ms(1) + TIMER_SLACK).await;
+        assert_eq!(s.state(), BreakerState::HalfOpen);
+        // The successful probe before the reopening does not count now.
+        b.succeed().await;
+        assert_eq!(s.state(), BreakerState::HalfOpen);
+        b.succeed().await;
+        assert_eq!(s.state(), BreakerState::Closed);
+    }
+
+    #[actix_rt::test]
+    async fn failures_reported_while_open_do_not_extend_the_cooldown() {
+        let b = Breaker::start(2, 10, 1).await;
+        let s = b.status();
+        b.fail().await;
+        b.fail().await;
+        assert_eq!(s.state(), BreakerState::Open);
+        // An attempt that was in flight when the breaker opened reports late.
+        b.advance(ms(5_000)).await;
+        b.fail().await;
+        assert_eq!(s.consecutive_failures(), 3);
+        b.advance(ms(5_000) + TIMER_SLACK).await;
+        assert_eq!(s.state(), BreakerState::HalfOpen);
+    }
+
+    #[actix_rt::test]
+    async fn an_open_breaker_answers_503_with_the_seconds_left_of_its_cooldown() {
+        let b = Breaker::start(1, 10, 1).await;
+        assert_eq!(b.retry_after(), None);
+        b.fail().await;
+        assert_eq!(b.retry_after(), Some(10));
+        b.advance(ms(2_500)).await;
+        assert_eq!(b.retry_after(), Some(8), "7.5 s left, rounded up");
+        b.advance(ms(7_499)).await;
+        assert_eq!(b.retry_after(), Some(1), "never 0");
+        b.advance(ms(1) + TIMER_SLACK).await;
+        assert_eq!(b.retry_after(), None, "half-open: tried");
+        assert_eq!(b.status().half_open_in(), Duration::ZERO);
+    }
+
+    #[actix_rt::test]
+    async fn an_answered_request_marks_an_unhealthy_provider_healthy() {
+        let b = Breaker::start(3, 10, 1).await;
+        let s = b.status();
+        s.set_healthy(false);
+        s.set_check_failures(4);
+        b.fail().await;
+        assert!(!s.healthy(), "a failure proves nothing");
+        b.succeed().await;
+        assert!(s.healthy());
+        assert_eq!(s.check_failures(), 0);
+        assert_eq!(s.consecutive_failures(), 0);
+    }
 }

@@ -12,6 +12,16 @@
 //!
 //! A waiter that gives up (timeout, or its client disconnected and actix dropped
 //! the handler) drops its ticket, which removes it from the queue at once.
+//!
+//! Messages, all sent with `do_send` (nobody waits on the mailbox):
+//! - `Enter { id, project, reply }`: from [`Admission::enter`] when the fast path
+//!   cannot take a slot. The actor answers on the oneshot `reply`: `Full` at once
+//!   when `queue.max_waiting` requests already wait, else a [`Permit`] when the
+//!   waiter's turn comes (at once if a slot is free).
+//! - `Leave { id, project }`: from a waiter's dropped ticket (`queue.max_wait`
+//!   passed, or the client went away): takes it out of its project's line.
+//! - `Released`: from a dropped [`Permit`], only while someone waits: hand the
+//!   freed slot on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -131,6 +141,19 @@ pub struct Admission {
 impl Admission {
     /// Starts the actor on its own arbiter (unless the queue is off).
     pub fn start(max_in_flight: u64, max_waiting: u64, max_wait: Duration) -> Self {
+        Self::start_with(max_in_flight, max_waiting, max_wait, |actor| {
+            RequestQueue::start_in_arbiter(&Arbiter::new().handle(), move |_| actor)
+        })
+    }
+
+    /// [`Admission::start`], with the actor started by `start` (tests start it on
+    /// their own runtime, where time can be paused).
+    fn start_with(
+        max_in_flight: u64,
+        max_waiting: u64,
+        max_wait: Duration,
+        start: impl FnOnce(RequestQueue) -> Addr<RequestQueue>,
+    ) -> Self {
         let stats = Arc::new(QueueStats {
             max_in_flight,
             max_waiting,
@@ -143,7 +166,7 @@ impl Admission {
                 waiting: HashMap::new(),
                 me: None,
             };
-            RequestQueue::start_in_arbiter(&Arbiter::new().handle(), move |_| actor)
+            start(actor)
         });
         Self {
             stats,
@@ -367,5 +390,227 @@ impl Handler<Released> for RequestQueue {
 
     fn handle(&mut self, _: Released, _: &mut Context<Self>) {
         self.dispatch();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // waiters are spawned as local tasks
+mod tests {
+    use super::*;
+    use actix::Actor;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    /// A queue whose actor runs on the test's runtime, with time paused.
+    fn queue(max_in_flight: u64, max_waiting: u64, max_wait_secs: u64) -> Admission {
+        tokio::time::pause();
+        Admission::start_with(
+            max_in_flight,
+            max_waiting,
+            Duration::from_secs(max_wait_secs),
+            RequestQueue::start,
+        )
+    }
+
+    /// Yields until `cond` holds: the actor runs on this thread, between yields.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if cond() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    /// A one-slot queue whose slot a request of project `a` holds (`held`);
+    /// waiters started by [`Busy::wait_in_line`] report their admission.
+    struct Busy {
+        q: Admission,
+        a: ProjectId,
+        held: Option<Permit>,
+        tx: mpsc::UnboundedSender<(&'static str, Permit)>,
+        admitted: mpsc::UnboundedReceiver<(&'static str, Permit)>,
+    }
+
+    impl Busy {
+        async fn new(max_waiting: u64, max_wait_secs: u64) -> Self {
+            let q = queue(1, max_waiting, max_wait_secs);
+            let a = ProjectId::new();
+            let held = Some(q.enter(a).await.unwrap());
+            let (tx, admitted) = mpsc::unbounded_channel();
+            Self {
+                q,
+                a,
+                held,
+                tx,
+                admitted,
+            }
+        }
+
+        fn waiting(&self) -> u64 {
+            self.q.stats().waiting.load(SeqCst)
+        }
+
+        fn in_flight(&self) -> u64 {
+            self.q.stats().in_flight.load(SeqCst)
+        }
+
+        /// Starts a request of `project` that waits for its slot and, once
+        /// admitted, hands its permit to the test; returns once it is in line.
+        async fn wait_in_line(
+            &self,
+            project: ProjectId,
+            name: &'static str,
+        ) -> tokio::task::JoinHandle<Result<(), ProxyError>> {
+            let waiting = self.waiting();
+            let (q, tx) = (self.q.clone(), self.tx.clone());
+            let task = tokio::task::spawn_local(async move {
+                let permit = q.enter(project).await?;
+                tx.send((name, permit)).unwrap();
+                Ok(())
+            });
+            until("in line", || self.waiting() == waiting + 1).await;
+            task
+        }
+
+        /// The next waiter let in, with its permit.
+        async fn next_admitted(&mut self) -> (&'static str, Permit) {
+            self.admitted.recv().await.unwrap()
+        }
+    }
+
+    #[actix_rt::test]
+    async fn free_slots_are_taken_without_waiting_and_freed_on_drop() {
+        let q = queue(2, 10, 5);
+        let a = q.enter(ProjectId::new()).await.unwrap();
+        let b = q.enter(ProjectId::new()).await.unwrap();
+        let snap = q.stats().snapshot();
+        assert_eq!(
+            (snap.in_flight, snap.waiting, snap.admitted_total),
+            (2, 0, 2)
+        );
+        assert_eq!(snap.waited_total, 0);
+        drop(a);
+        drop(b);
+        assert_eq!(q.stats().snapshot().in_flight, 0);
+    }
+
+    #[actix_rt::test]
+    async fn waiters_go_first_in_first_out_within_a_project_round_robin_across_projects() {
+        let mut t = Busy::new(10, 60).await;
+        // Project a floods the line before b and c send one request each.
+        for name in ["a1", "a2", "a3"] {
+            t.wait_in_line(t.a, name).await;
+        }
+        t.wait_in_line(ProjectId::new(), "b1").await;
+        t.wait_in_line(ProjectId::new(), "c1").await;
+        // Each released slot goes to the next project in turn (`Released`).
+        let mut order = Vec::new();
+        let mut permit = t.held.take();
+        for _ in 0..5 {
+            drop(permit);
+            let (name, next) = t.next_admitted().await;
+            assert_eq!(t.in_flight(), 1, "one slot, handed on");
+            order.push(name);
+            permit = Some(next);
+        }
+        assert_eq!(order, ["a1", "b1", "c1", "a2", "a3"]);
+        let snap = t.q.stats().snapshot();
+        assert_eq!(
+            (snap.waiting, snap.waited_total, snap.admitted_total),
+            (0, 5, 6)
+        );
+        drop(permit);
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_newcomer_does_not_take_a_freed_slot_from_a_waiter() {
+        let mut t = Busy::new(10, 60).await;
+        t.wait_in_line(t.a, "a1").await;
+        t.held = None;
+        // Polled once before the actor sees `Released`: the slot is free, yet
+        // someone waits, so the newcomer queues instead of taking it.
+        let q = t.q.clone();
+        let mut newcomer = std::pin::pin!(q.enter(ProjectId::new()));
+        let first_poll =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(newcomer.as_mut().poll(cx))).await;
+        assert!(first_poll.is_pending());
+        let (first, permit) = t.next_admitted().await;
+        assert_eq!(first, "a1");
+        drop(permit);
+        newcomer.await.unwrap();
+        assert_eq!(t.q.stats().snapshot().waited_total, 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_waiter_times_out_after_max_wait_and_leaves_the_line() {
+        let mut t = Busy::new(10, 5).await;
+        let started = Instant::now();
+        // Nothing else runs: paused time jumps to the waiter's deadline.
+        match t.q.enter(t.a).await {
+            Err(ProxyError::QueueTimeout {
+                waited,
+                retry_after,
+            }) => assert_eq!((waited, retry_after), (Duration::from_secs(5), 1)),
+            other => panic!("{other:?}"),
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5),
+            "not before max_wait: {waited:?}"
+        );
+        assert!(waited < Duration::from_millis(5_010), "{waited:?}");
+        // Its ticket's `Leave` takes it out of the line.
+        until("left the line", || t.waiting() == 0).await;
+        let snap = t.q.stats().snapshot();
+        assert_eq!((snap.rejected.queue_timeout, snap.admitted_total), (1, 1));
+        t.held = None;
+        assert_eq!(t.in_flight(), 0, "no slot handed to it");
+    }
+
+    #[actix_rt::test]
+    async fn a_waiter_whose_client_went_away_leaves_and_the_next_one_gets_the_slot() {
+        let mut t = Busy::new(10, 60).await;
+        let gone = t.wait_in_line(t.a, "a1").await;
+        t.wait_in_line(ProjectId::new(), "b1").await;
+        // actix drops the handler of a disconnected client: its ticket goes.
+        gone.abort();
+        until("left the line", || t.waiting() == 1).await;
+        t.held = None;
+        let (name, permit) = t.next_admitted().await;
+        assert_eq!(name, "b1");
+        assert_eq!(t.in_flight(), 1);
+        drop(permit);
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_full_line_refuses_at_once() {
+        let t = Busy::new(2, 60).await;
+        t.wait_in_line(t.a, "a1").await;
+        t.wait_in_line(ProjectId::new(), "b1").await;
+        let started = Instant::now();
+        assert!(matches!(
+            t.q.enter(t.a).await,
+            Err(ProxyError::QueueFull { retry_after: 1 })
+        ));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let snap = t.q.stats().snapshot();
+        assert_eq!((snap.waiting, snap.rejected.queue_full), (2, 1));
+    }
+
+    #[actix_rt::test]
+    async fn with_the_queue_off_every_request_goes_at_once() {
+        let q = queue(0, 0, 1);
+        let mut permits = Vec::new();
+        for _ in 0..100 {
+            permits.push(q.enter(ProjectId::new()).await.unwrap());
+        }
+        let snap = q.stats().snapshot();
+        assert_eq!((snap.in_flight, snap.admitted_total), (100, 100));
+        drop(permits);
+        assert_eq!(q.stats().snapshot().in_flight, 0);
     }
 }

@@ -117,11 +117,12 @@ fn best_first(list: &mut [Arc<Provider>]) {
 
 /// Seconds until the first of these (open) breakers turns half-open; at least 1.
 fn retry_after(providers: &[&Arc<Provider>]) -> u64 {
-    let now = crate::time::now().timestamp_millis().max(0).unsigned_abs();
     providers
         .iter()
         .map(|p| match p.status.state() {
-            BreakerState::Open => p.status.open_until_ms().saturating_sub(now).div_ceil(1000),
+            BreakerState::Open => u64::try_from(p.status.half_open_in().as_millis())
+                .unwrap_or(u64::MAX)
+                .div_ceil(1000),
             // It left the open state since we looked: worth trying at once.
             BreakerState::Closed | BreakerState::HalfOpen => 0,
         })
@@ -207,23 +208,23 @@ mod tests {
             provider("b", &["*"], 1, 1),
             provider("c", &["*"], 2, 1),
         ]);
-        let now = crate::time::now().timestamp_millis().unsigned_abs();
+        let ms = Duration::from_millis;
         ps.all()[0]
             .status
-            .set_state(BreakerState::Open, now + 4_500, 0);
+            .set_state(BreakerState::Open, ms(4_500), 0);
         ps.all()[1].status.set_healthy(false);
         // Unhealthy is skipped while a healthy provider is left.
         assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["c"]);
         ps.all()[2]
             .status
-            .set_state(BreakerState::Open, now + 9_000, 0);
+            .set_state(BreakerState::Open, ms(9_000), 0);
         // Fail open on health: the unhealthy one is still tried ...
         assert_eq!(names(&ps.candidates(Some("m"), &[]).unwrap()), ["b"]);
         assert!(ps.any_usable());
         // ... closed on breakers.
         ps.all()[1]
             .status
-            .set_state(BreakerState::Open, now + 7_000, 0);
+            .set_state(BreakerState::Open, ms(7_000), 0);
         match ps.candidates(Some("m"), &[]) {
             Err(ProxyError::NoHealthyProvider { retry_after, .. }) => assert_eq!(retry_after, 5),
             other => panic!("{other:?}"),

@@ -2,7 +2,7 @@
 //! the `ProviderSupervisor`.
 //!
 //! Ownership: the supervisor alone moves the breaker (`state`, `consecutive_failures`,
-//! `open_until_ms`), the health flag, the count of failed health checks and the
+//! `open_until`), the health flag, the count of failed health checks and the
 //! diagnostics. Handlers only read them, take half-open probe permits with a
 //! compare-and-swap, count `in_flight`, and stamp `last_success` (one relaxed
 //! store) when an upstream answered. That is the "published routing snapshot": no
@@ -63,8 +63,9 @@ pub struct ProviderStatus {
     state: AtomicU8,
     healthy: AtomicBool,
     consecutive_failures: AtomicU64,
-    /// Unix milliseconds when an open breaker turns half-open.
-    open_until_ms: AtomicU64,
+    /// When an open breaker turns half-open, in milliseconds after `epoch`
+    /// (monotonic tokio time, like `last_success`).
+    open_until: AtomicU64,
     probes_left: AtomicU64,
     in_flight: AtomicU64,
     /// Consecutive failed health checks that counted (see `providers::health`).
@@ -84,7 +85,7 @@ impl Default for ProviderStatus {
             // Optimistic until the first health check says otherwise.
             healthy: AtomicBool::new(true),
             consecutive_failures: AtomicU64::new(0),
-            open_until_ms: AtomicU64::new(0),
+            open_until: AtomicU64::new(0),
             probes_left: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             check_failures: AtomicU64::new(0),
@@ -110,8 +111,11 @@ impl ProviderStatus {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
-    pub fn open_until_ms(&self) -> u64 {
-        self.open_until_ms.load(Ordering::Relaxed)
+    /// How long until an open breaker turns half-open; zero once it is due (and
+    /// when the breaker is not open).
+    pub fn half_open_in(&self) -> Duration {
+        let until = self.open_until.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(self.millis_since_epoch()))
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -175,9 +179,13 @@ impl ProviderStatus {
 
     // --- the supervisor only ---
 
-    pub(crate) fn set_state(&self, state: BreakerState, open_until_ms: u64, probes: u64) {
+    /// Moves the breaker to `state`; `open_for` is the cooldown when it opens
+    /// (zero otherwise), `probes` the permits when it turns half-open.
+    pub(crate) fn set_state(&self, state: BreakerState, open_for: Duration, probes: u64) {
+        let open_for = u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX);
+        let until = self.millis_since_epoch().saturating_add(open_for);
         self.probes_left.store(probes, Ordering::Release);
-        self.open_until_ms.store(open_until_ms, Ordering::Relaxed);
+        self.open_until.store(until, Ordering::Relaxed);
         self.state.store(state.to_u8(), Ordering::Release);
     }
 

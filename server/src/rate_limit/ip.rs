@@ -23,10 +23,12 @@ use actix_governor::{
 use actix_web::dev::ServiceRequest;
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use dashmap::DashMap;
-use governor::NotUntil;
 use governor::clock::{Clock, DefaultClock, QuantaInstant};
 use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{NotUntil, RateLimiter};
 
+use super::rpm::TokioClock;
 use crate::error::{ManageError, ProxyError};
 use crate::policy::CidrList;
 
@@ -106,7 +108,8 @@ pub fn unused_governor() -> IpGovernor {
 /// failure takes a cell; the failure that finds the bucket empty locks the key
 /// out until a cell is back.
 pub struct AuthFailures<K: std::hash::Hash + Eq + Clone = IpAddr> {
-    limiter: Option<governor::DefaultKeyedRateLimiter<K>>,
+    limiter: Option<RateLimiter<K, DashMapStateStore<K>, TokioClock, NoOpMiddleware<Duration>>>,
+    clock: TokioClock,
     /// Keys whose bucket ran dry, and until when they are refused.
     locked: DashMap<K, Instant>,
 }
@@ -114,13 +117,15 @@ pub struct AuthFailures<K: std::hash::Hash + Eq + Clone = IpAddr> {
 impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
     /// `per_minute` 0 disables the limit.
     pub fn new(per_minute: u32, burst: u32) -> Self {
+        let clock = TokioClock::default();
         let limiter = std::num::NonZeroU32::new(per_minute).map(|rate| {
             let quota = governor::Quota::per_minute(rate)
                 .allow_burst(std::num::NonZeroU32::new(burst.max(1)).unwrap_or(rate));
-            governor::RateLimiter::keyed(quota)
+            RateLimiter::dashmap_with_clock(quota, clock)
         });
         Self {
             limiter,
+            clock,
             locked: DashMap::new(),
         }
     }
@@ -138,7 +143,7 @@ impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
     /// Records a failed attempt; `Some(seconds)` when it used up the allowance.
     pub fn failed(&self, key: &K) -> Option<u64> {
         let negative = self.limiter.as_ref()?.check_key(key).err()?;
-        let wait = negative.wait_time_from(DefaultClock::default().now());
+        let wait = negative.wait_time_from(self.clock.now());
         self.locked.insert(key.clone(), Instant::now() + wait);
         Some(crate::limits::retry_after_secs(wait))
     }
@@ -192,5 +197,43 @@ mod tests {
         assert_eq!(f.failed(&ip), Some(1));
         assert_eq!(f.locked_for(&ip), Some(1));
         assert_eq!(f.locked_for(&"192.0.2.2".parse().unwrap()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_locked_out_key_gets_one_attempt_back_per_emission_interval() {
+        // 12 a minute: a cell every 5 s.
+        let f = AuthFailures::new(12, 2);
+        let key = "alice".to_owned();
+        assert_eq!(f.failed(&key), None);
+        assert_eq!(f.failed(&key), None);
+        assert_eq!(f.failed(&key), Some(5), "the burst is spent");
+        assert!(f.check(&key).is_err());
+        tokio::time::advance(Duration::from_millis(4_001)).await;
+        assert_eq!(f.locked_for(&key), Some(1), "rounded up, never 0");
+        tokio::time::advance(Duration::from_millis(998)).await;
+        assert_eq!(f.locked_for(&key), Some(1));
+        // Just past one interval after the lock-out: free, with one attempt back.
+        // (At the very instant the lock ends, `locked_for` still answers 1 s.)
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(f.locked_for(&key), None);
+        assert!(f.check(&key).is_ok());
+        assert_eq!(f.failed(&key), None);
+        assert_eq!(f.failed(&key), Some(5));
+        // Long after the bucket is full again, pruning forgets the key.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        f.prune();
+        assert!(f.locked.is_empty());
+        assert_eq!(f.limiter.as_ref().map(|l| l.len()), Some(0));
+        assert_eq!(f.failed(&key), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_per_minute_never_locks_out() {
+        let f = AuthFailures::new(0, 0);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..1_000 {
+            assert_eq!(f.failed(&ip), None);
+        }
+        assert!(f.check(&ip).is_ok());
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -47,35 +47,50 @@ pub trait RateStore: Send + Sync + 'static {
     fn prune(&self);
 }
 
-type Bucket = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
-struct Entry {
-    rpm: NonZeroU32,
-    bucket: Bucket,
-    /// Milliseconds since `LocalRateStore::epoch` of the last check.
-    last_used_ms: AtomicU64,
-}
-
-/// In-process buckets; a bucket untouched for a minute is full and is dropped.
-pub struct LocalRateStore {
-    buckets: DashMap<RateKey, Entry>,
-    clock: DefaultClock,
+/// The buckets' time source: tokio's monotonic clock, read as the time since the
+/// clock was made, so tests can pause and advance it (governor's default clock
+/// cannot be paused). The same monotonic time as the default, only readable under
+/// `tokio::time::pause`.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
     epoch: tokio::time::Instant,
 }
 
-impl Default for LocalRateStore {
+impl Default for TokioClock {
     fn default() -> Self {
         Self {
-            buckets: DashMap::new(),
-            clock: DefaultClock::default(),
             epoch: tokio::time::Instant::now(),
         }
     }
 }
 
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+
+struct Entry {
+    rpm: NonZeroU32,
+    bucket: Bucket,
+    /// Milliseconds since the store's clock started of the last check.
+    last_used_ms: AtomicU64,
+}
+
+/// In-process buckets; a bucket untouched for a minute is full and is dropped.
+#[derive(Default)]
+pub struct LocalRateStore {
+    buckets: DashMap<RateKey, Entry>,
+    clock: TokioClock,
+}
+
 impl LocalRateStore {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn take(&self, entry: &Entry) -> Verdict {
@@ -115,7 +130,7 @@ impl RateStore for LocalRateStore {
         }
         let entry = Entry {
             rpm,
-            bucket: RateLimiter::direct(Quota::per_minute(rpm))
+            bucket: RateLimiter::direct_with_clock(Quota::per_minute(rpm), self.clock)
                 .with_middleware::<StateInformationMiddleware>(),
             last_used_ms: AtomicU64::new(0),
         };
@@ -218,5 +233,171 @@ mod tests {
         // A new limit is a new, full bucket.
         let ten = NonZeroU32::new(10).unwrap();
         assert!(matches!(store.check(key, ten).await, Verdict::Allowed(s) if s.remaining == 9));
+    }
+
+    fn rpm(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    async fn retry_after(store: &LocalRateStore, key: RateKey, limit: NonZeroU32) -> Duration {
+        match store.check(key, limit).await {
+            Verdict::Limited { state, retry_after } => {
+                assert_eq!(state.remaining, 0);
+                retry_after
+            }
+            v => panic!("expected a denial: {v:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gcra_admits_the_burst_then_one_per_emission_interval_not_before() {
+        let store = LocalRateStore::default();
+        let key = RateKey::Token(TokenId::new());
+        // 60 rpm: a burst of 60, then one a second.
+        for i in 0..60 {
+            match store.check(key, rpm(60)).await {
+                Verdict::Allowed(s) => {
+                    assert_eq!(s.remaining, 59 - i);
+                    assert_eq!(s.reset, Duration::from_secs(u64::from(i) + 1));
+                }
+                v => panic!("request {i}: {v:?}"),
+            }
+        }
+        assert_eq!(
+            retry_after(&store, key, rpm(60)).await,
+            Duration::from_secs(1)
+        );
+        match store.check(key, rpm(60)).await {
+            Verdict::Limited { state, .. } => assert_eq!(state.reset, Duration::from_secs(60)),
+            v => panic!("{v:?}"),
+        }
+        // A denial takes nothing: one millisecond early is still too early ...
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(
+            retry_after(&store, key, rpm(60)).await,
+            Duration::from_millis(1)
+        );
+        // ... and exactly one emission interval after the burst, one more goes.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(store.check(key, rpm(60)).await, Verdict::Allowed(s) if s.remaining == 0));
+        assert_eq!(
+            retry_after(&store, key, rpm(60)).await,
+            Duration::from_secs(1)
+        );
+        // A minute idle refills the whole burst.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            matches!(store.check(key, rpm(60)).await, Verdict::Allowed(s) if s.remaining == 59)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gcra_retry_after_is_one_emission_interval_at_low_rates() {
+        let store = LocalRateStore::default();
+        let key = RateKey::Project(ProjectId::new());
+        // 4 rpm: one every 15 s.
+        for _ in 0..4 {
+            assert!(matches!(
+                store.check(key, rpm(4)).await,
+                Verdict::Allowed(_)
+            ));
+        }
+        assert_eq!(
+            retry_after(&store, key, rpm(4)).await,
+            Duration::from_secs(15)
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            retry_after(&store, key, rpm(4)).await,
+            Duration::from_secs(5)
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(
+            store.check(key, rpm(4)).await,
+            Verdict::Allowed(_)
+        ));
+        // Other keys have their own buckets.
+        let other = RateKey::Project(ProjectId::new());
+        assert!(matches!(
+            store.check(other, rpm(4)).await,
+            Verdict::Allowed(s) if s.remaining == 3
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prune_forgets_buckets_only_once_they_are_full_again() {
+        let store = LocalRateStore::default();
+        let key = RateKey::Token(TokenId::new());
+        for _ in 0..2 {
+            store.check(key, rpm(2)).await;
+        }
+        tokio::time::advance(Duration::from_millis(59_999)).await;
+        store.prune();
+        assert_eq!(store.buckets.len(), 1, "not yet full: kept");
+        // Still the same (spent) bucket: half a minute per request at 2 rpm.
+        assert!(matches!(
+            store.check(key, rpm(2)).await,
+            Verdict::Allowed(s) if s.remaining == 0
+        ));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        store.prune();
+        assert_eq!(store.buckets.len(), 0);
+    }
+
+    fn token(rpm: Option<i64>) -> TokenState {
+        TokenState {
+            id: TokenId::new(),
+            project_id: ProjectId::new(),
+            hint: "tok-abcd****wxyz".into(),
+            is_active: true,
+            revoked: false,
+            expires_at: crate::time::now(),
+            max_requests: None,
+            rate_limit_rpm: rpm,
+            allowed_models: Default::default(),
+            allowed_cidrs: Default::default(),
+            counters: Default::default(),
+        }
+    }
+
+    fn project(id: ProjectId, rpm: Option<i64>) -> ProjectState {
+        ProjectState {
+            id,
+            is_active: true,
+            deleted: false,
+            upstream_api_key: None,
+            allowed_models: Default::default(),
+            allowed_cidrs: Default::default(),
+            rate_limit_rpm: rpm,
+            providers: std::sync::Arc::from([]),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_check_the_token_then_the_project_and_name_the_one_spent() {
+        let limits = RpmLimits::new(LocalRateStore::default(), Some(3));
+        // No own limit: the default of 3 rpm; the project allows 2.
+        let t = token(None);
+        let p = project(t.project_id, Some(2));
+        let first = limits.check(&t, &p).await.unwrap().unwrap();
+        assert_eq!((first.limit, first.remaining), (2, 1), "the tighter one");
+        limits.check(&t, &p).await.unwrap();
+        let denied = async || match limits.check(&t, &p).await {
+            Err(ProxyError::RateLimited {
+                scope, retry_after, ..
+            }) => (scope, retry_after),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(denied().await, ("project", Duration::from_secs(30)));
+        // The token's bucket paid for the refused request too (it is checked
+        // first): 3 taken, the next is refused by the token's limit.
+        assert_eq!(denied().await, ("API key", Duration::from_secs(20)));
+        // Neither limit set, no default: nothing applies.
+        let free = RpmLimits::new(LocalRateStore::default(), None);
+        let t = token(None);
+        assert_eq!(
+            free.check(&t, &project(t.project_id, None)).await.unwrap(),
+            None
+        );
     }
 }

@@ -308,4 +308,30 @@ mod tests {
         let other = u.refuse(ip("203.0.113.10"), ProxyError::MissingApiKey);
         assert_eq!(other.error.code(), "missing_api_key");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_per_ip_limit_gives_a_cell_back_after_exactly_one_interval() {
+        // 30 a minute: a cell every 2 s.
+        let u = Unauthenticated::new(30, 3, Duration::from_secs(60));
+        let a = ip("203.0.113.9");
+        let refuse = || u.refuse(a, ProxyError::InvalidApiKey).error;
+        for _ in 0..3 {
+            assert_eq!(refuse().code(), "invalid_api_key");
+        }
+        assert!(matches!(
+            refuse(),
+            ProxyError::IpRateLimited { retry_after: 2 }
+        ));
+        tokio::time::advance(Duration::from_millis(1_999)).await;
+        assert!(matches!(
+            refuse(),
+            ProxyError::IpRateLimited { retry_after: 1 }
+        ));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(refuse().code(), "invalid_api_key");
+        assert!(matches!(
+            refuse(),
+            ProxyError::IpRateLimited { retry_after: 2 }
+        ));
+    }
 }

@@ -167,3 +167,5 @@ impl Registry {
             .map_err(|e| crate::error::ManageError::Unavailable(format!("token registry: {e}")))?
     }
 }
+#[cfg(test)]
+mod tests;

@@ -186,3 +186,66 @@ fn rotation_keeps_previous_until_grace_ends() {
         })
     ));
 }
+
+/// A cache holding one project (`active` or not).
+fn cache_with_project(active: bool) -> (TokenCache, ProjectId) {
+    let cache = TokenCache::default();
+    let p = project(active);
+    let id = p.id;
+    cache.put_project(p);
+    (cache, id)
+}
+
+/// Expiry is an absolute wall-clock instant (`expires_at`, stored), so the cache
+/// takes `now` from its caller instead of reading a clock: the instant is exact.
+#[test]
+fn a_token_is_valid_until_its_expiry_and_expired_from_that_instant_on() {
+    let (cache, pid) = cache_with_project(true);
+    let t0 = Utc::now();
+    let ttl = Duration::seconds(30);
+    let t = token(pid, None).with(|t| t.expires_at = t0 + ttl);
+    let id = t.id;
+    let h = TokenHash::of("tok-ttl");
+    cache.put_token(t, h, None);
+    let just_before = t0 + ttl - Duration::milliseconds(1);
+    assert!(cache.lookup(&h, t0).is_ok());
+    assert!(cache.lookup(&h, just_before).is_ok());
+    let expired = |now| {
+        matches!(
+            cache.lookup(&h, now),
+            Err(Refused {
+                error: ProxyError::TokenExpired,
+                ..
+            })
+        )
+    };
+    assert!(expired(t0 + ttl));
+    let count = |now, state| {
+        cache
+            .census(now)
+            .into_iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| n)
+    };
+    assert_eq!(count(just_before, "active"), Some(1));
+    assert_eq!(count(t0 + ttl, "active"), Some(0));
+    assert_eq!(count(t0 + ttl, "expired"), Some(1));
+    // Expired is said before inactive.
+    cache.update_token(id, |t| t.with(|t| t.is_active = false));
+    assert!(expired(t0 + ttl));
+}
+
+#[test]
+fn a_rotated_secret_works_until_the_last_instant_of_its_grace() {
+    let (cache, pid) = cache_with_project(true);
+    let (old, new) = (TokenHash::of("tok-old"), TokenHash::of("tok-new"));
+    let until = Utc::now() + Duration::seconds(10);
+    let just_before = until - Duration::milliseconds(1);
+    cache.put_token(token(pid, None), new, Some((old, until)));
+    assert!(cache.lookup(&old, just_before).is_ok());
+    assert!(cache.lookup(&old, until).is_err());
+    // Pruning just before the end keeps it.
+    cache.prune_expired_previous(just_before);
+    assert!(cache.lookup(&old, just_before).is_ok());
+    assert!(cache.lookup(&new, until).is_ok());
+}
