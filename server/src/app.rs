@@ -52,10 +52,10 @@ use actix_web::{App, web};
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
-use crate::actors::audit_writer::{AuditSettings, AuditSink, AuditWriter};
+use crate::actors::audit_writer::{AuditHandle, AuditSettings, AuditSink, AuditWriter};
 use crate::actors::provider_supervisor::ProviderSupervisor;
 use crate::actors::request_queue::Admission;
-use crate::actors::token_registry::{FlushUsage, TokenRegistry};
+use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
 use crate::config::{Config, ExitError, InitError};
 use crate::crypto::KeyCipher;
 use crate::http::RootSpan;
@@ -75,55 +75,21 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
     let config = Arc::new(config);
     let conn = db::connect(&config.database).await?;
     db::migrate(&conn).await?;
-    // Fail closed: admin users without a secret to sign their sessions.
-    let users = crate::service::sessions::Sessions::live_user_count(&conn)
-        .await
-        .map_err(|e| InitError::Database(format!("counting users: {e}")))?;
-    if users > 0 && config.auth.jwt_secret.is_empty() {
-        return Err(InitError::Invalid {
-            path: "start-up checks".to_owned(),
-            errors: vec![format!(
-                "auth.jwt_secret: {users} admin user(s) exist; set PALISADE_JWT_SECRET (at least 32 bytes) so they can log in"
-            )],
-        }
-        .into());
-    }
-    let cipher = match config.auth.encryption_key.expose() {
-        "" => None,
-        k => Some(
-            KeyCipher::from_base64(k)
-                .map_err(|e| InitError::Other(format!("auth.encryption_key: {e}")))?,
-        ),
-    };
-    let registry = TokenRegistry::start(conn.clone(), cipher, config.tokens.usage_flush_interval.0)
-        .await
-        .map_err(|e| InitError::Database(format!("loading tokens: {e}")))?;
-    let providers = Arc::new(Providers::from_config(&config.providers).map_err(InitError::Other)?);
-    let audit = AuditWriter::start(
+    check_users_can_log_in(&conn, &config).await?;
+    let registry = TokenRegistry::start(
         conn.clone(),
-        AuditSettings {
-            file: (!config.audit.file.is_empty()).then(|| config.audit.file.clone().into()),
-            store_in_db: config.audit.store_in_db,
-            batch_size: usize::try_from(config.audit.batch_size).unwrap_or(usize::MAX),
-            flush_interval: config.audit.flush_interval.0,
-            buffer: usize::try_from(config.audit.buffer).unwrap_or(usize::MAX),
-            audit_retention: retention(config.audit.retention_days),
-            usage_retention: retention(config.usage.retention_days),
-            database: Some(config.database.clone()),
-        },
+        key_cipher(&config)?,
+        config.tokens.usage_flush_interval.0,
     )
-    .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;
-
-    let admission = Admission::start(
-        config.queue.max_in_flight,
-        config.queue.max_waiting,
-        config.queue.max_wait.0,
-    );
+    .await
+    .map_err(|e| InitError::Database(format!("loading tokens: {e}")))?;
+    let providers = Arc::new(Providers::from_config(&config.providers).map_err(InitError::Other)?);
+    let audit = AuditWriter::start(conn.clone(), audit_settings(&config))
+        .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;
     let trusted_proxies = CidrList::new(config.server.trusted_proxies.clone());
     let ip_key = ClientIpKey::new(trusted_proxies.clone());
     let limits = &config.rate_limits;
     let ip_limit = ip::proxy_governor(limits.per_ip_rps, limits.per_ip_burst, ip_key.clone());
-    let edge = EdgePolicy::from_config(&config.server).map_err(InitError::Other)?;
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         audit: audit.sink.clone(),
@@ -134,7 +100,11 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
         allowed_paths: config.proxy.allowed_paths.clone(),
         trusted_proxies,
         usage_enabled: config.usage.enabled,
-        admission,
+        admission: Admission::start(
+            config.queue.max_in_flight,
+            config.queue.max_waiting,
+            config.queue.max_wait.0,
+        ),
         rpm: RpmLimits::new(Default::default(), limits.default_token_rpm),
         auth_failures: AuthFailures::new(
             limits.auth_failures_per_minute,
@@ -154,32 +124,89 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
             passwords::concurrency(config.auth.bcrypt_concurrency),
             u32::try_from(config.auth.bcrypt_cost).unwrap_or(12),
         ),
-        edge,
+        edge: EdgePolicy::from_config(&config.server).map_err(InitError::Other)?,
     });
-
-    // Background work owned by the server: glob providers' model lists.
-    #[allow(clippy::disallowed_methods)]
-    actix_rt::spawn(crate::providers::refresh_models_forever(
-        Arc::clone(&providers),
-        config.proxy.models_refresh_interval.0,
-    ));
-    #[allow(clippy::disallowed_methods)]
-    actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limit.clone()));
-    // Expired revoked-JWT ids and refresh tokens, hourly.
-    #[allow(clippy::disallowed_methods)]
-    actix_rt::spawn(clean_sessions_forever(state.db.clone()));
-    // Unauthenticated `/v1` failures, filed as one audit event per client IP and
-    // reason per window.
-    #[allow(clippy::disallowed_methods)]
-    actix_rt::spawn(file_unauthenticated_forever(state.clone()));
-
-    let at_shutdown = state.clone();
-    let origins = config.server.cors.allowed_origins.clone();
-    let access_log = config.logging.access_log;
-    if access_log {
+    spawn_background_work(&state, &providers, ip_limit.clone());
+    if config.logging.access_log {
         crate::http::access_log::start()
             .map_err(|e| InitError::Other(format!("cannot start the access log: {e}")))?;
     }
+    run_until_signal(state.clone(), ip_limit).await?;
+    shut_down(&state, &registry, audit).await;
+    Ok(())
+}
+
+/// Fail closed: admin users without a secret to sign their sessions.
+async fn check_users_can_log_in(
+    conn: &DatabaseConnection,
+    config: &Config,
+) -> Result<(), InitError> {
+    let users = crate::service::sessions::Sessions::live_user_count(conn)
+        .await
+        .map_err(|e| InitError::Database(format!("counting users: {e}")))?;
+    if users > 0 && config.auth.jwt_secret.is_empty() {
+        return Err(InitError::Invalid {
+            path: "start-up checks".to_owned(),
+            errors: vec![format!(
+                "auth.jwt_secret: {users} admin user(s) exist; set PALISADE_JWT_SECRET (at least 32 bytes) so they can log in"
+            )],
+        });
+    }
+    Ok(())
+}
+
+/// `auth.encryption_key`, when set: upstream keys stored per project are sealed with it.
+fn key_cipher(config: &Config) -> Result<Option<KeyCipher>, InitError> {
+    match config.auth.encryption_key.expose() {
+        "" => Ok(None),
+        k => KeyCipher::from_base64(k)
+            .map(Some)
+            .map_err(|e| InitError::Other(format!("auth.encryption_key: {e}"))),
+    }
+}
+
+fn audit_settings(config: &Config) -> AuditSettings {
+    AuditSettings {
+        file: (!config.audit.file.is_empty()).then(|| config.audit.file.clone().into()),
+        store_in_db: config.audit.store_in_db,
+        batch_size: usize::try_from(config.audit.batch_size).unwrap_or(usize::MAX),
+        flush_interval: config.audit.flush_interval.0,
+        buffer: usize::try_from(config.audit.buffer).unwrap_or(usize::MAX),
+        audit_retention: retention(config.audit.retention_days),
+        usage_retention: retention(config.usage.retention_days),
+        database: Some(config.database.clone()),
+    }
+}
+
+/// Background work owned by the server, on its system's arbiter.
+#[allow(clippy::disallowed_methods)]
+fn spawn_background_work(
+    state: &web::Data<AppState>,
+    providers: &Arc<Providers>,
+    ip_limit: Option<IpGovernor>,
+) {
+    // Glob providers' model lists.
+    actix_rt::spawn(crate::providers::refresh_models_forever(
+        Arc::clone(providers),
+        state.config.proxy.models_refresh_interval.0,
+    ));
+    actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limit));
+    // Expired revoked-JWT ids and refresh tokens, hourly.
+    actix_rt::spawn(clean_sessions_forever(state.db.clone()));
+    // Unauthenticated `/v1` failures, filed as one audit event per client IP and
+    // reason per window.
+    actix_rt::spawn(file_unauthenticated_forever(state.clone()));
+}
+
+/// Binds, serves, and on SIGTERM/SIGINT drains in-flight requests (module docs:
+/// middleware order).
+async fn run_until_signal(
+    state: web::Data<AppState>,
+    ip_limit: Option<IpGovernor>,
+) -> Result<(), ExitError> {
+    let config = Arc::clone(&state.config);
+    let origins = config.server.cors.allowed_origins.clone();
+    let access_log = config.logging.access_log;
     let tls = match &config.server.tls {
         Some(tls) if config.server.tls_enabled() => Some(crate::tls::server_config(tls)?),
         _ => None,
@@ -234,15 +261,21 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
     server
         .await
         .map_err(|e| ExitError::Runtime(format!("server error: {e}")))?;
+    Ok(())
+}
 
+/// After the drain: request counters, unfiled unauthenticated counts, then every
+/// queued audit record, then the access log.
+async fn shut_down(state: &web::Data<AppState>, registry: &Registry, audit: AuditHandle) {
+    let config = &state.config;
     match registry.addr.send(FlushUsage).await {
         Ok(Ok(n)) => tracing::info!(tokens = n, "request counters written; bye"),
         Ok(Err(e)) => tracing::error!(error = %e, "could not write request counters at shutdown"),
         Err(e) => tracing::error!(error = %e, "token registry unavailable at shutdown"),
     }
-    at_shutdown
+    state
         .unauthenticated
-        .flush(async |e| file_event(&at_shutdown.audit, e).await)
+        .flush(async |e| file_event(&state.audit, e).await)
         .await;
     let report = audit
         .drain(
@@ -265,7 +298,6 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
         );
     }
     crate::http::access_log::drain(std::time::Duration::from_secs(5));
-    Ok(())
 }
 
 /// Limiter state for clients, tokens and projects that have gone quiet is dropped

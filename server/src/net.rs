@@ -4,11 +4,26 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 
 use crate::policy::{CidrList, canonical};
 
+/// The client's address, worked out once per request and kept in its extensions:
+/// the per-IP limit, the edge's IP lists, the token's CIDR check and the audit
+/// trail all ask, and `trusted` is the same `server.trusted_proxies` for each.
 pub fn client_ip(req: &HttpRequest, trusted: &CidrList) -> IpAddr {
+    if let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>() {
+        return *ip;
+    }
+    let ip = from_headers(req, trusted);
+    req.extensions_mut().insert(ClientIp(ip));
+    ip
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClientIp(IpAddr);
+
+fn from_headers(req: &HttpRequest, trusted: &CidrList) -> IpAddr {
     let peer = req
         .peer_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| canonical(a.ip()));
@@ -59,5 +74,18 @@ mod tests {
             client_ip(&r, &trusted),
             "5.5.5.5".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn worked_out_once_per_request() {
+        let trusted = CidrList::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let r = req("10.0.0.1", Some("5.5.5.5"));
+        assert_eq!(
+            client_ip(&r, &trusted),
+            "5.5.5.5".parse::<IpAddr>().unwrap()
+        );
+        // Kept: a later ask gets the first answer, not a new reading.
+        let nobody = CidrList::default();
+        assert_eq!(client_ip(&r, &nobody), "5.5.5.5".parse::<IpAddr>().unwrap());
     }
 }
