@@ -8,20 +8,29 @@ use actix_web::{HttpMessage, HttpRequest};
 
 use crate::policy::{CidrList, canonical};
 
-/// The client's address, worked out once per request and kept in its extensions:
-/// the per-IP limit, the edge's IP lists, the token's CIDR check and the audit
-/// trail all ask, and `trusted` is the same `server.trusted_proxies` for each.
+/// The client's address. The edge middleware works it out once per request and
+/// keeps it in the request's extensions ([`ClientIp`]); the per-IP limit, the
+/// token's CIDR check and the audit trail read it from there. A request that did
+/// not pass the edge (unit tests) has it worked out here.
 pub fn client_ip(req: &HttpRequest, trusted: &CidrList) -> IpAddr {
+    // A shared borrow only: callers may hold one too (never a mutable one).
     if let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>() {
         return *ip;
     }
+    from_headers(req, trusted)
+}
+
+/// The client IP of a request, once worked out.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// Works the client IP out and keeps it on the request; call where nothing else
+/// borrows the request's extensions (the edge middleware).
+pub fn remember_client_ip(req: &HttpRequest, trusted: &CidrList) -> IpAddr {
     let ip = from_headers(req, trusted);
     req.extensions_mut().insert(ClientIp(ip));
     ip
 }
-
-#[derive(Debug, Clone, Copy)]
-struct ClientIp(IpAddr);
 
 fn from_headers(req: &HttpRequest, trusted: &CidrList) -> IpAddr {
     let peer = req
@@ -81,7 +90,7 @@ mod tests {
         let trusted = CidrList::new(vec!["10.0.0.0/8".parse().unwrap()]);
         let r = req("10.0.0.1", Some("5.5.5.5"));
         assert_eq!(
-            client_ip(&r, &trusted),
+            remember_client_ip(&r, &trusted),
             "5.5.5.5".parse::<IpAddr>().unwrap()
         );
         // Kept: a later ask gets the first answer, not a new reading.

@@ -77,13 +77,8 @@ impl EdgePolicy {
         })
     }
 
-    /// Deny wins; an empty allowlist allows everyone not denied. The client IP
-    /// is only worked out when a list is set.
-    pub fn ip_allowed(&self, ip: impl FnOnce() -> std::net::IpAddr) -> bool {
-        if self.ip_denylist.is_empty() && self.ip_allowlist.is_empty() {
-            return true;
-        }
-        let ip = ip();
+    /// Deny wins; an empty allowlist allows everyone not denied.
+    pub fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
         !self.ip_denylist.contains(ip) && self.ip_allowlist.allows(ip)
     }
 }

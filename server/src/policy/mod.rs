@@ -96,6 +96,7 @@ impl CidrList {
     }
 
     /// No restriction at all (a closed list is the strictest restriction).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         !self.closed && self.nets.is_empty()
     }

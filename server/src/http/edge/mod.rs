@@ -42,6 +42,8 @@ pub async fn middleware(
         return Ok(res);
     };
     let edge = &state.edge;
+    // Once per request; everything after reads it from the extensions.
+    let client_ip = crate::net::remember_client_ip(req.request(), &state.trusted_proxies);
     let host = req
         .headers()
         .get(actix_web::http::header::HOST)
@@ -51,9 +53,7 @@ pub async fn middleware(
             true => ProxyError::InvalidHost.error_response(),
             false => ManageError::InvalidHost.error_response(),
         })
-    } else if !probe
-        && !edge.ip_allowed(|| crate::net::client_ip(req.request(), &state.trusted_proxies))
-    {
+    } else if !probe && !edge.ip_allowed(client_ip) {
         Some(match proxy {
             true => ProxyError::IpNotAllowed.error_response(),
             false => ManageError::Forbidden("requests from this IP address are not allowed")
