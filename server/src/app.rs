@@ -59,10 +59,11 @@ use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
 use crate::config::{Config, ExitError, InitError};
 use crate::crypto::KeyCipher;
 use crate::http::RootSpan;
+use crate::http::ip_limit::IpLimits;
 use crate::policy::CidrList;
 use crate::providers::Providers;
 use crate::rate_limit::RpmLimits;
-use crate::rate_limit::ip::{self, AuthFailures, ClientIpKey, IpGovernor};
+use crate::rate_limit::ip::AuthFailures;
 use crate::rate_limit::unauthenticated::Unauthenticated;
 use crate::sessions::passwords::{self, Hasher};
 use crate::state::{AppState, EdgePolicy};
@@ -87,9 +88,8 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
     let audit = AuditWriter::start(conn.clone(), audit_settings(&config))
         .map_err(|e| InitError::Other(format!("audit.file {}: {e}", config.audit.file)))?;
     let trusted_proxies = CidrList::new(config.server.trusted_proxies.clone());
-    let ip_key = ClientIpKey::new(trusted_proxies.clone());
     let limits = &config.rate_limits;
-    let ip_limit = ip::proxy_governor(limits.per_ip_rps, limits.per_ip_burst, ip_key.clone());
+    let ip_limits = IpLimits::new(limits, &trusted_proxies);
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         audit: audit.sink.clone(),
@@ -114,7 +114,6 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
             limits.auth_failures_per_minute,
             limits.auth_failures_burst,
         ),
-        auth_ip_limit: ip::auth_governor(limits.auth_per_ip_rpm, ip_key.clone()),
         unauthenticated: Unauthenticated::new(
             limits.unauthenticated_per_minute,
             limits.unauthenticated_burst,
@@ -126,12 +125,12 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
         ),
         edge: EdgePolicy::from_config(&config.server).map_err(InitError::Other)?,
     });
-    spawn_background_work(&state, &providers, ip_limit.clone());
+    spawn_background_work(&state, &providers, ip_limits.clone());
     if config.logging.access_log {
         crate::http::access_log::start()
             .map_err(|e| InitError::Other(format!("cannot start the access log: {e}")))?;
     }
-    run_until_signal(state.clone(), ip_limit).await?;
+    run_until_signal(state.clone(), ip_limits).await?;
     shut_down(&state, &registry, audit).await;
     Ok(())
 }
@@ -183,14 +182,14 @@ fn audit_settings(config: &Config) -> AuditSettings {
 fn spawn_background_work(
     state: &web::Data<AppState>,
     providers: &Arc<Providers>,
-    ip_limit: Option<IpGovernor>,
+    ip_limits: IpLimits,
 ) {
     // Glob providers' model lists.
     actix_rt::spawn(crate::providers::refresh_models_forever(
         Arc::clone(providers),
         state.config.proxy.models_refresh_interval.0,
     ));
-    actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limit));
+    actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limits));
     // Expired revoked-JWT ids and refresh tokens, hourly.
     actix_rt::spawn(clean_sessions_forever(state.db.clone()));
     // Unauthenticated `/v1` failures, filed as one audit event per client IP and
@@ -202,7 +201,7 @@ fn spawn_background_work(
 /// middleware order).
 async fn run_until_signal(
     state: web::Data<AppState>,
-    ip_limit: Option<IpGovernor>,
+    ip_limits: IpLimits,
 ) -> Result<(), ExitError> {
     let config = Arc::clone(&state.config);
     let origins = config.server.cors.allowed_origins.clone();
@@ -240,9 +239,7 @@ async fn run_until_signal(
             // in flight, for every response; the body deadline wraps the payload
             // before anything reads it.
             .wrap(from_fn(crate::http::edge::conn::body::middleware))
-            .configure(|cfg| {
-                crate::http::configure(cfg, ip_limit.clone(), state.auth_ip_limit.clone())
-            })
+            .configure(|cfg| crate::http::configure(cfg, ip_limits.clone()))
     })
     .map_err(cannot)?;
     for addr in &listening.addrs {
@@ -302,7 +299,7 @@ async fn shut_down(state: &web::Data<AppState>, registry: &Registry, audit: Audi
 
 /// Limiter state for clients, tokens and projects that have gone quiet is dropped
 /// once a minute; their buckets would be full again anyway.
-async fn prune_limiters_forever(state: web::Data<AppState>, ip_limit: Option<IpGovernor>) {
+async fn prune_limiters_forever(state: web::Data<AppState>, ip_limits: IpLimits) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     tick.tick().await;
     loop {
@@ -310,10 +307,7 @@ async fn prune_limiters_forever(state: web::Data<AppState>, ip_limit: Option<IpG
         crate::rate_limit::RateStore::prune(state.rpm.store());
         state.auth_failures.prune();
         state.login_failures.prune();
-        ip::prune_governor(&state.auth_ip_limit);
-        if let Some(g) = &ip_limit {
-            ip::prune_governor(g);
-        }
+        ip_limits.prune();
     }
 }
 

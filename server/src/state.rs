@@ -15,7 +15,7 @@ use crate::policy::CidrList;
 use crate::policy::hosts::HostPattern;
 use crate::providers::Providers;
 use crate::rate_limit::RpmLimits;
-use crate::rate_limit::ip::{AuthFailures, IpGovernor};
+use crate::rate_limit::ip::AuthFailures;
 use crate::rate_limit::unauthenticated::Unauthenticated;
 use crate::sessions::passwords::Hasher;
 
@@ -41,8 +41,6 @@ pub struct AppState {
     pub auth_failures: AuthFailures,
     /// Failed logins per username (whatever the client IP).
     pub login_failures: AuthFailures<String>,
-    /// Requests to `/manage/auth/*` per client IP (actix-governor).
-    pub auth_ip_limit: IpGovernor,
     /// `/v1` requests without a valid credential: counted, limited per client
     /// IP, audited in aggregate.
     pub unauthenticated: Unauthenticated,

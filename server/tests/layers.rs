@@ -178,3 +178,68 @@ fn the_reader_finds_grouped_and_nested_mentions() {
         ["a", "d", "e"].into_iter().map(str::to_owned).collect()
     );
 }
+
+/// What the domain must not mention: the HTTP error envelopes and actix-web's
+/// request and response types. Domain code returns its own errors, which the
+/// http layer maps (docs/architecture.md, "Errors").
+const HTTP_ONLY: &[&str] = &[
+    "ProxyError",
+    "ManageError",
+    "HttpRequest",
+    "HttpResponse",
+    "ServiceRequest",
+];
+
+/// `(file, name)` for every mention of an [`HTTP_ONLY`] name in a file of the
+/// domain level.
+fn http_mentions_in_domain() -> Vec<(String, &'static str)> {
+    let domain = LEVELS
+        .iter()
+        .find(|(name, _)| *name == "domain")
+        .map(|(_, mods)| *mods)
+        .unwrap();
+    let mut all = Vec::new();
+    files(&src(), None, &mut all);
+    let mut found = Vec::new();
+    for (module, path) in all {
+        if !domain.contains(&module.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for name in HTTP_ONLY {
+            if words(&text).any(|w| w == *name) {
+                let file = path.strip_prefix(src()).unwrap().display().to_string();
+                found.push((file, *name));
+            }
+        }
+    }
+    found
+}
+
+/// The identifiers of a source, so `HttpResponseBuilder` is not `HttpResponse`.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+}
+
+#[test]
+fn domain_code_returns_domain_errors() {
+    let found = http_mentions_in_domain();
+    assert!(
+        found.is_empty(),
+        "domain files mention HTTP types (return a domain error and map it in http/):\n{}",
+        found
+            .iter()
+            .map(|(file, name)| format!("{file}: {name}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn the_word_reader_matches_whole_identifiers() {
+    let text = "fn f(r: &actix_web::HttpResponseBuilder) -> Result<(), crate::error::ProxyError>";
+    let w: Vec<_> = words(text).collect();
+    assert!(w.contains(&"ProxyError"));
+    assert!(!w.contains(&"HttpResponse"));
+}

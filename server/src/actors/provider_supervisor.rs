@@ -273,7 +273,7 @@ impl Handler<HalfOpen> for ProviderSupervisor {
 mod tests {
     use super::*;
     use crate::config::{BreakerConfig, HealthCheckConfig, HumanDuration, ProviderConfig};
-    use crate::error::ProxyError;
+    use crate::providers::routing::RoutingError;
     use crate::providers::status::ProviderStatus;
 
     fn ms(n: u64) -> Duration {
@@ -347,7 +347,7 @@ mod tests {
         fn retry_after(&self) -> Option<u64> {
             match self.providers.candidates(Some("m"), &[]) {
                 Ok(_) => None,
-                Err(ProxyError::NoHealthyProvider { retry_after, .. }) => Some(retry_after),
+                Err(RoutingError::NoHealthyProvider { retry_after, .. }) => Some(retry_after),
                 Err(e) => panic!("{e:?}"),
             }
         }

@@ -32,11 +32,22 @@ use actix::{Actor, Addr, Arbiter, Context, Handler, Message};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::error::ProxyError;
 use crate::ids::ProjectId;
 
 /// Seconds a rejected client is told to wait before trying again.
 const RETRY_AFTER_SECS: u64 = 1;
+
+/// Why [`Admission::enter`] gave no slot; the proxy answers 503 `queue_full`,
+/// `queue_timeout` or `service_unavailable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmissionError {
+    /// `queue.max_waiting` requests already wait.
+    Full { retry_after: u64 },
+    /// `queue.max_wait` passed without a slot.
+    Timeout { waited: Duration, retry_after: u64 },
+    /// The actor is gone (shutting down).
+    Stopped,
+}
 
 /// Counters and gauges shared by the actor, the handlers and `/manage/queue`.
 #[derive(Debug, Default)]
@@ -183,7 +194,7 @@ impl Admission {
     /// A slot for one request of `project`: at once when one is free and nobody
     /// waits, else after waiting in the project's line. 503 `queue_full` when the
     /// waiting line is full, 503 `queue_timeout` after `queue.max_wait`.
-    pub async fn enter(&self, project: ProjectId) -> Result<Permit, ProxyError> {
+    pub async fn enter(&self, project: ProjectId) -> Result<Permit, AdmissionError> {
         let permit = |stats: &Arc<QueueStats>| Permit {
             stats: Arc::clone(stats),
             queue: self.queue.clone(),
@@ -215,14 +226,14 @@ impl Admission {
             Ok(Ok(Granted::Full)) => {
                 ticket.queue = None;
                 self.stats.rejected_full.fetch_add(1, SeqCst);
-                Err(ProxyError::QueueFull {
+                Err(AdmissionError::Full {
                     retry_after: RETRY_AFTER_SECS,
                 })
             }
-            Ok(Err(_)) => Err(ProxyError::Unavailable("request queue stopped".into())),
+            Ok(Err(_)) => Err(AdmissionError::Stopped),
             Err(_) => {
                 self.stats.rejected_timeout.fetch_add(1, SeqCst);
-                Err(ProxyError::QueueTimeout {
+                Err(AdmissionError::Timeout {
                     waited: self.max_wait,
                     retry_after: RETRY_AFTER_SECS,
                 })
@@ -462,7 +473,7 @@ mod tests {
             &self,
             project: ProjectId,
             name: &'static str,
-        ) -> tokio::task::JoinHandle<Result<(), ProxyError>> {
+        ) -> tokio::task::JoinHandle<Result<(), AdmissionError>> {
             let waiting = self.waiting();
             let (q, tx) = (self.q.clone(), self.tx.clone());
             let task = tokio::task::spawn_local(async move {
@@ -550,7 +561,7 @@ mod tests {
         let started = Instant::now();
         // Nothing else runs: paused time jumps to the waiter's deadline.
         match t.q.enter(t.a).await {
-            Err(ProxyError::QueueTimeout {
+            Err(AdmissionError::Timeout {
                 waited,
                 retry_after,
             }) => assert_eq!((waited, retry_after), (Duration::from_secs(5), 1)),
@@ -594,7 +605,7 @@ mod tests {
         let started = Instant::now();
         assert!(matches!(
             t.q.enter(t.a).await,
-            Err(ProxyError::QueueFull { retry_after: 1 })
+            Err(AdmissionError::Full { retry_after: 1 })
         ));
         assert_eq!(started.elapsed(), Duration::ZERO);
         let snap = t.q.stats().snapshot();

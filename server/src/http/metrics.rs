@@ -13,7 +13,7 @@ use crate::state::AppState;
 pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let ip = crate::net::client_ip(&req, &state.trusted_proxies);
     if let Err(locked) = state.auth_failures.check(&ip) {
-        return locked.error_response();
+        return ManageError::from(locked).error_response();
     }
     let presented = crate::secret::bearer(req.headers());
     let management = state.config.auth.management_token.expose();

@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod audit;
 pub mod edge;
+pub mod ip_limit;
 pub mod manage;
 pub mod metrics;
 pub mod ops;
@@ -15,17 +16,13 @@ pub mod request_id;
 
 use actix_web::web;
 
-use crate::rate_limit::ip::IpGovernor;
+use self::ip_limit::IpLimits;
 
-/// Every route. `ip_limit` is the `/v1` per-IP limit, shared by all workers;
-/// `None` leaves it off.
-pub fn configure(
-    cfg: &mut web::ServiceConfig,
-    ip_limit: Option<IpGovernor>,
-    auth_limit: IpGovernor,
-) {
-    cfg.service(proxy::scope(ip_limit))
-        .service(manage::scope(auth_limit))
+/// Every route. `ip_limits` are the per-IP limits of `/v1` (`None`: off) and
+/// `/manage/auth/*`, shared by all workers.
+pub fn configure(cfg: &mut web::ServiceConfig, ip_limits: IpLimits) {
+    cfg.service(proxy::scope(ip_limits.proxy))
+        .service(manage::scope(ip_limits.auth))
         .route("/health", web::get().to(ops::health))
         .route("/metrics", web::get().to(metrics::handler))
         .route("/ready", web::get().to(ops::ready))

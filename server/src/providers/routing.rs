@@ -21,7 +21,17 @@ use rand::Rng;
 
 use super::status::BreakerState;
 use super::{Provider, Providers};
-use crate::error::ProxyError;
+
+/// Why no provider can take a request; the proxy answers 404 `model_not_found`
+/// or 503 `no_healthy_provider` (with `retry-after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutingError {
+    /// No configured (or pinned) provider serves the model.
+    ModelNotFound(String),
+    /// Every provider serving the model has its breaker open; `retry_after` is
+    /// the seconds until the first one turns half-open.
+    NoHealthyProvider { model: String, retry_after: u64 },
+}
 
 impl Providers {
     /// The ordered candidates for `model` (`None`: endpoints without a model);
@@ -30,7 +40,7 @@ impl Providers {
         &self,
         model: Option<&str>,
         pinned: &[String],
-    ) -> Result<Vec<Arc<Provider>>, ProxyError> {
+    ) -> Result<Vec<Arc<Provider>>, RoutingError> {
         let mut healthy: Vec<&Arc<Provider>> = Vec::new();
         // Allocates only when a provider is unhealthy.
         let mut unhealthy: Vec<&Arc<Provider>> = Vec::new();
@@ -62,8 +72,8 @@ impl Providers {
         let open: Vec<&Arc<Provider>> = self.serving(model, pinned).collect();
         let model = model.unwrap_or_default().to_owned();
         Err(match serving {
-            0 => ProxyError::ModelNotFound(model),
-            _ => ProxyError::NoHealthyProvider {
+            0 => RoutingError::ModelNotFound(model),
+            _ => RoutingError::NoHealthyProvider {
                 model,
                 retry_after: retry_after(&open),
             },
@@ -192,12 +202,12 @@ mod tests {
         );
         assert!(matches!(
             ps.candidates(Some("claude"), &pin[1..]),
-            Err(ProxyError::ModelNotFound(_))
+            Err(RoutingError::ModelNotFound(_))
         ));
         let only_gpt = providers(&[provider("a", &["gpt-*"], 1, 1)]);
         assert!(matches!(
             only_gpt.candidates(Some("claude"), &[]),
-            Err(ProxyError::ModelNotFound(_))
+            Err(RoutingError::ModelNotFound(_))
         ));
     }
 
@@ -226,7 +236,7 @@ mod tests {
             .status
             .set_state(BreakerState::Open, ms(7_000), 0);
         match ps.candidates(Some("m"), &[]) {
-            Err(ProxyError::NoHealthyProvider { retry_after, .. }) => assert_eq!(retry_after, 5),
+            Err(RoutingError::NoHealthyProvider { retry_after, .. }) => assert_eq!(retry_after, 5),
             other => panic!("{other:?}"),
         }
         assert!(!ps.any_usable());

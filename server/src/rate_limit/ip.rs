@@ -1,107 +1,31 @@
-//! Per-client-IP limits, with actix-governor.
+//! Failed authentication per key (client IP, or login username):
+//! `rate_limits.auth_failures_per_minute` / `auth_failures_burst`. Each failed
+//! attempt takes a cell from the key's bucket; once it is empty, the key is
+//! refused with 429 *before* its credentials are checked, until a cell is back,
+//! so guessing cannot go on at full speed.
 //!
-//! * `/v1`: `rate_limits.per_ip_rps` / `per_ip_burst`, as actix-governor
-//!   middleware on the proxy scope (health endpoints are outside it).
-//! * Management authentication: `rate_limits.auth_failures_per_minute` /
-//!   `auth_failures_burst`. Each failed attempt takes a cell from the client IP's
-//!   bucket; once it is empty, that IP is refused with 429 *before* its
-//!   credentials are checked, until a cell is back, so guessing cannot go on at
-//!   full speed.
-//!
-//! The key is the client IP as [`crate::net::client_ip`] sees it: the peer, or,
-//! behind a peer listed in `server.trusted_proxies`, the right-most untrusted
-//! `X-Forwarded-For` hop. A spoofed header from anyone else changes nothing.
+//! The per-IP request limits (`per_ip_rps`, `auth_per_ip_rpm`) are actix-governor
+//! middleware, in the HTTP layer (`http::ip_limit`).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use actix_governor::{
-    GovernorConfig, GovernorConfigBuilder, KeyExtractor, SimpleKeyExtractionError,
-};
-use actix_web::dev::ServiceRequest;
-use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock, QuantaInstant};
+use governor::RateLimiter;
+use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
-use governor::{NotUntil, RateLimiter};
 
 use super::rpm::TokioClock;
-use crate::error::{ManageError, ProxyError};
-use crate::policy::CidrList;
 
-/// actix-governor key: the trusted-proxy-aware client IP.
-#[derive(Clone)]
-pub struct ClientIpKey {
-    trusted: CidrList,
-}
-
-impl ClientIpKey {
-    pub fn new(trusted: CidrList) -> Self {
-        Self { trusted }
-    }
-}
-
-impl KeyExtractor for ClientIpKey {
-    type Key = IpAddr;
-    type KeyExtractionError = SimpleKeyExtractionError<&'static str>;
-
-    fn extract(&self, req: &ServiceRequest) -> Result<IpAddr, Self::KeyExtractionError> {
-        Ok(crate::net::client_ip(req.request(), &self.trusted))
-    }
-
-    fn exceed_rate_limit_response(
-        &self,
-        negative: &NotUntil<QuantaInstant>,
-        _response: HttpResponseBuilder,
-    ) -> HttpResponse {
-        let wait = negative.wait_time_from(DefaultClock::default().now());
-        // A fresh response in the OpenAI envelope instead of actix-governor's
-        // plain-text one (and its non-standard `x-ratelimit-after`).
-        ProxyError::IpRateLimited {
-            retry_after: crate::limits::retry_after_secs(wait),
-        }
-        .error_response()
-    }
-}
-
-pub type IpGovernor = GovernorConfig<ClientIpKey, NoOpMiddleware<QuantaInstant>>;
-
-/// The `/v1` per-IP limit; `None` when `per_ip_rps` is 0 (off). Built once and
-/// shared by every worker's middleware.
-pub fn proxy_governor(rps: u32, burst: u32, key: ClientIpKey) -> Option<IpGovernor> {
-    if rps == 0 {
-        return None;
-    }
-    GovernorConfigBuilder::default()
-        .period(Duration::from_secs(1) / rps)
-        .burst_size(if burst == 0 { rps } else { burst })
-        .key_extractor(key)
-        .finish()
-}
-
-/// `/manage/auth/*` per client IP: `rpm` requests per minute, a burst of a fifth
-/// of that (at least 1). Stricter than the proxy's limit: these routes verify
-/// passwords.
-pub fn auth_governor(rpm: u32, key: ClientIpKey) -> IpGovernor {
-    let rpm = rpm.max(1);
-    GovernorConfigBuilder::default()
-        .period(Duration::from_secs(60) / rpm)
-        .burst_size((rpm / 5).max(1))
-        .key_extractor(key)
-        .finish()
-        .unwrap_or_else(unused_governor)
-}
-
-/// A placeholder for `Condition` when the per-IP limit is off; never consulted.
-pub fn unused_governor() -> IpGovernor {
-    let key = ClientIpKey::new(CidrList::default());
-    GovernorConfigBuilder::default()
-        .key_extractor(key)
-        .finish()
-        .unwrap_or_else(|| unreachable!("the default quota is valid"))
+/// A key is locked out: it used up its allowance of failures. The HTTP layer
+/// answers 429 `rate_limit_exceeded` with `retry-after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockedOut {
+    /// Seconds until a cell is back (at least 1).
+    pub retry_after: u64,
 }
 
 /// Failed authentication attempts per key (client IP, or login username): each
@@ -148,18 +72,19 @@ impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
         Some(crate::limits::retry_after_secs(wait))
     }
 
-    /// 429 `rate_limit_exceeded` while `key` is locked out.
-    pub fn check(&self, key: &K) -> Result<(), ManageError> {
+    /// [`LockedOut`] while `key` is locked out.
+    pub fn check(&self, key: &K) -> Result<(), LockedOut> {
         match self.locked_for(key) {
-            Some(retry_after) => Err(ManageError::RateLimited { retry_after }),
+            Some(retry_after) => Err(LockedOut { retry_after }),
             None => Ok(()),
         }
     }
 
-    /// Records a failure: 429 if it used up the allowance, else `otherwise`.
-    pub fn refuse(&self, key: &K, otherwise: ManageError) -> ManageError {
+    /// Records a failure: [`LockedOut`] if it used up the allowance, else
+    /// `otherwise`.
+    pub fn refuse<E: From<LockedOut>>(&self, key: &K, otherwise: E) -> E {
         match self.failed(key) {
-            Some(retry_after) => ManageError::RateLimited { retry_after },
+            Some(retry_after) => LockedOut { retry_after }.into(),
             None => otherwise,
         }
     }
@@ -173,14 +98,6 @@ impl<K: std::hash::Hash + Eq + Clone> AuthFailures<K> {
         let now = Instant::now();
         self.locked.retain(|_, until| *until > now);
     }
-}
-
-/// Forgets keys whose buckets have refilled, so limiter memory follows the number
-/// of recently active clients rather than every client ever seen.
-pub fn prune_governor(g: &IpGovernor) {
-    let limiter = g.limiter();
-    limiter.retain_recent();
-    limiter.shrink_to_fit();
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Rate limits (SPEC §2), in the order a `/v1` request meets them:
 //!
-//! 1. per client IP, before anything else ([`ip`], actix-governor middleware on
-//!    the `/v1` scope);
+//! 1. per client IP, before anything else (actix-governor middleware on the
+//!    `/v1` scope, in the HTTP layer: `http::ip_limit`);
 //! 2. after authentication and the IP/model checks: the token's, then the
 //!    project's requests per minute ([`rpm`]), each a GCRA bucket;
 //! 3. then the lifetime quota, then the request queue.

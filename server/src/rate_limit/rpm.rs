@@ -19,7 +19,6 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use crate::actors::token_registry::cache::{ProjectState, TokenState};
-use crate::error::ProxyError;
 use crate::ids::{ProjectId, TokenId};
 use crate::limits::RateState;
 
@@ -28,6 +27,16 @@ use crate::limits::RateState;
 pub enum RateKey {
     Token(TokenId),
     Project(ProjectId),
+}
+
+/// A token's or project's allowance is spent: the proxy answers 429
+/// `rate_limit_exceeded` with `retry-after` and the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limited {
+    /// Whose allowance: the token's or the project's.
+    pub key: RateKey,
+    pub state: RateState,
+    pub retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,7 +185,7 @@ impl<S: RateStore> RpmLimits<S> {
         &self,
         token: &TokenState,
         project: &ProjectState,
-    ) -> Result<Option<RateState>, ProxyError> {
+    ) -> Result<Option<RateState>, Limited> {
         let mut tightest: Option<RateState> = None;
         let limits = [
             rpm_of(token.rate_limit_rpm)
@@ -192,11 +201,8 @@ impl<S: RateStore> RpmLimits<S> {
                     }
                 }
                 Verdict::Limited { state, retry_after } => {
-                    return Err(ProxyError::RateLimited {
-                        scope: match key {
-                            RateKey::Token(_) => "API key",
-                            RateKey::Project(_) => "project",
-                        },
+                    return Err(Limited {
+                        key,
                         state,
                         retry_after,
                     });
@@ -383,15 +389,21 @@ mod tests {
         assert_eq!((first.limit, first.remaining), (2, 1), "the tighter one");
         limits.check(&t, &p).await.unwrap();
         let denied = async || match limits.check(&t, &p).await {
-            Err(ProxyError::RateLimited {
-                scope, retry_after, ..
-            }) => (scope, retry_after),
+            Err(Limited {
+                key, retry_after, ..
+            }) => (key, retry_after),
             other => panic!("{other:?}"),
         };
-        assert_eq!(denied().await, ("project", Duration::from_secs(30)));
+        assert_eq!(
+            denied().await,
+            (RateKey::Project(p.id), Duration::from_secs(30))
+        );
         // The token's bucket paid for the refused request too (it is checked
         // first): 3 taken, the next is refused by the token's limit.
-        assert_eq!(denied().await, ("API key", Duration::from_secs(20)));
+        assert_eq!(
+            denied().await,
+            (RateKey::Token(t.id), Duration::from_secs(20))
+        );
         // Neither limit set, no default: nothing applies.
         let free = RpmLimits::new(LocalRateStore::default(), None);
         let t = token(None);

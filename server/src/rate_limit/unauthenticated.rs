@@ -34,16 +34,29 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::ip::AuthFailures;
+use super::ip::{AuthFailures, LockedOut};
 use crate::actors::audit_writer::{AuditEvent, AuditResult};
-use crate::error::ProxyError;
 
 /// Distinct (client IP, reason) pairs tallied at once; beyond, the "other" bucket.
 pub const MAX_KEYS: usize = 10_000;
 
-/// Whether an error is an unauthenticated failure (see the module docs).
-pub fn is_unauthenticated(e: &ProxyError) -> bool {
-    matches!(e, ProxyError::MissingApiKey | ProxyError::InvalidApiKey)
+/// An unauthenticated failure (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No credential at all.
+    MissingApiKey,
+    /// A credential that matches no token.
+    InvalidApiKey,
+}
+
+impl Failure {
+    /// The reason in metrics and audit events: the code the client is answered.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+        }
+    }
 }
 
 pub struct Unauthenticated {
@@ -53,8 +66,9 @@ pub struct Unauthenticated {
 
 /// What became of one failure.
 pub struct Refusal {
-    /// What to answer: the failure itself, or 429 once the IP's allowance is spent.
-    pub error: ProxyError,
+    /// `Some` once the IP's allowance is spent: answer 429 instead of the
+    /// failure itself.
+    pub locked_out: Option<LockedOut>,
     /// The first of its (IP, reason) pair in this window: file it now.
     pub file_now: bool,
 }
@@ -68,16 +82,19 @@ impl Unauthenticated {
         }
     }
 
-    /// Counts one unauthenticated failure `e` from `ip`.
-    pub fn refuse(&self, ip: IpAddr, e: ProxyError) -> Refusal {
-        let reason = e.code();
+    /// Counts one unauthenticated `failure` from `ip`.
+    pub fn refuse(&self, ip: IpAddr, failure: Failure) -> Refusal {
+        let reason = failure.reason();
         crate::metrics::global().unauthenticated(reason);
         let file_now = self.tally.note(ip, reason);
-        let error = match self.limiter.failed(&ip) {
-            Some(retry_after) => ProxyError::IpRateLimited { retry_after },
-            None => e,
-        };
-        Refusal { error, file_now }
+        let locked_out = self
+            .limiter
+            .failed(&ip)
+            .map(|retry_after| LockedOut { retry_after });
+        Refusal {
+            locked_out,
+            file_now,
+        }
     }
 
     /// Files the counts gathered since the last flush, and forgets limiter state
@@ -277,9 +294,9 @@ mod tests {
     async fn the_flush_loop_files_once_per_window() {
         let u = Unauthenticated::new(0, 0, Duration::from_secs(5));
         let a = ip("198.51.100.7");
-        assert!(u.refuse(a, ProxyError::InvalidApiKey).file_now);
+        assert!(u.refuse(a, Failure::InvalidApiKey).file_now);
         for _ in 0..41 {
-            assert!(!u.refuse(a, ProxyError::InvalidApiKey).file_now);
+            assert!(!u.refuse(a, Failure::InvalidApiKey).file_now);
         }
         let mut filed = Vec::new();
         tokio::select! {
@@ -297,16 +314,13 @@ mod tests {
     fn the_per_ip_limit_answers_429_once_the_burst_is_spent() {
         let u = Unauthenticated::new(60, 2, Duration::from_secs(60));
         let a = ip("203.0.113.9");
-        let codes: Vec<&str> = (0..3)
-            .map(|_| u.refuse(a, ProxyError::MissingApiKey).error.code())
+        let answers: Vec<_> = (0..3)
+            .map(|_| u.refuse(a, Failure::MissingApiKey).locked_out)
             .collect();
-        assert_eq!(
-            codes,
-            ["missing_api_key", "missing_api_key", "rate_limit_exceeded"]
-        );
+        assert_eq!(answers, [None, None, Some(LockedOut { retry_after: 1 })]);
         // Another address has its own allowance.
-        let other = u.refuse(ip("203.0.113.10"), ProxyError::MissingApiKey);
-        assert_eq!(other.error.code(), "missing_api_key");
+        let other = u.refuse(ip("203.0.113.10"), Failure::MissingApiKey);
+        assert_eq!(other.locked_out, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,24 +328,16 @@ mod tests {
         // 30 a minute: a cell every 2 s.
         let u = Unauthenticated::new(30, 3, Duration::from_secs(60));
         let a = ip("203.0.113.9");
-        let refuse = || u.refuse(a, ProxyError::InvalidApiKey).error;
+        let refuse = || u.refuse(a, Failure::InvalidApiKey).locked_out;
+        let locked = |retry_after| Some(LockedOut { retry_after });
         for _ in 0..3 {
-            assert_eq!(refuse().code(), "invalid_api_key");
+            assert_eq!(refuse(), None);
         }
-        assert!(matches!(
-            refuse(),
-            ProxyError::IpRateLimited { retry_after: 2 }
-        ));
+        assert_eq!(refuse(), locked(2));
         tokio::time::advance(Duration::from_millis(1_999)).await;
-        assert!(matches!(
-            refuse(),
-            ProxyError::IpRateLimited { retry_after: 1 }
-        ));
+        assert_eq!(refuse(), locked(1));
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(refuse().code(), "invalid_api_key");
-        assert!(matches!(
-            refuse(),
-            ProxyError::IpRateLimited { retry_after: 2 }
-        ));
+        assert_eq!(refuse(), None);
+        assert_eq!(refuse(), locked(2));
     }
 }

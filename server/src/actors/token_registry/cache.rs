@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
-use crate::error::ProxyError;
 use crate::ids::{ProjectId, TokenId};
 use crate::policy::{CidrList, ModelList};
 use crate::secret::{Secret, TokenHash};
@@ -125,19 +124,46 @@ pub struct Resolved {
     pub project: Arc<ProjectState>,
 }
 
+/// Why the cache refuses a request's token; the proxy answers each with its own
+/// code (401 `invalid_api_key`, `token_expired`, `token_revoked`,
+/// `token_inactive`; 403 `project_inactive`; 429 `quota_exceeded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No token has this secret (or its rotation grace is over).
+    InvalidApiKey,
+    /// Revoked, or its project deleted.
+    TokenRevoked,
+    TokenExpired,
+    TokenInactive,
+    ProjectInactive,
+    /// The lifetime quota (`max_requests`) is used up.
+    QuotaExceeded(i64),
+}
+
 /// Why [`TokenCache::lookup`] refused a secret. `matched` is the token (and
 /// project) the secret named when it named one that may not be used now
 /// (revoked, expired, inactive, its project inactive or deleted): the refusal is
-/// that token's, and its audit event must say whose.
+/// that token's, and its audit event must say whose. The HTTP layer keeps the
+/// `matched` token and swaps the [`Denial`] for its answer ([`Refused::map`]).
 #[derive(Debug)]
-pub struct Refused {
-    pub error: ProxyError,
+pub struct Refused<E = Denial> {
+    pub error: E,
     pub matched: Option<Resolved>,
 }
 
-impl From<ProxyError> for Refused {
+impl<E> Refused<E> {
+    /// The same refusal with `error` turned into another type.
+    pub fn map<F>(self, f: impl FnOnce(E) -> F) -> Refused<F> {
+        Refused {
+            error: f(self.error),
+            matched: self.matched,
+        }
+    }
+}
+
+impl From<Denial> for Refused {
     /// A refusal that matched no token.
-    fn from(error: ProxyError) -> Self {
+    fn from(error: Denial) -> Self {
         Self {
             error,
             matched: None,
@@ -160,25 +186,25 @@ impl TokenCache {
     /// Resolves a presented secret to an active token of an active project.
     /// Unknown and past-grace secrets are indistinguishable (`invalid_api_key`).
     pub fn lookup(&self, hash: &TokenHash, now: DateTime<Utc>) -> Result<Resolved, Refused> {
-        let slot = *self.by_hash.get(hash).ok_or(ProxyError::InvalidApiKey)?;
+        let slot = *self.by_hash.get(hash).ok_or(Denial::InvalidApiKey)?;
         if slot.valid_until.is_some_and(|until| now >= until) {
-            return Err(ProxyError::InvalidApiKey.into());
+            return Err(Denial::InvalidApiKey.into());
         }
         let token = self
             .tokens
             .get(&slot.token)
             .map(|t| Arc::clone(&t))
-            .ok_or(ProxyError::InvalidApiKey)?;
+            .ok_or(Denial::InvalidApiKey)?;
         let project = self
             .projects
             .get(&token.project_id)
             .map(|p| Arc::clone(&p))
-            .ok_or(ProxyError::InvalidApiKey)?;
+            .ok_or(Denial::InvalidApiKey)?;
         let unusable = match () {
-            () if token.revoked || project.deleted => Some(ProxyError::TokenRevoked),
-            () if now >= token.expires_at => Some(ProxyError::TokenExpired),
-            () if !token.is_active => Some(ProxyError::TokenInactive),
-            () if !project.is_active => Some(ProxyError::ProjectInactive),
+            () if token.revoked || project.deleted => Some(Denial::TokenRevoked),
+            () if now >= token.expires_at => Some(Denial::TokenExpired),
+            () if !token.is_active => Some(Denial::TokenInactive),
+            () if !project.is_active => Some(Denial::ProjectInactive),
             () => None,
         };
         let resolved = Resolved { token, project };
@@ -193,11 +219,7 @@ impl TokenCache {
 
     /// Atomically checks the lifetime quota and counts the request, unless the
     /// token's lease is used up ([`Consumed::NeedsLease`]: nothing was counted).
-    pub fn try_consume(
-        &self,
-        token: &TokenState,
-        now: DateTime<Utc>,
-    ) -> Result<Consumed, ProxyError> {
+    pub fn try_consume(&self, token: &TokenState, now: DateTime<Utc>) -> Result<Consumed, Denial> {
         let c = &token.counters;
         match token.max_requests {
             Some(max) => {
@@ -209,7 +231,7 @@ impl TokenCache {
                         });
                 match counted {
                     Ok(_) => {}
-                    Err(n) if n >= max => return Err(ProxyError::QuotaExceeded(max)),
+                    Err(n) if n >= max => return Err(Denial::QuotaExceeded(max)),
                     Err(_) => return Ok(Consumed::NeedsLease),
                 }
             }

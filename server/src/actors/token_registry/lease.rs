@@ -34,9 +34,24 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 
 use super::Registry;
-use super::cache::{Consumed, TokenState};
-use crate::error::ProxyError;
+use super::cache::{Consumed, Denial, TokenState};
 use crate::service::mutation::Mutation;
+
+/// Why [`Registry::consume`] did not count a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeError {
+    /// The quota is used up (429 `quota_exceeded`).
+    Denied(Denial),
+    /// The lease could not be extended: storage is failing (503
+    /// `service_unavailable`, not counted against the client).
+    StorageUnavailable,
+}
+
+impl From<Denial> for ConsumeError {
+    fn from(denial: Denial) -> Self {
+        Self::Denied(denial)
+    }
+}
 
 /// How many requests one lease covers.
 fn lease_chunk(max_requests: i64) -> i64 {
@@ -46,7 +61,11 @@ fn lease_chunk(max_requests: i64) -> i64 {
 impl Registry {
     /// Checks the token's lifetime quota and counts the request, extending its
     /// lease first when the current one is used up.
-    pub async fn consume(&self, token: &TokenState, now: DateTime<Utc>) -> Result<(), ProxyError> {
+    pub async fn consume(
+        &self,
+        token: &TokenState,
+        now: DateTime<Utc>,
+    ) -> Result<(), ConsumeError> {
         if self.cache.try_consume(token, now)? == Consumed::Counted {
             return Ok(());
         }
@@ -68,7 +87,7 @@ impl Registry {
             if let Err(e) = Mutation::write_request_lease(&self.db, token.id.0, lease).await {
                 // The write health logs the outage once; not a line per request.
                 tracing::debug!(error = %e, token_id = %token.id, "cannot write a request lease; refusing the request");
-                return Err(ProxyError::StorageUnavailable);
+                return Err(ConsumeError::StorageUnavailable);
             }
             counters.lease.fetch_max(lease, Ordering::AcqRel);
         }

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub(crate) mod convert;
+mod error;
 mod lease;
 mod project_writes;
 mod token_writes;
@@ -32,12 +33,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use sea_orm::{DatabaseConnection, SqlErr};
+use sea_orm::DatabaseConnection;
 
-pub use self::cache::{Refused, Resolved, TokenCache, TokenCounters};
+pub use self::cache::{Denial, Refused, Resolved, TokenCache, TokenCounters};
 use self::convert::{project_state, token_state};
+pub use self::error::RegistryError;
+use self::error::conflict_or;
+pub use self::lease::ConsumeError;
 use crate::crypto::KeyCipher;
-use crate::error::ManageError;
 use crate::ids::TokenId;
 use crate::secret::TokenHash;
 use crate::service::mutation::Mutation;
@@ -133,13 +136,6 @@ fn now() -> DateTime<Utc> {
     crate::time::now()
 }
 
-fn conflict_or(e: sea_orm::DbErr, what: &str) -> ManageError {
-    match e.sql_err() {
-        Some(SqlErr::UniqueConstraintViolation(_)) => ManageError::Conflict(what.to_owned()),
-        _ => e.into(),
-    }
-}
-
 /// Wraps an async block as an atomic actor response.
 fn atomic<T: 'static>(
     act: &TokenRegistry,
@@ -155,16 +151,16 @@ pub(crate) fn parse_hash(hex: &str) -> Option<TokenHash> {
 
 impl Registry {
     /// Sends a management write and waits for it to be applied.
-    pub async fn ask<M, T>(&self, msg: M) -> Result<T, crate::error::ManageError>
+    pub async fn ask<M, T>(&self, msg: M) -> Result<T, RegistryError>
     where
-        M: actix::Message<Result = Result<T, crate::error::ManageError>> + Send + 'static,
+        M: actix::Message<Result = Result<T, RegistryError>> + Send + 'static,
         T: Send + 'static,
         TokenRegistry: actix::Handler<M>,
     {
         self.addr
             .send(msg)
             .await
-            .map_err(|e| crate::error::ManageError::Unavailable(format!("token registry: {e}")))?
+            .map_err(|e| RegistryError::Unavailable(format!("token registry: {e}")))?
     }
 }
 #[cfg(test)]

@@ -7,9 +7,8 @@ use sea_orm::{ActiveValue::Set, IntoActiveModel};
 
 use super::cache::TokenCache;
 use super::convert::{json_list, project_state};
-use super::{TokenRegistry, atomic, conflict_or, now};
+use super::{RegistryError, TokenRegistry, atomic, conflict_or, now};
 use crate::crypto::KeyCipher;
-use crate::error::ManageError;
 use crate::ids::ProjectId;
 use crate::secret::Secret;
 use crate::service::mutation::Mutation;
@@ -28,11 +27,11 @@ pub struct NewProject {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<projects::Model, ManageError>")]
+#[rtype(result = "Result<projects::Model, RegistryError>")]
 pub struct CreateProject(pub NewProject);
 
 impl Handler<CreateProject> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<projects::Model, ManageError>>;
+    type Result = AtomicResponse<Self, Result<projects::Model, RegistryError>>;
 
     fn handle(&mut self, CreateProject(p): CreateProject, _: &mut Context<Self>) -> Self::Result {
         let (db, cache, cipher) = (
@@ -69,11 +68,11 @@ impl Handler<CreateProject> for TokenRegistry {
 fn encrypt_key(
     cipher: Option<&KeyCipher>,
     key: Option<&Secret>,
-) -> Result<Option<String>, ManageError> {
+) -> Result<Option<String>, RegistryError> {
     match (key, cipher) {
         (None, _) => Ok(None),
         (Some(k), Some(c)) => Ok(Some(c.encrypt(k))),
-        (Some(_), None) => Err(ManageError::field(
+        (Some(_), None) => Err(RegistryError::field(
             "upstream_api_key",
             "storing upstream keys needs auth.encryption_key (PALISADE_ENCRYPTION_KEY, base64 of 32 bytes); keys are never stored in plaintext",
         )),
@@ -94,11 +93,11 @@ pub struct ProjectPatch {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<projects::Model, ManageError>")]
+#[rtype(result = "Result<projects::Model, RegistryError>")]
 pub struct UpdateProject(pub ProjectId, pub ProjectPatch);
 
 impl Handler<UpdateProject> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<projects::Model, ManageError>>;
+    type Result = AtomicResponse<Self, Result<projects::Model, RegistryError>>;
 
     fn handle(
         &mut self,
@@ -113,7 +112,7 @@ impl Handler<UpdateProject> for TokenRegistry {
         atomic(self, async move {
             let current = Query::project(&db, id.0)
                 .await?
-                .ok_or(ManageError::NotFound("project"))?;
+                .ok_or(RegistryError::NotFound("project"))?;
             let mut row = current.into_active_model();
             if let Some(v) = p.name {
                 row.name = Set(v);
@@ -151,11 +150,11 @@ impl Handler<UpdateProject> for TokenRegistry {
 
 /// Deletes (soft) a project and revokes its tokens; replies with the revoked count.
 #[derive(Message)]
-#[rtype(result = "Result<u64, ManageError>")]
+#[rtype(result = "Result<u64, RegistryError>")]
 pub struct DeleteProject(pub ProjectId);
 
 impl Handler<DeleteProject> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<u64, ManageError>>;
+    type Result = AtomicResponse<Self, Result<u64, RegistryError>>;
 
     fn handle(&mut self, DeleteProject(id): DeleteProject, _: &mut Context<Self>) -> Self::Result {
         let (db, cache, cipher) = (
@@ -166,7 +165,7 @@ impl Handler<DeleteProject> for TokenRegistry {
         atomic(self, async move {
             let current = Query::project(&db, id.0)
                 .await?
-                .ok_or(ManageError::NotFound("project"))?;
+                .ok_or(RegistryError::NotFound("project"))?;
             let at = now();
             let revoked = Mutation::delete_project(&db, id.0, at).await?;
             let mut gone = current;
@@ -179,11 +178,11 @@ impl Handler<DeleteProject> for TokenRegistry {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<u64, ManageError>")]
+#[rtype(result = "Result<u64, RegistryError>")]
 pub struct RevokeProjectTokens(pub ProjectId);
 
 impl Handler<RevokeProjectTokens> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<u64, ManageError>>;
+    type Result = AtomicResponse<Self, Result<u64, RegistryError>>;
 
     fn handle(
         &mut self,
@@ -194,7 +193,7 @@ impl Handler<RevokeProjectTokens> for TokenRegistry {
         atomic(self, async move {
             Query::project(&db, id.0)
                 .await?
-                .ok_or(ManageError::NotFound("project"))?;
+                .ok_or(RegistryError::NotFound("project"))?;
             let revoked = Mutation::revoke_project_tokens(&db, id.0, now()).await?;
             revoke_in_cache(&cache, id);
             Ok(revoked)

@@ -9,7 +9,6 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use super::*;
 use crate::config::{DatabaseConfig, HumanDuration};
-use crate::error::ProxyError;
 use crate::ids::ProjectId;
 use crate::secret::Secret;
 
@@ -71,7 +70,7 @@ impl Fixture {
     }
 
     /// What a request presenting the token's secret gets now.
-    fn lookup(&self) -> Result<Resolved, ProxyError> {
+    fn lookup(&self) -> Result<Resolved, Denial> {
         self.reg
             .cache
             .lookup(&self.hash, crate::time::now())
@@ -110,7 +109,7 @@ impl Fixture {
     }
 }
 
-async fn create_token(reg: &Registry, project: ProjectId) -> Result<IssuedToken, ManageError> {
+async fn create_token(reg: &Registry, project: ProjectId) -> Result<IssuedToken, RegistryError> {
     reg.addr
         .send(CreateToken(NewToken {
             project_id: project,
@@ -127,9 +126,9 @@ async fn create_token(reg: &Registry, project: ProjectId) -> Result<IssuedToken,
 
 /// Asserts that the registry answered a refused write with an error.
 #[track_caller]
-fn refused<T>(reply: Result<Result<T, ManageError>, MailboxError>) {
+fn refused<T>(reply: Result<Result<T, RegistryError>, MailboxError>) {
     match reply.unwrap() {
-        Err(ManageError::Internal(_)) => {}
+        Err(RegistryError::Internal(_)) => {}
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("the database refused the write, the registry did not say so"),
     }
@@ -178,7 +177,7 @@ async fn a_write_is_in_the_database_before_the_cache_shows_it() {
     revoke.await.unwrap().unwrap();
     // The reply comes after both: the row is revoked and so is the cache.
     assert!(t.stored_token().await.revoked_at.is_some());
-    assert!(matches!(t.lookup(), Err(ProxyError::TokenRevoked)));
+    assert!(matches!(t.lookup(), Err(Denial::TokenRevoked)));
 }
 
 #[actix_rt::test]
@@ -216,7 +215,7 @@ async fn token_writes_the_database_refuses_leave_the_cache_unchanged() {
         .await
         .unwrap()
         .unwrap();
-    assert!(matches!(t.lookup(), Err(ProxyError::TokenRevoked)));
+    assert!(matches!(t.lookup(), Err(Denial::TokenRevoked)));
 }
 
 #[actix_rt::test]

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 use sea_orm::{ActiveValue::Set, IntoActiveModel};
 
-use super::{TokenRegistry, atomic, now};
+use super::{RegistryError, TokenRegistry, atomic, now};
 use chrono::{DateTime, Utc};
 use entity::tokens;
 use ipnet::IpNet;
 
 use super::cache::TokenCache;
 use super::convert::{json_list, token_state};
-use crate::error::ManageError;
 use crate::ids::{ProjectId, TokenId};
 use crate::secret::TokenSecret;
 use crate::service::mutation::Mutation;
@@ -37,20 +36,20 @@ pub struct IssuedToken {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<IssuedToken, ManageError>")]
+#[rtype(result = "Result<IssuedToken, RegistryError>")]
 pub struct CreateToken(pub NewToken);
 
 impl Handler<CreateToken> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<IssuedToken, ManageError>>;
+    type Result = AtomicResponse<Self, Result<IssuedToken, RegistryError>>;
 
     fn handle(&mut self, CreateToken(t): CreateToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
         atomic(self, async move {
             let project = Query::project(&db, t.project_id.0)
                 .await?
-                .ok_or(ManageError::NotFound("project"))?;
+                .ok_or(RegistryError::NotFound("project"))?;
             if !project.is_active {
-                return Err(ManageError::ProjectInactive);
+                return Err(RegistryError::ProjectInactive);
             }
             let secret = TokenSecret::generate();
             let at = now();
@@ -97,22 +96,22 @@ pub struct TokenPatch {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<tokens::Model, ManageError>")]
+#[rtype(result = "Result<tokens::Model, RegistryError>")]
 pub struct UpdateToken(pub TokenId, pub TokenPatch);
 
 impl Handler<UpdateToken> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<tokens::Model, ManageError>>;
+    type Result = AtomicResponse<Self, Result<tokens::Model, RegistryError>>;
 
     fn handle(&mut self, UpdateToken(id, p): UpdateToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
         atomic(self, async move {
             let current = Query::token(&db, id.0)
                 .await?
-                .ok_or(ManageError::NotFound("token"))?;
+                .ok_or(RegistryError::NotFound("token"))?;
             if let Some(at) = p.expires_at
                 && at > current.expires_at
             {
-                return Err(ManageError::field(
+                return Err(RegistryError::field(
                     "expires_at",
                     "expiry cannot be extended",
                 ));
@@ -156,18 +155,18 @@ fn install(cache: &TokenCache, model: &tokens::Model) {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(), ManageError>")]
+#[rtype(result = "Result<(), RegistryError>")]
 pub struct RevokeToken(pub TokenId);
 
 impl Handler<RevokeToken> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<(), ManageError>>;
+    type Result = AtomicResponse<Self, Result<(), RegistryError>>;
 
     fn handle(&mut self, RevokeToken(id): RevokeToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
         atomic(self, async move {
             let current = Query::token(&db, id.0)
                 .await?
-                .ok_or(ManageError::NotFound("token"))?;
+                .ok_or(RegistryError::NotFound("token"))?;
             if current.revoked_at.is_some() {
                 return Ok(());
             }
@@ -183,29 +182,29 @@ impl Handler<RevokeToken> for TokenRegistry {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<IssuedToken, ManageError>")]
+#[rtype(result = "Result<IssuedToken, RegistryError>")]
 pub struct RotateToken {
     pub id: TokenId,
     pub grace: Duration,
 }
 
 impl Handler<RotateToken> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<IssuedToken, ManageError>>;
+    type Result = AtomicResponse<Self, Result<IssuedToken, RegistryError>>;
 
     fn handle(&mut self, msg: RotateToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
         atomic(self, async move {
             let current = Query::token(&db, msg.id.0)
                 .await?
-                .ok_or(ManageError::NotFound("token"))?;
+                .ok_or(RegistryError::NotFound("token"))?;
             let at = now();
             if current.revoked_at.is_some() {
-                return Err(ManageError::Conflict(
+                return Err(RegistryError::Conflict(
                     "a revoked token cannot be rotated".into(),
                 ));
             }
             if current.expires_at <= at {
-                return Err(ManageError::Conflict(
+                return Err(RegistryError::Conflict(
                     "an expired token cannot be rotated".into(),
                 ));
             }
@@ -231,14 +230,14 @@ impl Handler<RotateToken> for TokenRegistry {
 /// counts are final: sent at shutdown, after the HTTP server has drained);
 /// replies with the row count.
 #[derive(Message)]
-#[rtype(result = "Result<usize, ManageError>")]
+#[rtype(result = "Result<usize, RegistryError>")]
 pub struct FlushUsage;
 
 impl Handler<FlushUsage> for TokenRegistry {
-    type Result = AtomicResponse<Self, Result<usize, ManageError>>;
+    type Result = AtomicResponse<Self, Result<usize, RegistryError>>;
 
     fn handle(&mut self, _: FlushUsage, _: &mut Context<Self>) -> Self::Result {
         let fut = self.flush(true);
-        atomic(self, async move { fut.await.map_err(ManageError::from) })
+        atomic(self, async move { fut.await.map_err(RegistryError::from) })
     }
 }

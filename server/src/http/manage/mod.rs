@@ -3,6 +3,7 @@
 
 mod audit;
 mod body;
+mod errors;
 mod list;
 mod projects;
 mod providers;
@@ -29,7 +30,7 @@ use crate::state::AppState;
 /// Mounts the management scope; `auth_limit` is the per-IP limit for
 /// `/manage/auth/*`, shared by all workers.
 pub fn scope(
-    auth_limit: crate::rate_limit::ip::IpGovernor,
+    auth_limit: crate::http::ip_limit::IpGovernor,
 ) -> actix_web::Scope<
     impl actix_web::dev::ServiceFactory<
         ServiceRequest,
@@ -141,7 +142,7 @@ async fn require_auth(
     let ip = crate::net::client_ip(req.request(), &state.trusted_proxies);
     if let Err(locked) = state.auth_failures.check(&ip) {
         return Ok(req
-            .into_response(locked.error_response())
+            .into_response(ManageError::from(locked).error_response())
             .map_into_right_body());
     }
     if matches!(req.path(), "/manage/auth/login" | "/manage/auth/refresh") {

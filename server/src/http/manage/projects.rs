@@ -71,7 +71,11 @@ pub async fn create(
                 .unwrap_or_default(),
         };
         b.finish()?;
-        state.registry.ask(CreateProject(new)).await
+        state
+            .registry
+            .ask(CreateProject(new))
+            .await
+            .map_err(ManageError::from)
     }
     .await;
     audit::record(
@@ -126,7 +130,11 @@ pub async fn update(
             providers: nullable_list(b.providers("providers", &state.providers.names())),
         };
         b.finish()?;
-        state.registry.ask(UpdateProject(id, patch)).await
+        state
+            .registry
+            .ask(UpdateProject(id, patch))
+            .await
+            .map_err(ManageError::from)
     }
     .await;
     let on_error = Subject {
@@ -156,7 +164,11 @@ pub async fn delete(
 ) -> Result<HttpResponse, ManageError> {
     let who = Who::of(&req, &state);
     let id = project_id(&path)?;
-    let out = state.registry.ask(DeleteProject(id)).await;
+    let out = state
+        .registry
+        .ask(DeleteProject(id))
+        .await
+        .map_err(ManageError::from);
     let subject = || Subject {
         project_id: Some(id.0),
         ..Default::default()
@@ -179,7 +191,11 @@ pub async fn revoke_tokens(
 ) -> Result<HttpResponse, ManageError> {
     let who = Who::of(&req, &state);
     let id = project_id(&path)?;
-    let out = state.registry.ask(RevokeProjectTokens(id)).await;
+    let out = state
+        .registry
+        .ask(RevokeProjectTokens(id))
+        .await
+        .map_err(ManageError::from);
     let subject = || Subject {
         project_id: Some(id.0),
         ..Default::default()

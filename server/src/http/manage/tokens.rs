@@ -73,7 +73,11 @@ async fn answer_with_secret<F: Future<Output = ()>>(
 
 /// Revokes a token just created whose secret could not be sent back, and audits it.
 async fn withdraw_created(state: &AppState, who: &Who, model: &entity::tokens::Model) {
-    let out = state.registry.ask(RevokeToken(TokenId(model.id))).await;
+    let out = state
+        .registry
+        .ask(RevokeToken(TokenId(model.id)))
+        .await
+        .map_err(ManageError::from);
     if let Err(e) = &out {
         tracing::error!(token_id = %model.id, error = %e, "a token whose secret was never sent back could not be revoked; revoke it by hand");
     }
@@ -168,7 +172,11 @@ async fn create_token(state: &AppState, payload: web::Payload) -> Result<IssuedT
         allowed_cidrs: b.cidrs("allowed_cidrs").value().unwrap_or_default(),
     };
     b.finish()?;
-    state.registry.ask(CreateToken(new)).await
+    state
+        .registry
+        .ask(CreateToken(new))
+        .await
+        .map_err(ManageError::from)
 }
 
 /// `expires_in_seconds` or `expires_at` (not both), default `tokens.default_ttl`,
@@ -239,7 +247,11 @@ pub async fn update(
             allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
         };
         b.finish()?;
-        state.registry.ask(UpdateToken(id, patch)).await
+        state
+            .registry
+            .ask(UpdateToken(id, patch))
+            .await
+            .map_err(ManageError::from)
     }
     .await;
     let on_error = before.as_ref().map_or_else(
@@ -267,7 +279,11 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ManageError> {
     let who = Who::of(&req, &state);
     let id = token_id(&path)?;
-    let out = state.registry.ask(RevokeToken(id)).await;
+    let out = state
+        .registry
+        .ask(RevokeToken(id))
+        .await
+        .map_err(ManageError::from);
     let current = Query::token(&state.db, id.0).await.ok().flatten();
     let subject = || {
         current.as_ref().map_or_else(
@@ -303,7 +319,11 @@ pub async fn rotate(
             .unwrap_or(0);
         b.finish()?;
         let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
-        state.registry.ask(RotateToken { id, grace }).await
+        state
+            .registry
+            .ask(RotateToken { id, grace })
+            .await
+            .map_err(ManageError::from)
     }
     .await;
     let on_error = Subject {

@@ -3,9 +3,9 @@
 use actix_web::HttpRequest;
 use chrono::{DateTime, Utc};
 
-use crate::actors::token_registry::{Refused, Resolved};
+use crate::actors::token_registry::{Denial, Refused, Resolved};
 use crate::error::ProxyError;
-use crate::rate_limit::unauthenticated::is_unauthenticated;
+use crate::rate_limit::unauthenticated::Failure;
 use crate::secret::TokenHash;
 use crate::state::AppState;
 
@@ -19,6 +19,12 @@ pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     })
 }
 
+/// Whether an error is an unauthenticated failure: counted, limited and audited
+/// in aggregate by [`crate::rate_limit::unauthenticated`], not one event each.
+pub fn is_unauthenticated(e: &ProxyError) -> bool {
+    matches!(e, ProxyError::MissingApiKey | ProxyError::InvalidApiKey)
+}
+
 /// The caller's token and project. A request with no credential or an unknown
 /// one goes through [`crate::rate_limit::unauthenticated`]: counted, limited per
 /// client IP, and audited in aggregate (the first of its kind at once, here). A
@@ -27,25 +33,34 @@ pub async fn resolve(
     req: &HttpRequest,
     state: &AppState,
     now: DateTime<Utc>,
-) -> Result<Resolved, Refused> {
-    let e = match presented_key(req) {
-        None => ProxyError::MissingApiKey,
+) -> Result<Resolved, Refused<ProxyError>> {
+    let failure = match presented_key(req) {
+        None => Failure::MissingApiKey,
         Some(key) => match state.registry.cache.lookup(&TokenHash::of(key), now) {
             Ok(resolved) => return Ok(resolved),
-            Err(refused) if refused.matched.is_some() => return Err(refused),
-            Err(refused) => refused.error,
+            Err(refused) if refused.matched.is_some() => {
+                return Err(refused.map(ProxyError::from));
+            }
+            Err(Refused {
+                error: Denial::InvalidApiKey,
+                ..
+            }) => Failure::InvalidApiKey,
+            Err(refused) => return Err(refused.map(ProxyError::from)),
         },
     };
-    if !is_unauthenticated(&e) {
-        return Err(e.into());
-    }
     let ip = crate::net::client_ip(req, &state.trusted_proxies);
-    let reason = e.code();
-    let refusal = state.unauthenticated.refuse(ip, e);
+    let refusal = state.unauthenticated.refuse(ip, failure);
     if refusal.file_now {
-        file_first(req, state, reason).await;
+        file_first(req, state, failure.reason()).await;
     }
-    Err(refusal.error.into())
+    let error = match refusal.locked_out {
+        Some(locked_out) => ProxyError::from(locked_out),
+        None => ProxyError::from(failure),
+    };
+    Err(Refused {
+        error,
+        matched: None,
+    })
 }
 
 /// The first unauthenticated failure of its (client IP, reason) in a window, as

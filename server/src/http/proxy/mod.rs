@@ -22,6 +22,7 @@
 mod attempts;
 mod auth;
 mod body;
+mod errors;
 mod models;
 mod sse;
 mod stream;
@@ -32,8 +33,8 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use crate::actors::audit_writer::UsageRecord;
 use crate::actors::token_registry::cache::ip_allowed;
 use crate::error::ProxyError;
+use crate::http::ip_limit::IpGovernor;
 use crate::http::request_id::RequestId;
-use crate::rate_limit::ip::IpGovernor;
 use crate::state::AppState;
 
 pub fn scope(
@@ -50,7 +51,7 @@ pub fn scope(
     // `Condition` needs a middleware even when it is off; that one is never called.
     let enabled = ip_limit.is_some();
     let governor = actix_governor::Governor::new(
-        &ip_limit.unwrap_or_else(crate::rate_limit::ip::unused_governor),
+        &ip_limit.unwrap_or_else(crate::http::ip_limit::unused_governor),
     );
     web::scope("/v1")
         .wrap(actix_web::middleware::Condition::new(enabled, governor))
@@ -70,7 +71,7 @@ async fn forward(
     // `auth::resolve`.
     if let Err(e) = &out
         && e.is_denial()
-        && !crate::rate_limit::unauthenticated::is_unauthenticated(e)
+        && !auth::is_unauthenticated(e)
     {
         audit_denial(&req, &state, e, seen.as_ref()).await;
     }

@@ -45,14 +45,14 @@ fn lookup_distinguishes_states() {
     assert!(matches!(
         cache.lookup(&TokenHash::of("tok-2"), now),
         Err(Refused {
-            error: ProxyError::InvalidApiKey,
+            error: Denial::InvalidApiKey,
             matched: None
         })
     ));
     assert!(matches!(
         cache.lookup(&h, now + Duration::days(2)),
         Err(Refused {
-            error: ProxyError::TokenExpired,
+            error: Denial::TokenExpired,
             matched: Some(_)
         })
     ));
@@ -60,7 +60,7 @@ fn lookup_distinguishes_states() {
     assert!(matches!(
         cache.lookup(&h, now),
         Err(Refused {
-            error: ProxyError::TokenInactive,
+            error: Denial::TokenInactive,
             matched: Some(_)
         })
     ));
@@ -72,7 +72,7 @@ fn lookup_distinguishes_states() {
     assert!(matches!(
         cache.lookup(&h, now),
         Err(Refused {
-            error: ProxyError::TokenRevoked,
+            error: Denial::TokenRevoked,
             matched: Some(_)
         })
     ));
@@ -129,7 +129,7 @@ fn admission_stops_at_the_lease_and_at_the_quota() {
     assert!(matches!(cache.try_consume(&t, now), Ok(Consumed::Counted)));
     assert!(matches!(
         cache.try_consume(&t, now),
-        Err(ProxyError::QuotaExceeded(3))
+        Err(Denial::QuotaExceeded(3))
     ));
     assert_eq!(t.counters.request_count(), 3);
 }
@@ -173,7 +173,7 @@ fn rotation_keeps_previous_until_grace_ends() {
     assert!(matches!(
         cache.lookup(&old, until),
         Err(Refused {
-            error: ProxyError::InvalidApiKey,
+            error: Denial::InvalidApiKey,
             matched: None
         })
     ));
@@ -181,7 +181,7 @@ fn rotation_keeps_previous_until_grace_ends() {
     assert!(matches!(
         cache.lookup(&old, now),
         Err(Refused {
-            error: ProxyError::InvalidApiKey,
+            error: Denial::InvalidApiKey,
             matched: None
         })
     ));
@@ -214,7 +214,7 @@ fn a_token_is_valid_until_its_expiry_and_expired_from_that_instant_on() {
         matches!(
             cache.lookup(&h, now),
             Err(Refused {
-                error: ProxyError::TokenExpired,
+                error: Denial::TokenExpired,
                 ..
             })
         )
