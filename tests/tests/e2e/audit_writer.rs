@@ -8,7 +8,7 @@ use std::time::Duration;
 use sea_orm::sqlx::{Connection, sqlite::SqliteConnection};
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, Mock, chat_body, gateway};
+use crate::harness::{Gateway, Mock, WAIT, chat_body, eventually, gateway, poll};
 
 /// Another writer holds SQLite's write lock (`BEGIN IMMEDIATE`), so every write
 /// of the gateway's gets `SQLITE_BUSY` until it commits.
@@ -46,13 +46,12 @@ async fn audit_locked_database_does_not_hold_requests_and_loses_nothing() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     // The records are held, not dropped, and the failure is reported.
     assert!(gw.metric("palisade_audit_backlog").await >= N as f64);
-    for _ in 0..100 {
-        if gw.logs().contains("writing audit batch failed; retrying") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gw.logs().contains("writing audit batch failed; retrying"));
+    eventually("the failed write in the log", WAIT, async || {
+        gw.logs()
+            .contains("writing audit batch failed; retrying")
+            .then_some(())
+    })
+    .await;
 
     sea_orm::sqlx::query("COMMIT")
         .execute(&mut lock)
@@ -140,12 +139,13 @@ async fn audit_writer_behind_hands_over_to_catch_up_and_back() {
     const N: usize = 100;
     let requests = gw.chat_many(&t, N, 16);
     let unlock = async {
-        for _ in 0..200 {
-            if gw.logs().contains("the catch-up thread writes") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Unlocks either way: a writer that never hands over fails below.
+        poll(WAIT, async || {
+            gw.logs()
+                .contains("the catch-up thread writes")
+                .then_some(())
+        })
+        .await;
         sea_orm::sqlx::query("COMMIT")
             .execute(&mut lock)
             .await
@@ -157,13 +157,12 @@ async fn audit_writer_behind_hands_over_to_catch_up_and_back() {
         b["data"][0]["requests"] == json!(N)
     })
     .await;
-    for _ in 0..100 {
-        if gw.logs().contains("caught up; back to idle priority") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let logs = gw.logs();
+    let logs = eventually("the hand-back in the log", WAIT, async || {
+        let logs = gw.logs();
+        logs.contains("caught up; back to idle priority")
+            .then_some(logs)
+    })
+    .await;
     let behind = logs
         .find("the catch-up thread writes")
         .expect("never behind");
@@ -184,20 +183,18 @@ type Sched = Vec<(u32, i32)>;
 /// The writer's and the SQLite threads' scheduling once `ready` holds (or after
 /// 5 s, for the assertions to report).
 async fn settled(pid: u32, ready: impl Fn(&Sched, &Sched) -> bool) -> (Sched, Sched) {
-    for _ in 0..100 {
-        let (w, s) = (
+    let now = || {
+        (
             thread_sched(pid, "audit-writer"),
             thread_sched(pid, "sqlx-sqlite"),
-        );
-        if !w.is_empty() && ready(&w, &s) {
-            return (w, s);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (
-        thread_sched(pid, "audit-writer"),
-        thread_sched(pid, "sqlx-sqlite"),
-    )
+        )
+    };
+    poll(Duration::from_secs(5), async || {
+        let (w, s) = now();
+        (!w.is_empty() && ready(&w, &s)).then_some((w, s))
+    })
+    .await
+    .unwrap_or_else(now)
 }
 
 #[tokio::test]
@@ -275,19 +272,9 @@ async fn audit_store_in_db_and_file_switch_their_copy_off() {
         file_only.chat(&t, chat_body("gpt-4o-mini")).await.status(),
         200
     );
-    let path = file_only.dir.path().join("data/audit.jsonl");
-    for _ in 0..100 {
-        if std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .count()
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let file = std::fs::read_to_string(&path).unwrap();
+    let file = file_only
+        .wait_for_file("data/audit.jsonl", |f| f.lines().count() >= 2)
+        .await;
     assert_eq!(file.lines().count(), 2, "{file}");
     // Usage still goes to the database; audit events do not.
     file_only
