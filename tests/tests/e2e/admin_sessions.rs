@@ -276,7 +276,7 @@ async fn sessions_viewer_reads_only_and_deletion_is_immediate() {
     ] {
         assert_eq!(get_as(&gw, &access, &path).await, 200, "{path}");
     }
-    let c = crate::harness::client();
+    let c = gw.client();
     for (method, path, body) in [
         (
             "POST",

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::harness::{Gateway, Mock, assert_proxy_error, chat_body, client, error_of, gateway};
+use crate::harness::{Gateway, Mock, assert_proxy_error, chat_body, error_of, gateway};
 
 fn slow_chat(gw: &Gateway, token: &str, delay_ms: u64) -> reqwest::RequestBuilder {
     gw.post("/v1/chat/completions")
@@ -204,7 +204,8 @@ async fn admission_a_stream_holds_its_slot_until_it_ends() {
 
     let mut body = chat_body("gpt-4o-mini");
     body["stream"] = json!(true);
-    let resp = client()
+    let resp = gw
+        .client()
         .post(format!("{}/v1/chat/completions", gw.url))
         .bearer_auth(&token)
         .header("x-mock-chunks", "6")

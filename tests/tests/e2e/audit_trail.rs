@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Mock, assert_manage_error, chat_body, client, gateway, setup};
+use crate::harness::{Mock, assert_manage_error, chat_body, gateway, setup};
 
 fn events(body: &Value) -> &Vec<Value> {
     body["data"].as_array().unwrap()
@@ -94,16 +94,24 @@ async fn audit_each_management_action_records_exactly_one_event() {
     assert!(!all.to_string().contains("sk-never-logged"));
 
     // The JSON-lines file holds the same events.
-    let file = std::fs::read_to_string(gw.dir.path().join("data/audit.jsonl")).unwrap();
-    let ids: Vec<String> = file
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids_in = |file: &str| -> Vec<String> {
+        file.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let all_in_file = |file: &str| {
+        let ids = ids_in(file);
+        events(&all)
+            .iter()
+            .all(|e| ids.iter().any(|id| e["id"] == id.as_str()))
+    };
+    let file = gw.wait_for_file("data/audit.jsonl", all_in_file).await;
+    let ids = ids_in(&file);
     for e in events(&all) {
         assert!(
             ids.contains(&e["id"].as_str().unwrap().to_owned()),
@@ -129,7 +137,7 @@ async fn audit_failures_denials_filters_and_pages() {
         .await;
     assert_manage_error(status, &body, 409, "conflict");
     // Bad management credentials.
-    client()
+    gw.client()
         .get(format!("{}/manage/projects", gw.url))
         .bearer_auth("nope")
         .send()

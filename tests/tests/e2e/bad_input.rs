@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{MANAGEMENT_TOKEN, Mock, assert_manage_error, client, gateway};
+use crate::harness::{MANAGEMENT_TOKEN, Mock, assert_manage_error, gateway};
 
 fn assert_envelope(route: &str, status: u16, body: &str) {
     assert!(
@@ -58,7 +58,7 @@ async fn bad_input_never_yields_5xx_or_panics() {
         ("POST", "/manage/auth/login".to_owned()),
         ("POST", "/manage/auth/refresh".to_owned()),
     ];
-    let c = client();
+    let c = gw.client();
     for (method, path) in &manage_routes {
         for body in &bodies {
             let resp = c
@@ -213,7 +213,7 @@ async fn bad_input_names_refuse_control_and_invisible_characters() {
 async fn bad_input_manage_refuses_duplicate_json_keys() {
     let mock = Mock::start("up");
     let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let c = client();
+    let c = gw.client();
     for body in [
         r#"{"name":"first","name":"second"}"#,
         r#"{"name":"ok","allowed_cidrs":["10.0.0.0/8"],"description":"a","description":"b"}"#,

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::time::{Duration, Instant};
 
-use crate::harness::{Mock, client, start};
+use crate::harness::{Mock, start};
 use crate::upstream_dialects::{
     PROMPT, Target, assert_same_events, events, fetch, read_body, usage_row,
 };
@@ -194,7 +194,7 @@ async fn dialect_base64_embeddings_pass_through_intact() {
 async fn dialect_llamacpp_models_waits_for_the_running_generation() {
     let mock = Mock::start_dialect("llama", "llamacpp");
     let generation = async {
-        client()
+        mock.client()
             .post(format!("{}/chat/completions", mock.base_url()))
             .header("x-mock-delay-ms", "800")
             .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
@@ -211,7 +211,8 @@ async fn dialect_llamacpp_models_waits_for_the_running_generation() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let t0 = Instant::now();
-        let resp = client()
+        let resp = mock
+            .client()
             .get(format!("{}/models", mock.base_url()))
             .send()
             .await
@@ -227,7 +228,8 @@ async fn dialect_llamacpp_models_waits_for_the_running_generation() {
     );
     // Idle: at once.
     let t0 = Instant::now();
-    let resp = client()
+    let resp = mock
+        .client()
         .get(format!("{}/models", mock.base_url()))
         .send()
         .await
@@ -236,7 +238,7 @@ async fn dialect_llamacpp_models_waits_for_the_running_generation() {
     assert!(t0.elapsed() < Duration::from_millis(300));
     // Non-streamed answers carry usage in this dialect (streams never do).
     let body = read_body(
-        client()
+        mock.client()
             .post(format!("{}/chat/completions", mock.base_url()))
             .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
             .send()

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::harness::{Gateway, Mock, assert_proxy_error, chat_body, client, error_of, gateway};
+use crate::harness::{
+    Gateway, Mock, WAIT, assert_proxy_error, chat_body, error_of, eventually, gateway,
+};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -81,7 +83,7 @@ async fn answered_by(resp: reqwest::Response) -> String {
 }
 
 async fn ready(gw: &Gateway) -> u16 {
-    client()
+    gw.client()
         .get(format!("{}/ready", gw.url))
         .send()
         .await
@@ -285,6 +287,8 @@ async fn routing_weights_share_traffic_3_to_1() {
 #[tokio::test]
 async fn health_checks_use_the_configured_path_and_interval_only() {
     let a = Mock::start("checked");
+    // Every check comes after this: at most one at start-up and one per interval.
+    let started = Instant::now();
     let gw = gateway()
         .provider_yaml(&entry(
             &a,
@@ -292,10 +296,16 @@ async fn health_checks_use_the_configured_path_and_interval_only() {
         ))
         .start();
     let (_, _, t) = gw.project_and_token(json!({}), json!({})).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let stats = a.stats().await;
-    let pings = stats["by_path"]["/v1/ping"].as_u64().unwrap_or(0);
-    assert!((4..=8).contains(&pings), "{stats}");
+    let pings = |stats: &Value| stats["by_path"]["/v1/ping"].as_u64().unwrap_or(0);
+    // Four checks, and over a second: checking twice as often would show by then.
+    let (stats, elapsed) = eventually("four health checks", WAIT, async || {
+        let stats = a.stats().await;
+        let elapsed = started.elapsed();
+        (pings(&stats) >= 4 && elapsed >= Duration::from_secs(1)).then_some((stats, elapsed))
+    })
+    .await;
+    let most = u64::try_from(elapsed.as_millis() / 200).unwrap() + 1;
+    assert!(pings(&stats) <= most, "{stats} in {elapsed:?}");
     // Nothing but the checks and the glob's model listing: never a completion.
     let paths: Vec<&String> = stats["by_path"].as_object().unwrap().keys().collect();
     assert!(

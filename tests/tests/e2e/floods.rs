@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, Mock, chat_body, client, gateway};
+use crate::harness::{Gateway, Mock, chat_body, gateway};
 
 const JWT_SECRET: &str = "floods-jwt-secret-0123456789abcdef0123456789";
 
@@ -156,10 +156,10 @@ async fn floods_random_tokens_leave_a_handful_of_audit_rows_and_are_all_counted(
         .start();
     let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
     const N: usize = 2000;
-    let url = &gw.url;
+    let (url, client) = (&gw.url, gw.client());
     let statuses: Vec<(u16, bool)> = futures_util::stream::iter(0..N)
         .map(|i| async move {
-            let mut req = client()
+            let mut req = client
                 .post(format!("{url}/v1/chat/completions"))
                 .json(&chat_body("gpt-4o-mini"));
             // One in ten presents no credential at all.

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::harness::{
-    Gateway, MANAGEMENT_TOKEN, assert_manage_error, assert_proxy_error, chat_body, client,
-    error_of, start,
+    Gateway, MANAGEMENT_TOKEN, WAIT, assert_manage_error, assert_proxy_error, chat_body, error_of,
+    start,
 };
 
 /// `server:` for the harness with extra fields.
@@ -65,9 +65,10 @@ async fn hardening_security_headers_on_every_response() {
     let denied = gw.chat("tok-nope", chat_body("gpt-4o-mini")).await;
     assert_eq!(denied.status(), 401);
     assert_security_headers(&denied, false);
-    let unknown = client().post(url("/v1/nope")).send().await.unwrap();
+    let unknown = gw.client().post(url("/v1/nope")).send().await.unwrap();
     assert_security_headers(&unknown, false);
-    let manage = client()
+    let manage = gw
+        .client()
         .get(url("/manage/projects"))
         .bearer_auth(MANAGEMENT_TOKEN)
         .send()
@@ -75,11 +76,16 @@ async fn hardening_security_headers_on_every_response() {
         .unwrap();
     assert_eq!(manage.status(), 200);
     assert_security_headers(&manage, true);
-    let unauthorized = client().get(url("/manage/projects")).send().await.unwrap();
+    let unauthorized = gw
+        .client()
+        .get(url("/manage/projects"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauthorized.status(), 401);
     assert_security_headers(&unauthorized, true);
     for p in ["/health", "/ready", "/nowhere"] {
-        let r = client().get(url(p)).send().await.unwrap();
+        let r = gw.client().get(url(p)).send().await.unwrap();
         assert_security_headers(&r, false);
     }
 }
@@ -95,7 +101,7 @@ async fn chat_from(gw: &Gateway, token: &str, origin: &str) -> reqwest::Response
 }
 
 async fn preflight(gw: &Gateway, path: &str, origin: &str) -> reqwest::Response {
-    client()
+    gw.client()
         .request(reqwest::Method::OPTIONS, format!("{}{path}", gw.url))
         .header("origin", origin)
         .header("access-control-request-method", "POST")
@@ -169,7 +175,8 @@ async fn hardening_cors_opens_exact_origins_only() {
         assert_eq!(body["error"]["code"], "cors_refused", "{path}: {body}");
         assert!(body["error"]["message"].is_string(), "{path}: {body}");
     }
-    let r = client()
+    let r = gw
+        .client()
         .request(
             reqwest::Method::OPTIONS,
             format!("{}/v1/chat/completions", gw.url),
@@ -203,7 +210,7 @@ async fn hardening_cors_opens_exact_origins_only() {
 async fn hardening_trusted_hosts_reject_other_host_headers() {
     let (_mock, gw) = start(&server("trusted_hosts: [\"gateway.test\", \"*.gw.test\"]"));
     let with_host = |path: &str, host: &str| {
-        client()
+        gw.client()
             .get(format!("{}{path}", gw.url))
             .header("host", host)
             .bearer_auth(MANAGEMENT_TOKEN)
@@ -218,7 +225,8 @@ async fn hardening_trusted_hosts_reject_other_host_headers() {
         let body: Value = r.json().await.unwrap();
         assert_manage_error(status, &body, 400, "invalid_host");
     }
-    let r = client()
+    let r = gw
+        .client()
         .post(format!("{}/v1/chat/completions", gw.url))
         .header("host", "evil.test")
         .json(&chat_body("gpt-4o-mini"))
@@ -252,7 +260,8 @@ async fn hardening_ip_allowlist_refuses_unlisted_clients() {
     let (_mock2, gw2) = start(&server(
         "trusted_proxies: [\"127.0.0.1/32\"], ip_allowlist: [\"10.0.0.0/8\"]",
     ));
-    let r = client()
+    let r = gw2
+        .client()
         .get(format!("{}/manage/projects", gw2.url))
         .header("x-forwarded-for", "10.1.2.3")
         .bearer_auth(MANAGEMENT_TOKEN)
@@ -266,12 +275,22 @@ fn host_port(gw: &Gateway) -> String {
     gw.url.trim_start_matches("http://").to_owned()
 }
 
-/// (Blocking reads inside async tests are fine here: the gateway is another
-/// process, so nothing on this runtime needs to make progress meanwhile.)
-///
 /// Reads until the server closes the connection; returns what it sent and when
 /// it closed (or `None` if it was still open after `limit`).
 fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
+    read_until(s, limit, |_| false)
+}
+
+/// Reads from `s` until it is closed or `done(what was read)` holds, for up to
+/// `limit`; what was read, and when it ended (`None`: at the limit).
+///
+/// (Blocking reads inside async tests are fine here: the gateway is another
+/// process, so nothing on this runtime needs to make progress meanwhile.)
+fn read_until(
+    s: &mut TcpStream,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> (String, Option<Duration>) {
     let start = Instant::now();
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -280,7 +299,13 @@ fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Option<Dura
     while start.elapsed() < limit {
         match s.read(&mut buf) {
             Ok(0) => return (String::from_utf8_lossy(&got).into(), Some(start.elapsed())),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if done(&text) {
+                    return (text.into(), Some(start.elapsed()));
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                 return (String::from_utf8_lossy(&got).into(), Some(start.elapsed()));
             }
@@ -321,8 +346,19 @@ async fn hardening_slow_request_heads_and_idle_connections_are_cut() {
 async fn hardening_connections_beyond_the_maximum_wait_to_be_accepted() {
     let (_mock, gw) = start(&server("max_connections: 2"));
     let addr = host_port(&gw);
-    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Two connections the gateway has accepted: each answered a request and is
+    // kept alive.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            // The `/health` body ends the answer; the connection stays open.
+            let (got, _) = read_until(&mut s, WAIT, |got| got.ends_with('}'));
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+            s
+        })
+        .collect();
     let mut third = TcpStream::connect(&addr).unwrap();
     third
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -338,7 +374,8 @@ async fn hardening_connections_beyond_the_maximum_wait_to_be_accepted() {
 async fn hardening_oversized_or_too_many_headers_are_refused() {
     let (_mock, gw) = start("");
     let big = "a".repeat(200 * 1024);
-    let r = client()
+    let r = gw
+        .client()
         .get(format!("{}/health", gw.url))
         .header("x-big", big)
         .send()
@@ -347,7 +384,7 @@ async fn hardening_oversized_or_too_many_headers_are_refused() {
         Ok(r) => assert_eq!(r.status(), 431),
         Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
     }
-    let mut req = client().get(format!("{}/health", gw.url));
+    let mut req = gw.client().get(format!("{}/health", gw.url));
     for i in 0..120 {
         req = req.header(format!("x-h-{i}"), "v");
     }

@@ -124,7 +124,8 @@ async fn projects_invalid_input_gets_field_errors() {
     assert_eq!(body["error"]["fields"]["name"], "is required");
 
     // Not JSON at all.
-    let resp = crate::harness::client()
+    let resp = gw
+        .client()
         .post(format!("{}/manage/projects", gw.url))
         .bearer_auth(crate::harness::MANAGEMENT_TOKEN)
         .body("{\"name\": ")
@@ -210,7 +211,7 @@ async fn projects_list_paginates_and_filters() {
 async fn manage_without_valid_credentials_is_unauthorized() {
     let mock = Mock::start("up");
     let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let c = crate::harness::client();
+    let c = gw.client();
     for auth in [None, Some("Bearer wrong-token"), Some("Basic abc")] {
         let mut req = c.get(format!("{}/manage/projects", gw.url));
         if let Some(a) = auth {

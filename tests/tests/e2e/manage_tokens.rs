@@ -1,11 +1,12 @@
 //! `/manage/tokens` per SPEC §3 and the registry's guarantees: revocation before the
 //! response, rotation grace, atomic quotas, counters that survive a restart.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
-use crate::harness::{Mock, assert_manage_error, assert_proxy_error, chat_body, error_of, gateway};
+use crate::harness::{
+    Gateway, Mock, WAIT, assert_manage_error, assert_proxy_error, chat_body, error_of, eventually,
+    gateway,
+};
 
 const TOKEN_FIELDS: &[&str] = &[
     "id",
@@ -23,6 +24,19 @@ const TOKEN_FIELDS: &[&str] = &[
     "last_used_at",
     "created_at",
 ];
+
+/// Sends chat completions with `token` until one is not answered 200; that
+/// answer's status and body.
+async fn first_refusal(gw: &Gateway, token: &str, what: &str) -> (u16, Value) {
+    eventually(what, WAIT, async || {
+        let resp = gw.chat(token, chat_body("gpt-4o-mini")).await;
+        if resp.status() == 200 {
+            return None;
+        }
+        Some(error_of(resp).await)
+    })
+    .await
+}
 
 #[tokio::test]
 async fn tokens_create_shows_secret_once_with_spec_fields() {
@@ -166,8 +180,7 @@ async fn tokens_expired_token_is_rejected() {
         .project_and_token(json!({}), json!({"expires_in_seconds": 1}))
         .await;
     assert_eq!(gw.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (status, body) = error_of(gw.chat(&t, chat_body("gpt-4o-mini")).await).await;
+    let (status, body) = first_refusal(&gw, &t, "the token to expire").await;
     assert_proxy_error(status, &body, 401, "token_expired");
 }
 
@@ -268,8 +281,7 @@ async fn tokens_rotate_with_grace_keeps_old_secret_until_grace_ends() {
     assert!(r["previous_valid_until"].is_string(), "{r}");
     assert_eq!(gw.chat(&old, chat_body("gpt-4o-mini")).await.status(), 200);
     assert_eq!(gw.chat(&new, chat_body("gpt-4o-mini")).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    let (status, body) = error_of(gw.chat(&old, chat_body("gpt-4o-mini")).await).await;
+    let (status, body) = first_refusal(&gw, &old, "the grace period to end").await;
     assert_proxy_error(status, &body, 401, "invalid_api_key");
     assert_eq!(gw.chat(&new, chat_body("gpt-4o-mini")).await.status(), 200);
 
@@ -326,8 +338,11 @@ async fn tokens_quota_of_five_admits_exactly_five_of_twenty_concurrent() {
     }
     assert_eq!((ok, quota), (5, 15));
     assert_eq!(mock.count("/v1/chat/completions").await, 5);
-    let (_, got) = gw
-        .manage("GET", &format!("/manage/tokens/{tid}"), None)
+    // The counters reach the row with the next usage flush.
+    let got = gw
+        .wait_for(&format!("/manage/tokens/{tid}"), |t| {
+            t["request_count"] == 5 && t["last_used_at"].is_string()
+        })
         .await;
     assert_eq!(got["request_count"], 5);
     assert!(got["last_used_at"].is_string());

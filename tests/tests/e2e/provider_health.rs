@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::harness::{Gateway, Mock, assert_proxy_error, chat_body, client, error_of, gateway};
+use crate::harness::{Gateway, Mock, assert_proxy_error, chat_body, error_of, gateway, new_client};
 
 const CHAT: &str = "/v1/chat/completions";
 const MODELS: &str = "/v1/models";
@@ -27,9 +27,10 @@ fn entry(mock: &Mock, extra: &str) -> String {
 }
 
 /// `GET /v1/models` on `mock` answers after `ms` (0: at once).
-async fn models_delay(base: &str, ms: u64) {
-    let resp = client()
-        .post(format!("{base}/_mock/models-delay"))
+async fn models_delay(mock: &Mock, ms: u64) {
+    let resp = mock
+        .client()
+        .post(format!("{}/_mock/models-delay", mock.url))
         .json(&json!({ "ms": ms }))
         .send()
         .await
@@ -93,7 +94,7 @@ async fn health_slow_check_during_live_traffic_keeps_the_provider_serving() {
     );
     // From now on its `/models` answers long after the check's timeout, as
     // llama.cpp's does behind a running generation; completions still work.
-    models_delay(&serving.url, 1_000).await;
+    models_delay(&serving, 1_000).await;
     let checks_before = serving.count(MODELS).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut served = 0;
@@ -140,7 +141,8 @@ impl PortMock {
         let mock = PortMock(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         let stats = format!("http://127.0.0.1:{port}/_mock/stats");
-        while client().get(&stats).send().await.is_err() {
+        let client = new_client();
+        while client.get(&stats).send().await.is_err() {
             assert!(Instant::now() < deadline, "mock did not start on {port}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -216,7 +218,7 @@ async fn health_unhealthy_threshold_3_needs_three_failed_checks() {
         ))
         .start();
     wait_provider(&gw, "checked", |p| p["last_check_at"].is_string()).await;
-    models_delay(&mock.url, 1_000).await;
+    models_delay(&mock, 1_000).await;
     // Every snapshot below three failures is healthy; two are seen healthy.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut saw_two = false;
@@ -240,7 +242,7 @@ async fn health_unhealthy_threshold_3_needs_three_failed_checks() {
         gw.logs()
     );
     // One passing check brings it back, within about a second.
-    models_delay(&mock.url, 0).await;
+    models_delay(&mock, 0).await;
     let p = wait_provider(&gw, "checked", |p| p["healthy"] == true).await;
     assert_eq!(p["health_check_failures"], 0, "{p}");
 }
@@ -260,8 +262,8 @@ async fn health_all_unhealthy_none_open_tries_the_best_and_succeeds() {
     let resp = gw.chat(&t, chat_body("gpt-4o-mini")).await;
     assert_eq!(answered_by(resp).await, "second");
     // ... then both fail their health checks.
-    models_delay(&a.url, 1_000).await;
-    models_delay(&b.url, 1_000).await;
+    models_delay(&a, 1_000).await;
+    models_delay(&b, 1_000).await;
     for name in ["first", "second"] {
         wait_provider(&gw, name, |p| p["healthy"] == false).await;
     }
@@ -394,7 +396,8 @@ async fn models_retrieve_answers_one_model_with_the_list_filtering() {
     let resp = gw.get("/v1/models/gpt-4o").send().await.unwrap();
     let (status, body) = error_of(resp).await;
     assert_proxy_error(status, &body, 401, "missing_api_key");
-    let resp = client()
+    let resp = gw
+        .client()
         .delete(format!("{}/v1/models/gpt-4o", gw.url))
         .bearer_auth(&all)
         .send()
@@ -460,7 +463,7 @@ async fn models_refresh_failures_are_logged_once_per_change_shown_and_counted() 
         assert!(Instant::now() < deadline, "models never listed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    models_delay(&mock.url, 1_000).await;
+    models_delay(&mock, 1_000).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while refresh_failures(&gw, "globbed").await < 3 {
         assert!(Instant::now() < deadline, "no refresh failures counted");
@@ -483,7 +486,7 @@ async fn models_refresh_failures_are_logged_once_per_change_shown_and_counted() 
     };
     assert_eq!(warned(&gw.logs()), 1, "{}", gw.logs());
     // Working again: logged once at INFO, cleared in `/manage/providers`.
-    models_delay(&mock.url, 0).await;
+    models_delay(&mock, 0).await;
     wait_provider(&gw, "globbed", |p| p["models_error"].is_null()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gw.logs().contains("model list refreshed again") {

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{
-    Mock, PROVIDER_KEY, assert_proxy_error, chat_body, client, error_of, gateway, setup,
-};
+use crate::harness::{Mock, PROVIDER_KEY, assert_proxy_error, chat_body, error_of, gateway, setup};
 
 #[tokio::test]
 async fn forwarding_substitutes_credentials_and_strips_headers() {
@@ -86,7 +84,8 @@ async fn forwarding_request_ids_are_validated_or_generated() {
         "/nowhere",
         "/v1/models",
     ] {
-        let resp = client()
+        let resp = gw
+            .client()
             .get(format!("{}{path}", gw.url))
             .send()
             .await
@@ -216,7 +215,8 @@ async fn forwarding_unreachable_and_hanging_upstreams_map_to_502_and_504() {
 async fn ops_health_and_ready() {
     let mock = Mock::start("up");
     let gw = gateway().provider(&mock, "[\"*\"]").start();
-    let v: serde_json::Value = client()
+    let v: serde_json::Value = gw
+        .client()
         .get(format!("{}/health", gw.url))
         .send()
         .await
@@ -225,7 +225,8 @@ async fn ops_health_and_ready() {
         .await
         .unwrap();
     assert_eq!(v, json!({"status": "ok"}));
-    let resp = client()
+    let resp = gw
+        .client()
         .get(format!("{}/ready", gw.url))
         .send()
         .await

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{Mock, assert_proxy_error, chat_body, client, error_of, gateway, setup};
+use crate::harness::{Mock, assert_proxy_error, chat_body, error_of, gateway, setup};
 
 #[tokio::test]
 async fn proxy_credentials_are_required_and_checked() {
@@ -230,7 +230,8 @@ async fn proxy_unknown_endpoints_and_models_are_not_found() {
         ("GET", "/v1/chat/completions"),
         ("DELETE", "/v1/models"),
     ] {
-        let resp = client()
+        let resp = gw
+            .client()
             .request(method.parse().unwrap(), format!("{}{path}", gw.url))
             .bearer_auth(&t)
             .json(&json!({}))
@@ -272,7 +273,8 @@ async fn proxy_models_list_is_filtered_by_allowlists() {
             .map(|m| m["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let v: serde_json::Value = client()
+    let v: serde_json::Value = gw
+        .client()
         .get(format!("{}/v1/models", gw.url))
         .bearer_auth(&all)
         .send()
@@ -286,7 +288,8 @@ async fn proxy_models_list_is_filtered_by_allowlists() {
         ids(v),
         vec!["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
     );
-    let v: serde_json::Value = client()
+    let v: serde_json::Value = gw
+        .client()
         .get(format!("{}/v1/models", gw.url))
         .bearer_auth(&some)
         .send()
@@ -296,7 +299,8 @@ async fn proxy_models_list_is_filtered_by_allowlists() {
         .await
         .unwrap();
     assert_eq!(ids(v), vec!["gpt-4o-mini"]);
-    let resp = client()
+    let resp = gw
+        .client()
         .get(format!("{}/v1/models", gw.url))
         .send()
         .await
@@ -309,7 +313,8 @@ async fn proxy_glob_provider_models_come_from_upstream_list() {
     let (mock, gw, t) = setup().await;
     let mut ids = Vec::new();
     for _ in 0..50 {
-        let v: serde_json::Value = client()
+        let v: serde_json::Value = gw
+            .client()
             .get(format!("{}/v1/models", gw.url))
             .bearer_auth(&t)
             .send()

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::harness::{client, setup};
+use crate::harness::setup;
 
 fn stream_body() -> serde_json::Value {
     json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
@@ -70,7 +70,11 @@ async fn streaming_bytes_are_identical_to_the_direct_upstream() {
             .await
             .unwrap()
     };
-    let direct = fetch(client().post(format!("{}/chat/completions", mock.base_url()))).await;
+    let direct = fetch(
+        mock.client()
+            .post(format!("{}/chat/completions", mock.base_url())),
+    )
+    .await;
     let via = fetch(gw.post("/v1/chat/completions").bearer_auth(&t)).await;
     assert!(direct.len() > 500);
     assert_eq!(

@@ -19,6 +19,7 @@ const NO_FLUSH: &str = "tokens: { usage_flush_interval: 1h }";
 
 /// Sends chat completions, `concurrency` at a time, until told to stop; counts 200s.
 fn load(
+    client: &reqwest::Client,
     url: String,
     token: String,
     concurrency: usize,
@@ -27,9 +28,9 @@ fn load(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..concurrency)
         .map(|_| {
-            let (url, token, ok, stop) = (url.clone(), token.clone(), ok.clone(), stop.clone());
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            let (ok, stop) = (ok.clone(), stop.clone());
             tokio::spawn(async move {
-                let client = crate::harness::client();
                 while !stop.load(Ordering::Acquire) {
                     let sent = client
                         .post(format!("{url}/v1/chat/completions"))
@@ -88,7 +89,14 @@ async fn quota_survives_a_sigkill_under_load() {
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicBool::new(false)),
     );
-    let workers = load(gw.url.clone(), token.clone(), 16, ok.clone(), stop.clone());
+    let workers = load(
+        gw.client(),
+        gw.url.clone(),
+        token.clone(),
+        16,
+        ok.clone(),
+        stop.clone(),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while ok.load(Ordering::Acquire) < 400 {
         assert!(

@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::harness::{
-    Gateway, MANAGEMENT_TOKEN, assert_manage_error, assert_proxy_error, chat_body, client,
-    error_of, start,
+    Gateway, MANAGEMENT_TOKEN, assert_manage_error, assert_proxy_error, chat_body, error_of, start,
 };
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
@@ -58,6 +57,7 @@ async fn rate_limits_token_rpm_burst_headers_retry_after_and_patch() {
     let responses = burst(&gw, &token, 79).await;
     let elapsed = started.elapsed();
     let ok = responses.iter().filter(|r| r.status() == 200).count();
+    let mut denials = responses.iter().filter(|r| r.status() == 429).count();
     // 60 at once; the bucket refills one per second while the burst runs.
     let refilled = usize::try_from(elapsed.as_secs()).unwrap();
     assert!(
@@ -104,6 +104,7 @@ async fn rate_limits_token_rpm_burst_headers_retry_after_and_patch() {
         let r = gw.chat(&token, chat_body("gpt-4o-mini")).await;
         got.push(r.status().as_u16());
         if r.status() == 429 {
+            denials += 1;
             assert_eq!(header(&r, "x-ratelimit-limit-requests").unwrap(), "2");
             // One request per 30 s at 2 rpm.
             let wait: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
@@ -112,9 +113,12 @@ async fn rate_limits_token_rpm_burst_headers_retry_after_and_patch() {
     }
     assert_eq!(got, [200, 200, 429]);
 
-    // Denials are audited with the reason and counted by the queue.
-    let (_, audit) = gw
-        .manage("GET", "/manage/audit?action=proxy.denied", None)
+    // Denials are audited with the reason (a batch later: wait for every one)
+    // and counted by the queue.
+    let audit = gw
+        .wait_for("/manage/audit?action=proxy.denied&limit=500", |b| {
+            b["data"].as_array().unwrap().len() >= denials
+        })
         .await;
     let reasons: Vec<&Value> = audit["data"]
         .as_array()
@@ -246,7 +250,7 @@ async fn rate_limits_failed_management_auth_locks_the_ip_out() {
     let (_mock, gw) =
         start("rate_limits: { auth_failures_per_minute: 60, auth_failures_burst: 3 }");
     let attempt = |key: &str| {
-        client()
+        gw.client()
             .get(format!("{}/manage/projects", gw.url))
             .bearer_auth(key)
             .send()

@@ -4,9 +4,7 @@
 
 use serde_json::json;
 
-use crate::harness::{
-    ENCRYPTION_KEY, MANAGEMENT_TOKEN, Mock, PROVIDER_KEY, chat_body, client, gateway,
-};
+use crate::harness::{ENCRYPTION_KEY, MANAGEMENT_TOKEN, Mock, PROVIDER_KEY, chat_body, gateway};
 
 const SCRAPE_TOKEN: &str = "scrape-token-never-logged-0123456789";
 
@@ -49,7 +47,7 @@ async fn secrets_never_reach_logs_or_the_database() {
         .send()
         .await
         .unwrap();
-    client()
+    gw.client()
         .get(format!("{}/manage/projects", gw.url))
         .bearer_auth(format!("{MANAGEMENT_TOKEN}-wrong"))
         .send()

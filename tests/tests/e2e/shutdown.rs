@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::harness::{Gateway, chat_body, start};
+use crate::harness::{Gateway, WAIT, chat_body, eventually, start};
 
 fn sigterm(gw: &Gateway) {
     let status = std::process::Command::new("kill")
@@ -55,17 +55,20 @@ async fn shutdown_lets_streams_in_flight_finish_then_exits_zero() {
     let (_, _, token) = gw.project_and_token(json!({}), json!({})).await;
     let stream = open_stream(&gw, &token, 8).await;
     sigterm(&gw);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // No new connections once draining.
-    let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
-    assert!(
-        fresh
-            .get(format!("{}/health", gw.url))
-            .send()
-            .await
-            .is_err(),
-        "a new connection was served during the drain"
-    );
+    // No new connections once draining: each attempt opens one (nothing is kept
+    // idle), until one is refused.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let health = format!("{}/health", gw.url);
+    eventually("a new connection to be refused", WAIT, async || {
+        fresh.get(&health).send().await.is_err().then_some(())
+    })
+    .await;
+    // Refused by the draining server, not by one that had already gone.
+    assert!(gw.is_running(), "{}", gw.logs());
     let (text, clean) = drain(stream).await;
     assert!(clean, "the stream was cut: {text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");

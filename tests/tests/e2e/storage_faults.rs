@@ -21,23 +21,11 @@ use tokio::time::Instant;
 
 use crate::harness::smallfs::SmallFs;
 use crate::harness::{
-    Gateway, Mock, assert_manage_error, assert_proxy_error, chat_body, client, gateway,
+    Gateway, Mock, assert_manage_error, assert_proxy_error, chat_body, eventually, gateway,
 };
 
-/// Polls `check` until it returns `Some`, for up to 20 s.
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How long a condition may take here (a recovery includes backoff).
+const STORAGE_WAIT: Duration = Duration::from_secs(20);
 
 /// Fails instead of hanging (a hang is one of the faults under test).
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
@@ -93,7 +81,10 @@ impl Load {
             tasks: Vec::new(),
         };
         for _ in 0..workers {
-            let url = format!("{}/v1/chat/completions", gw.url);
+            let (url, client) = (
+                format!("{}/v1/chat/completions", gw.url),
+                gw.client().clone(),
+            );
             let token = token.to_owned();
             let (stop, ok, refused) = (
                 Arc::clone(&load.stop),
@@ -108,7 +99,7 @@ impl Load {
             load.tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
-                    let req = client().post(&url).bearer_auth(&token);
+                    let req = client.post(&url).bearer_auth(&token);
                     let resp = match req.json(&chat_body("gpt-4o-mini")).send().await {
                         Ok(r) => r,
                         Err(e) => {
@@ -209,9 +200,11 @@ async fn metric(gw: &Gateway, name: &str) -> f64 {
 
 /// Waits until nothing waits in the audit writer's hands.
 async fn audit_drained(gw: &Gateway) {
-    eventually("the audit backlog to be written", || async {
-        (metric(gw, "palisade_audit_waiting").await == 0.0).then_some(())
-    })
+    eventually(
+        "the audit backlog to be written",
+        STORAGE_WAIT,
+        async || (metric(gw, "palisade_audit_waiting").await == 0.0).then_some(()),
+    )
     .await;
 }
 
@@ -261,11 +254,14 @@ async fn full_disk(on: OnSmallFs) {
     let (project, token_id, token) = gw.project_and_token(json!({}), json!({})).await;
     let (victim, victim_secret) = gw.create_token(&project, json!({})).await;
     let load = Load::start(&gw, &token, 8);
-    eventually("traffic", || async { (load.ok() >= 300).then_some(()) }).await;
+    eventually("traffic", STORAGE_WAIT, async || {
+        (load.ok() >= 300).then_some(())
+    })
+    .await;
 
     // The disk fills up under load.
     let filler = fs.fill(&data);
-    let (_, body) = eventually("/ready to fail", || async {
+    let (_, body) = eventually("/ready to fail", STORAGE_WAIT, async || {
         let (status, body) = ready(&gw).await;
         (status == 503).then_some((status, body))
     })
@@ -274,7 +270,7 @@ async fn full_disk(on: OnSmallFs) {
     assert!(metric(&gw, "palisade_db_write_errors_total").await > 0.0);
     assert_eq!(metric(&gw, "palisade_storage_failing").await, 1.0);
     // Once the buffer is full, /v1 is refused at once, not left hanging.
-    eventually("a 503 on /v1", || async {
+    eventually("a 503 on /v1", STORAGE_WAIT, async || {
         (load.refused.load(Ordering::Relaxed) > 0).then_some(())
     })
     .await;
@@ -299,14 +295,14 @@ async fn full_disk(on: OnSmallFs) {
     }
     // The writer keeps retrying while the disk stays full.
     let errors = metric(&gw, "palisade_db_write_errors_total").await;
-    eventually("retries", || async {
+    eventually("retries", STORAGE_WAIT, async || {
         (metric(&gw, "palisade_db_write_errors_total").await >= errors + 3.0).then_some(())
     })
     .await;
 
     // Space comes back: the gateway recovers by itself, same process.
     fs.free(&filler);
-    eventually("/ready to recover", || async {
+    eventually("/ready to recover", STORAGE_WAIT, async || {
         (ready(&gw).await.0 == 200).then_some(())
     })
     .await;
@@ -392,7 +388,7 @@ async fn full_audit_file(on: OnSmallFs) {
         let resp = gw.chat(&token, chat_body("gpt-4o-mini")).await;
         assert_eq!(resp.status(), 403);
     }
-    let (_, body) = eventually("/ready to fail", || async {
+    let (_, body) = eventually("/ready to fail", STORAGE_WAIT, async || {
         let (status, body) = ready(&gw).await;
         (status == 503).then_some((status, body))
     })
@@ -407,7 +403,7 @@ async fn full_audit_file(on: OnSmallFs) {
     );
 
     fs.free(&filler);
-    eventually("/ready to recover", || async {
+    eventually("/ready to recover", STORAGE_WAIT, async || {
         (ready(&gw).await.0 == 200).then_some(())
     })
     .await;
@@ -440,7 +436,7 @@ async fn full_disk_at_shutdown(on: OnSmallFs) {
     // Accepted while the buffer has room; their records wait.
     let statuses = within("chats", gw.chat_many(&token, 20, 4)).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    eventually("/ready to fail", || async {
+    eventually("/ready to fail", STORAGE_WAIT, async || {
         (ready(&gw).await.0 == 503).then_some(())
     })
     .await;

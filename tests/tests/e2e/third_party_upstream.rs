@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, client, gateway};
+use crate::harness::{Gateway, gateway};
 
 /// LiteLLM's own key (`general_settings.master_key`); Palisade's provider key.
 const MASTER_KEY: &str = "sk-litellm-e2e-master-key-0123456789";
@@ -158,8 +158,8 @@ fn chat(extra: Value) -> Value {
 }
 
 /// POSTs a chat completion to `base` (`…/v1`); status and raw body.
-async fn post(base: &str, key: &str, body: &Value) -> (u16, String) {
-    let resp = client()
+async fn post(client: &reqwest::Client, base: &str, key: &str, body: &Value) -> (u16, String) {
+    let resp = client
         .post(format!("{base}/chat/completions"))
         .bearer_auth(key)
         .json(body)
@@ -227,14 +227,20 @@ async fn direct_and_through(
     token: &str,
     body: &Value,
 ) -> (String, String) {
-    let (status, direct) = post(&format!("{}/v1", upstream.url), MASTER_KEY, body).await;
+    let (status, direct) = post(
+        gw.client(),
+        &format!("{}/v1", upstream.url),
+        MASTER_KEY,
+        body,
+    )
+    .await;
     assert_eq!(
         status,
         200,
         "direct: {direct}\nLiteLLM:\n{}",
         upstream.logs()
     );
-    let (status, through) = post(&format!("{}/v1", gw.url), token, body).await;
+    let (status, through) = post(gw.client(), &format!("{}/v1", gw.url), token, body).await;
     assert_eq!(
         status,
         200,
@@ -319,13 +325,19 @@ async fn litellm_upstream_usage_rows_record_tokens_for_every_kind_of_request() {
     let (counted_id, counted_token) = gw.create_token(&project, json!({})).await;
     let base = format!("{}/v1", gw.url);
 
-    let (status, body) = post(&base, &plain, &chat(json!({}))).await;
+    let (status, body) = post(gw.client(), &base, &plain, &chat(json!({}))).await;
     assert_eq!(status, 200, "{body}");
     let reported: Value = serde_json::from_str(&body).unwrap();
-    let (status, _) = post(&base, &stream_token, &chat(json!({"stream": true}))).await;
+    let (status, _) = post(
+        gw.client(),
+        &base,
+        &stream_token,
+        &chat(json!({"stream": true})),
+    )
+    .await;
     assert_eq!(status, 200);
     let with_usage = chat(json!({"stream": true, "stream_options": {"include_usage": true}}));
-    let (status, body) = post(&base, &counted_token, &with_usage).await;
+    let (status, body) = post(gw.client(), &base, &counted_token, &with_usage).await;
     assert_eq!(status, 200, "{body}");
     let streamed_usage = chunks(&body)
         .into_iter()

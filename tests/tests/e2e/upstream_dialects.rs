@@ -10,28 +10,9 @@ use palisade_tests::sse;
 use serde_json::{Value, json};
 use tokio::time::{Duration, Instant};
 
-use crate::harness::{Gateway, Mock, init, start};
+use crate::harness::{Gateway, Mock, start};
 
 pub(crate) const PROMPT: &str = "hello there";
-
-/// A client that shows the wire: no automatic `Accept-Encoding`, no transparent
-/// decompression (whatever reqwest features the workspace build unifies).
-pub(crate) fn wire_client() -> reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    init();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .no_proxy()
-                .no_gzip()
-                .no_deflate()
-                .no_brotli()
-                .no_zstd()
-                .build()
-                .unwrap()
-        })
-        .clone()
-}
 
 /// Where a request goes: straight to the mock, or through the gateway with a token.
 pub(crate) enum Target<'a> {
@@ -43,8 +24,9 @@ impl Target<'_> {
     /// A POST to `path` (`/v1/...`) with the dialect and fixed mode set.
     pub(crate) fn post(&self, path: &str, dialect: &str) -> reqwest::RequestBuilder {
         let req = match self {
-            Target::Direct(mock) => wire_client().post(format!("{}{path}", mock.url)),
-            Target::Via(gw, token) => wire_client()
+            Target::Direct(mock) => mock.wire_client().post(format!("{}{path}", mock.url)),
+            Target::Via(gw, token) => gw
+                .wire_client()
                 .post(format!("{}{path}", gw.url))
                 .bearer_auth(token),
         };

@@ -134,7 +134,8 @@ async fn usage_streams_are_accounted_without_changing_what_the_client_sees() {
     };
     let direct = |include| {
         fetch(
-            crate::harness::client().post(format!("{}/chat/completions", mock.base_url())),
+            mock.client()
+                .post(format!("{}/chat/completions", mock.base_url())),
             include,
         )
     };

@@ -7,21 +7,25 @@
 //! `waited`), so nothing is ever dropped. A proxied request reserves its usage
 //! record's slot at admission, so `audit.buffer` also bounds how many proxied
 //! requests can be in flight before admission waits for the writer. The actor
-//! runs as two threads that take turns, an idle-priority one while it keeps up and
-//! a nice-10 one while it is behind (`scheduling` says why). The one on duty
-//! takes records in batches (`audit.batch_size`, or whatever arrived within
-//! `audit.flush_interval`), appends the audit events to `audit.file` as JSON
-//! lines (`jsonl`), writes the batch to the database in one transaction, and only
-//! then frees its slots. A failed write (file or database) is retried with backoff
-//! until it succeeds (`store`, `retry`); the batch keeps its slots meanwhile,
-//! pushing back on producers instead of losing records, and while the buffer is
-//! full producers are refused at once instead of waiting (`sink`).
+//! runs as threads that take turns: an idle-priority one while it keeps up, a
+//! nice-10 one while it is behind, and a normal-priority one for records that
+//! waited two `audit.flush_interval`s with no commit, which bounds a record's
+//! wait on a host whose cores are all busy (`scheduling` says why, and what the
+//! bound is). The one on duty takes records in batches (`audit.batch_size`, or
+//! whatever arrived within `audit.flush_interval` of the first), appends the
+//! audit events to `audit.file` as JSON lines (`jsonl`), writes the batch to the
+//! database in one transaction, and only then frees its slots. A failed write
+//! (file or database) is retried with backoff until it succeeds (`store`,
+//! `retry`); the batch keeps its slots meanwhile, pushing back on producers
+//! instead of losing records, and while the buffer is full producers are refused
+//! at once instead of waiting (`sink`).
 //!
 //! Shutdown: [`AuditHandle::drain`] refuses new records after the HTTP server has
 //! drained, writes everything queued or still reserved, and returns what it could
 //! not write in time ([`DrainReport`]).
 
 mod jsonl;
+mod queue;
 mod retry;
 mod scheduling;
 mod sink;
@@ -38,8 +42,9 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::jsonl::AuditFile;
+use self::queue::Queue;
 use self::scheduling::Role;
-use self::sink::{AUDIT, Queued, Slots, USAGE};
+use self::sink::{AUDIT, Slots, USAGE};
 pub use self::sink::{AuditSink, StorageFailing, UsageSlot};
 pub use crate::records::{AuditEvent, AuditResult};
 pub use crate::usage::UsageRecord;
@@ -74,21 +79,19 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const RETENTION_BATCH: u64 = 1000;
 /// While lingering, how often the queue is checked for a full batch.
 const LINGER_POLL: Duration = Duration::from_millis(10);
-/// How much longer than `flush_interval` records may wait for the idle-priority
-/// thread before the catch-up thread takes over.
-const STARVED_GRACE: Duration = Duration::from_secs(1);
-
-/// What both writer threads share. The receiver's lock is held for a whole batch
-/// (linger, take, write), so one thread writes at a time.
+/// What the writer threads share.
 struct Shared {
-    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued>>,
+    queue: Queue,
+    /// Held while a batch (or a retention purge step) is written, so one thread
+    /// writes at a time and the file gets whole batches in order.
+    writing: tokio::sync::Mutex<()>,
     slots: Arc<Slots>,
     settings: AuditSettings,
-    /// Only used under the `rx` lock, so never contended.
+    /// Only used under `writing`, so never contended.
     file: Option<std::sync::Mutex<AuditFile>>,
 }
 
-/// One writer thread (see `scheduling` for why there are two).
+/// One writer thread (see `scheduling` for why there are three).
 pub struct AuditWriter {
     role: Role,
     db: DatabaseConnection,
@@ -114,14 +117,15 @@ impl AuditWriter {
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Slots::new(settings.buffer.max(1)));
         let shared = Arc::new(Shared {
-            rx: tokio::sync::Mutex::new(rx),
+            queue: Queue::new(rx),
+            writing: tokio::sync::Mutex::new(()),
             slots: Arc::clone(&slots),
             settings,
             file,
         });
         let (close_tx, close_rx) = watch::channel(false);
         let mut done = Vec::new();
-        for role in [Role::Background, Role::CatchUp] {
+        for role in [Role::Background, Role::CatchUp, Role::Rescue] {
             let (done_tx, done_rx) = oneshot::channel();
             done.push(done_rx);
             let actor = AuditWriter {
@@ -206,7 +210,10 @@ impl Actor for AuditWriter {
                     },
                     None => pool,
                 };
-                run(role, &db, &shared, close).await;
+                match role {
+                    Role::Rescue => rescue(&db, &shared, close).await,
+                    _ => run(role, &db, &shared, close).await,
+                }
                 let _ = done.send(());
             }
             .into_actor(self),
@@ -214,11 +221,12 @@ impl Actor for AuditWriter {
     }
 }
 
-/// One writer thread's loop: while on duty, wait for a first record, linger up to
-/// `flush_interval` so a batch can form (cut short once `batch_size` records, or
-/// half the buffer, are queued, or the duty changes hands), write, free the batch's
-/// slots, repeat; after `close`, both threads write what is queued or still
-/// reserved, and finish.
+/// One writer thread's loop: while on duty, wait for a first record, linger until
+/// it has waited `flush_interval` so a batch can form (cut short once `batch_size`
+/// records, or half the buffer, are queued, or the duty changes hands), write,
+/// free the batch's slots, repeat; after `close`, both threads write what is
+/// queued or still reserved, and finish. A thread that goes off duty while
+/// lingering leaves the batch to the other one.
 ///
 /// Lingering matters more than it looks: woken on every record, the writer would
 /// commit one-row transactions and context-switch once per request, which on a
@@ -229,27 +237,13 @@ async fn run(
     shared: &Shared,
     mut close: watch::Receiver<bool>,
 ) {
-    let (settings, slots, file) = (&shared.settings, &*shared.slots, shared.file.as_ref());
+    let (settings, slots, queue) = (&shared.settings, &*shared.slots, &shared.queue);
     let full = settings.batch_size.min(slots.capacity / 2).max(1);
-    let due = |rx: &mpsc::UnboundedReceiver<Queued>, held: usize| rx.len() + held >= full;
-    let mut batch = Vec::with_capacity(settings.batch_size);
     let mut next_retention = tokio::time::Instant::now();
     let mut purging = false;
-    // Records queued this long without any commit mean the idle-priority thread is
-    // starved: the catch-up thread takes over (see `scheduling`).
-    let starved_after = settings.flush_interval + STARVED_GRACE;
-    let mut stall = sink::StallWatch::default();
     loop {
-        // A dropped handle counts as a drain too.
-        let closing = *close.borrow() || close.has_changed().is_err();
-        if !closing && !role.on_duty(slots.is_behind()) {
-            if role == Role::CatchUp && slots.starved(&mut stall, starved_after) {
-                tracing::info!(
-                    "audit writer got no CPU for {starved_after:?} with records waiting"
-                );
-                slots.set_behind(true);
-                continue;
-            }
+        let closing_now = closing(&close);
+        if !closing_now && !role.on_duty(slots.is_behind()) {
             // Off duty: wait for the other thread to hand over (the poll covers a
             // hand-over between the check and the wait).
             tokio::select! {
@@ -259,11 +253,10 @@ async fn run(
             }
             continue;
         }
-        let mut rx = shared.rx.lock().await;
-        if closing && rx.is_empty() && slots.taken() == 0 {
+        if closing_now && queue.is_empty() && slots.taken() == 0 {
             break;
         }
-        if role == Role::Background && !closing {
+        if role == Role::Background && !closing_now {
             if tokio::time::Instant::now() >= next_retention {
                 next_retention += RETENTION_EVERY;
                 purging = true;
@@ -273,32 +266,35 @@ async fn run(
             // never makes producers wait behind it. With nothing queued it keeps
             // going.
             if purging {
+                let writing = shared.writing.lock().await;
                 purging = store::purge_step(db, settings).await;
-                if purging && rx.is_empty() {
+                drop(writing);
+                if purging && queue.is_empty() {
                     continue;
                 }
             }
         }
-        if !due(&rx, batch.len()) {
-            if rx.is_empty() {
+        if !queue.is_due(full) {
+            if queue.is_empty() {
                 // Wait for a first record. Once closing, poll instead: the last
                 // records come from reservations still held by finishing requests.
                 tokio::select! {
                     biased;
-                    _ = close.changed(), if !closing => continue,
-                    () = slots.turn.notified(), if !closing => continue,
-                    got = rx.recv() => match got {
-                        Some(r) => {
-                            slots.set_oldest(Some(r.at));
-                            batch.push(r);
-                        }
-                        None => break,
+                    _ = close.changed(), if !closing_now => continue,
+                    () = slots.turn.notified(), if !closing_now => continue,
+                    more = queue.first_record(slots) => if !more {
+                        break;
                     },
-                    () = tokio::time::sleep(LINGER_POLL), if closing => continue,
+                    () = tokio::time::sleep(LINGER_POLL), if closing_now => continue,
                 }
             }
-            if !closing {
-                let linger = tokio::time::sleep(settings.flush_interval);
+            if !closing_now {
+                // Counted from the first record's arrival: a batch left by the
+                // other thread has waited already.
+                let first = queue
+                    .first_queued()
+                    .unwrap_or_else(tokio::time::Instant::now);
+                let linger = tokio::time::sleep_until(first + settings.flush_interval);
                 tokio::pin!(linger);
                 loop {
                     tokio::select! {
@@ -308,26 +304,93 @@ async fn run(
                         () = &mut linger => break,
                         // Polls the queue coarsely instead of being woken per record.
                         () = tokio::time::sleep(LINGER_POLL) => {
-                            if due(&rx, batch.len()) {
+                            if queue.is_due(full) {
                                 break;
                             }
                         }
                     }
                 }
+                // Off duty now (the catch-up thread took over): the batch is the
+                // other thread's to write.
+                if !closing(&close) && !role.on_duty(slots.is_behind()) {
+                    continue;
+                }
             }
         }
-        let room = settings.batch_size.saturating_sub(batch.len());
-        if room > 0 && !rx.is_empty() {
-            rx.recv_many(&mut batch, room).await;
-        }
-        if !batch.is_empty() {
-            let b = store::Batch::new(std::mem::take(&mut batch), settings, file.is_some());
-            let n = b.len();
-            let counts = store::write_batch(db, file, slots, b).await;
-            slots.release(counts);
-            tracing::debug!(writer = ?role, records = n, "audit batch written");
-            slots.update_pace();
-        }
-        drop(rx);
+        write_queued(role, db, shared).await;
     }
+}
+
+/// The rescue thread's loop (normal priority, see `scheduling`): every quarter
+/// `flush_interval`, look whether records have waited with no commit at all for
+/// [`scheduling::starved_after`]; if so, write what is queued (after the write in
+/// progress, if any), and if the idle thread had the duty, leave the next batches
+/// to the catch-up thread for [`scheduling::STARVED_HOLD`]. It stops at `close`:
+/// the two others drain.
+async fn rescue(db: &DatabaseConnection, shared: &Shared, mut close: watch::Receiver<bool>) {
+    let slots = &*shared.slots;
+    let starved_after = scheduling::starved_after(shared.settings.flush_interval);
+    let every = scheduling::rescue_every(shared.settings.flush_interval);
+    let mut stall = sink::StallWatch::default();
+    loop {
+        tokio::select! {
+            _ = close.changed() => {}
+            () = tokio::time::sleep(every) => {}
+        }
+        if closing(&close) {
+            break;
+        }
+        if slots.is_failing() || !slots.starved(&mut stall, starved_after) {
+            continue;
+        }
+        let failures = slots.failures();
+        let writing = shared.writing.lock().await;
+        // A write that failed meanwhile (and was retried by whoever held it) is
+        // storage trouble, not a lack of CPU.
+        if slots.failures() != failures {
+            continue;
+        }
+        tracing::info!(
+            "audit records waited {starved_after:?} with no commit (the idle-priority writer gets no CPU, or its write is slow); writing them at normal priority"
+        );
+        // Had the idle thread the duty, it would starve again: the catch-up
+        // thread takes the next batches for a while.
+        if !slots.is_behind() {
+            slots.hold_behind(scheduling::STARVED_HOLD);
+        }
+        write_locked(Role::Rescue, db, shared, writing).await;
+    }
+}
+
+/// Takes the batch gathered so far and what is queued (up to `batch_size`),
+/// writes it, and frees its slots; waits for a write in progress first.
+async fn write_queued(role: Role, db: &DatabaseConnection, shared: &Shared) {
+    let writing = shared.writing.lock().await;
+    write_locked(role, db, shared, writing).await;
+}
+
+/// As [`write_queued`], with the write lock taken.
+async fn write_locked(
+    role: Role,
+    db: &DatabaseConnection,
+    shared: &Shared,
+    _writing: tokio::sync::MutexGuard<'_, ()>,
+) {
+    let (settings, slots) = (&shared.settings, &*shared.slots);
+    let file = shared.file.as_ref();
+    let records = shared.queue.take(settings.batch_size);
+    if records.is_empty() {
+        return;
+    }
+    let b = store::Batch::new(records, settings, file.is_some());
+    let n = b.len();
+    let counts = store::write_batch(db, file, slots, b).await;
+    slots.release(counts);
+    tracing::debug!(writer = ?role, records = n, "audit batch written");
+    slots.update_pace();
+}
+
+/// Whether the writer is draining (a dropped handle counts as a drain too).
+fn closing(close: &watch::Receiver<bool>) -> bool {
+    *close.borrow() || close.has_changed().is_err()
 }

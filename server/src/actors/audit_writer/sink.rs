@@ -53,6 +53,9 @@ pub(super) struct Slots {
     waited: AtomicU64,
     /// The writer is behind: the catch-up thread writes (see `scheduling`).
     behind: AtomicBool,
+    /// Until when `behind` stays set whatever the backlog (nanoseconds after
+    /// `base`; 0: not held), after the idle thread was found starved.
+    held_until: AtomicU64,
     /// Wakes the writer threads when `behind` flips.
     pub(super) turn: Notify,
     /// Records handed to the writer, and records written, per kind ([`AUDIT`],
@@ -62,6 +65,8 @@ pub(super) struct Slots {
     written: [AtomicU64; 2],
     /// The writer's last attempt failed; it holds the batch and retries.
     failing: AtomicBool,
+    /// Failed attempts so far.
+    failures: AtomicU64,
     /// Wakes producers waiting for a slot when `failing` is set.
     failing_now: Notify,
     /// Audit events given up on because storage was failing and the buffer full.
@@ -72,7 +77,7 @@ pub(super) struct Slots {
     base: Instant,
 }
 
-/// What the catch-up thread last saw of the writer's progress.
+/// What the rescue thread last saw of the writer's progress.
 #[derive(Default)]
 pub(super) struct StallWatch {
     seen: Option<(u64, tokio::time::Instant)>,
@@ -85,10 +90,12 @@ impl Slots {
             capacity,
             waited: AtomicU64::new(0),
             behind: AtomicBool::new(false),
+            held_until: AtomicU64::new(0),
             turn: Notify::new(),
             sent: Default::default(),
             written: Default::default(),
             failing: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
             failing_now: Notify::new(),
             dropped: AtomicU64::new(0),
             oldest: AtomicU64::new(0),
@@ -111,9 +118,17 @@ impl Slots {
 
     /// The writer's attempt failed (`true`) or a batch was written (`false`).
     pub(super) fn set_failing(&self, failing: bool) {
+        if failing {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
         if self.failing.swap(failing, Ordering::AcqRel) != failing && failing {
             self.failing_now.notify_waiters();
         }
+    }
+
+    /// Failed attempts so far (file or database).
+    pub(super) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     pub(super) fn is_failing(&self) -> bool {
@@ -141,7 +156,7 @@ impl Slots {
 
     /// Whether records have waited `after` with no commit at all: the idle-priority
     /// thread gets no CPU (every core busy with other work), so being "behind" by
-    /// count would never be noticed. Called by the catch-up thread's poll.
+    /// count would never be noticed. Called by the rescue thread's poll.
     pub(super) fn starved(&self, watch: &mut StallWatch, after: std::time::Duration) -> bool {
         let written = Self::total(&self.written);
         if Self::total(&self.sent) <= written {
@@ -162,17 +177,36 @@ impl Slots {
     }
 
     /// After a commit: behind from half the buffer taken, caught up again only
-    /// below a sixteenth. On a saturated core the catch-up thread then stays on
-    /// (each return to idle priority costs a stretch of being preempted in every
-    /// gap until half the buffer is taken again), while after a burst on a core
-    /// with room it drains the backlog in moments and hands back.
+    /// below a sixteenth (and once a hold has ended). On a saturated core the
+    /// catch-up thread then stays on (each return to idle priority costs a
+    /// stretch of being preempted in every gap until half the buffer is taken
+    /// again), while after a burst on a core with room it drains the backlog in
+    /// moments and hands back.
     pub(super) fn update_pace(&self) {
         let taken = self.taken();
         if taken >= self.capacity / 2 {
             self.set_behind(true);
-        } else if taken < self.capacity / 16 {
+        } else if taken < self.capacity / 16 && !self.is_held() {
             self.set_behind(false);
         }
+    }
+
+    /// Behind, and kept so for `hold` whatever the backlog: the idle thread was
+    /// found starved, and would starve again with the next batch.
+    pub(super) fn hold_behind(&self, hold: Duration) {
+        let until = self.since_base().saturating_add(hold);
+        let nanos = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.held_until.store(nanos, Ordering::Relaxed);
+        self.set_behind(true);
+    }
+
+    fn is_held(&self) -> bool {
+        let until = self.held_until.load(Ordering::Relaxed);
+        until != 0 && self.since_base() < Duration::from_nanos(until)
+    }
+
+    fn since_base(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.base)
     }
 
     pub(super) fn set_behind(&self, behind: bool) {
@@ -371,6 +405,70 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(!slots.starved(&mut watch, after));
     }
+
+    /// Polls as the rescue thread does until it finds the records starved; how
+    /// long that took (`None`: not within `limit`).
+    async fn rescue_finds_starved(slots: &Slots, limit: Duration) -> Option<Duration> {
+        use super::super::scheduling::{rescue_every, starved_after};
+        let flush = Duration::from_millis(200);
+        let mut watch = StallWatch::default();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            tokio::time::sleep(rescue_every(flush)).await;
+            if slots.starved(&mut watch, starved_after(flush)) {
+                return Some(start.elapsed());
+            }
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rescue_writes_a_record_left_two_intervals_and_a_quarter_at_most() {
+        // A record queued, and no commit: found within 2 × 200 ms, plus the
+        // quarter interval between two looks.
+        let slots = Slots::new(64);
+        slots.sent[AUDIT].fetch_add(1, Ordering::Relaxed);
+        let found = rescue_finds_starved(&slots, Duration::from_secs(5)).await;
+        let found = found.expect("never found starved");
+        assert!(
+            found >= Duration::from_millis(400) && found <= Duration::from_millis(450),
+            "{found:?}"
+        );
+        // A writer that commits one interval after each record is never taken over.
+        let slots = Slots::new(64);
+        let writer = async {
+            for _ in 0..20 {
+                slots.sent[AUDIT].fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                slots.release([1, 0]);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        };
+        let ((), found) =
+            tokio::join!(writer, rescue_finds_starved(&slots, Duration::from_secs(4)));
+        assert_eq!(found, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_keeps_the_catch_up_thread_on_duty_until_it_ends() {
+        let slots = Slots::new(64);
+        slots.hold_behind(Duration::from_secs(10));
+        assert!(slots.is_behind());
+        // Nothing taken: without the hold a commit would hand back at once.
+        slots.update_pace();
+        assert!(slots.is_behind(), "handed back during the hold");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        slots.update_pace();
+        assert!(slots.is_behind());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        slots.update_pace();
+        assert!(!slots.is_behind(), "still held after it ended");
+        // Without a hold, a small backlog hands back at the next commit.
+        slots.set_behind(true);
+        slots.update_pace();
+        assert!(!slots.is_behind());
+    }
+
     fn sink(capacity: usize) -> (AuditSink, mpsc::UnboundedReceiver<Queued>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Slots::new(capacity));

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{addr_after, client, pump};
+use super::{Clients, addr_after, pump};
 
 pub struct Mock {
     child: Child,
     pub url: String,
     pub name: String,
+    /// This mock's own clients (see [`Clients`]).
+    clients: Clients,
 }
 
 impl Mock {
@@ -46,7 +48,18 @@ impl Mock {
             child,
             url: format!("http://{addr}"),
             name: name.to_owned(),
+            clients: Clients::new(),
         }
+    }
+
+    /// This mock's client (built with it: see [`Clients`]).
+    pub fn client(&self) -> &reqwest::Client {
+        self.clients.plain()
+    }
+
+    /// This mock's client that shows the wire (see [`Clients::wire`]).
+    pub fn wire_client(&self) -> &reqwest::Client {
+        self.clients.wire()
     }
 
     /// What the provider's `base_url` should be.
@@ -87,7 +100,7 @@ impl Mock {
 
     /// `GET /_mock/{what}` as JSON.
     async fn control_get(&self, what: &str) -> Value {
-        client()
+        self.client()
             .get(format!("{}/_mock/{what}", self.url))
             .send()
             .await
@@ -99,7 +112,7 @@ impl Mock {
 
     /// `POST /_mock/{what}` (with a JSON body if given), which answers 204.
     async fn control_post(&self, what: &str, body: Option<Value>) {
-        let mut req = client().post(format!("{}/_mock/{what}", self.url));
+        let mut req = self.client().post(format!("{}/_mock/{what}", self.url));
         if let Some(body) = body {
             req = req.json(&body);
         }

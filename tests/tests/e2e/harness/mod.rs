@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -89,6 +89,8 @@ pub struct GatewayBuilder {
 pub struct Gateway {
     child: Option<Child>,
     pub url: String,
+    /// This gateway's own clients (see [`Clients`]).
+    clients: Clients,
     pub logs: Arc<Mutex<String>>,
     pub dir: tempfile::TempDir,
     config_path: PathBuf,
@@ -197,6 +199,7 @@ impl GatewayBuilder {
         Gateway {
             child: Some(child),
             url,
+            clients: Clients::new(),
             logs,
             dir,
             config_path,
@@ -260,6 +263,13 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// SIGTERM, then wait (up to 20 s: a drain against failing storage takes 10) for
@@ -360,21 +370,34 @@ impl Gateway {
         child.wait_with_output().unwrap()
     }
 
-    /// Polls `GET path` until `done(body)` holds (audit records are written in
-    /// batches, shortly after the action).
+    /// Polls `GET path` until `done(body)` holds, for up to [`WAIT`]: what the
+    /// audit writer and the usage flush write (audit events, usage rows, token
+    /// counters) appears a batch later than the action, so a test that reads them
+    /// waits for them here.
     pub async fn wait_for(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.poll_json(path, WAIT, done).await
+    }
+
+    /// As [`Self::wait_for`], for up to `within`.
+    pub async fn poll_json(
+        &self,
+        path: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut last = Value::Null;
-        // Generous: the writer runs at idle or low priority, and the suite keeps
-        // both cores busy (a starved writer hands over after about a second).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while tokio::time::Instant::now() < deadline {
+        let got = poll(within, async || {
             let (status, body) = self.manage("GET", path, None).await;
             assert_eq!(status, 200, "{body}");
             if done(&body) {
-                return body;
+                return Some(body);
             }
             last = body;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        })
+        .await;
+        if let Some(body) = got {
+            return body;
         }
         let logs = self.logs();
         // The polls themselves would fill the tail: leave them out.
@@ -387,9 +410,26 @@ impl Gateway {
             .collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
-            "condition not met for {path}: {last}\ngateway log (tail):\n{}",
+            "condition not met for {path} within {within:?}: {last}\ngateway log (tail):\n{}",
             tail.join("\n")
         );
+    }
+
+    /// Polls the file at `path` (relative to the gateway's directory, e.g.
+    /// `data/audit.jsonl`) until `done(text)` holds, for up to [`WAIT`]; its text.
+    pub async fn wait_for_file(&self, path: &str, done: impl Fn(&str) -> bool) -> String {
+        let path = self.dir.path().join(path);
+        let mut last = String::new();
+        let got = poll(WAIT, async || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if done(&text) {
+                return Some(text);
+            }
+            last = text;
+            None
+        })
+        .await;
+        got.unwrap_or_else(|| panic!("condition not met for {}: {last}", path.display()))
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -415,7 +455,8 @@ impl Gateway {
     // --- management API ---
 
     pub async fn manage(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = client()
+        let req = self
+            .client()
             .request(method.parse().unwrap(), format!("{}{path}", self.url))
             .bearer_auth(MANAGEMENT_TOKEN);
         let req = match body {
@@ -469,12 +510,22 @@ impl Gateway {
 
     // --- proxy ---
 
+    /// This gateway's client (built with it: see [`Clients`]).
+    pub fn client(&self) -> &reqwest::Client {
+        self.clients.plain()
+    }
+
+    /// This gateway's client that shows the wire (see [`Clients::wire`]).
+    pub fn wire_client(&self) -> &reqwest::Client {
+        self.clients.wire()
+    }
+
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        client().get(format!("{}{path}", self.url))
+        self.client().get(format!("{}{path}", self.url))
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        client().post(format!("{}{path}", self.url))
+        self.client().post(format!("{}{path}", self.url))
     }
 
     /// A chat completion with extra request headers (the mock's controls pass
@@ -566,14 +617,80 @@ pub fn start(yaml: &str) -> (Mock, Gateway) {
     (mock, gw.start())
 }
 
-/// One shared client: building one loads the system's root certificates, which
-/// costs milliseconds.
-pub fn client() -> reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+/// A new client. Never share one across tests: each `#[tokio::test]` has its own
+/// runtime, a pooled connection belongs to the runtime that opened it, and once that
+/// test has ended the connection is dead; another test that reuses it (a port is
+/// reused by a later gateway or mock) fails with `DispatchGone`. So each gateway
+/// and mock has its own ([`Clients`]), and a test without either builds one.
+pub fn new_client() -> reqwest::Client {
     init();
-    CLIENT
-        .get_or_init(|| reqwest::Client::builder().no_proxy().build().unwrap())
-        .clone()
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// The clients of one gateway or mock, built with it and dropped with it.
+pub struct Clients {
+    plain: reqwest::Client,
+    wire: OnceLock<reqwest::Client>,
+}
+
+impl Clients {
+    pub fn new() -> Self {
+        Self {
+            plain: new_client(),
+            wire: OnceLock::new(),
+        }
+    }
+
+    pub fn plain(&self) -> &reqwest::Client {
+        &self.plain
+    }
+
+    /// A client that shows the wire: no automatic `Accept-Encoding`, no
+    /// transparent decompression (whatever reqwest features the workspace build
+    /// unifies). Built on first use.
+    pub fn wire(&self) -> &reqwest::Client {
+        self.wire.get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .no_gzip()
+                .no_deflate()
+                .no_brotli()
+                .no_zstd()
+                .build()
+                .unwrap()
+        })
+    }
+}
+
+/// How long a test waits for what the gateway does on its own after an action
+/// (an audit batch, a usage flush, a health check). Generous: the audit writer
+/// runs at idle or low priority and the suite keeps both cores busy.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Polls `probe` (every 20 ms) until it gives `Some`, for up to `within`; `None`
+/// once the deadline has passed.
+pub async fn poll<T>(within: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// As [`poll`], failing the test (naming `what`) once the deadline has passed.
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    poll(within, probe)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
 }
 
 pub fn chat_body(model: &str) -> Value {
