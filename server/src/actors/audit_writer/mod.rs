@@ -1,5 +1,6 @@
 //! `AuditWriter`: the fourth actor of SPEC §1. It owns the audit trail and the
-//! per-request usage records.
+//! per-request usage records. It has no messages: it is not an actix actor but a
+//! bounded channel and a semaphore of slots in front of its own threads.
 //!
 //! Producers (management handlers, the proxy) take one of `audit.buffer` slots per
 //! record ([`AuditSink::record`], [`AuditSink::reserve`]): a free slot costs one
