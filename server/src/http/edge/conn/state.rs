@@ -1,5 +1,5 @@
-//! What a connection's I/O guard ([`super::io`]) and the request middleware
-//! ([`super::body::middleware`]) share: how many request heads the application has
+//! What a connection's I/O guard (`io.rs`) and the request middleware
+//! (`body.rs`) share: how many request heads the application has
 //! seen on the connection, and how many of their responses are still going out.
 //! Both live on the connection's worker thread, so plain cells do.
 
