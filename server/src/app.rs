@@ -123,7 +123,7 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
             passwords::concurrency(config.auth.bcrypt_concurrency),
             u32::try_from(config.auth.bcrypt_cost).unwrap_or(12),
         ),
-        edge: EdgePolicy::from_config(&config.server).map_err(InitError::Other)?,
+        edge: EdgePolicy::from_config(&config.server),
     });
     spawn_background_work(&state, &providers, ip_limits.clone());
     if config.logging.access_log {

@@ -61,18 +61,13 @@ pub struct EdgePolicy {
 }
 
 impl EdgePolicy {
-    pub fn from_config(server: &ServerConfig) -> Result<Self, String> {
-        let trusted_hosts = server
-            .trusted_hosts
-            .iter()
-            .map(|h| HostPattern::parse(h))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            trusted_hosts,
+    pub fn from_config(server: &ServerConfig) -> Self {
+        Self {
+            trusted_hosts: server.trusted_hosts.clone(),
             ip_allowlist: CidrList::new(server.ip_allowlist.clone()),
             ip_denylist: CidrList::new(server.ip_denylist.clone()),
             tls: server.tls_enabled(),
-        })
+        }
     }
 
     /// Deny wins; an empty allowlist allows everyone not denied.

@@ -19,7 +19,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, InitError>
     let certs = read_certs(cert_file).map_err(bad)?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| bad(format!("key_file {}: {e}", key_file.display())))?;
-    let versions = crate::config::units::tls_versions(tls.min_version.as_deref()).map_err(bad)?;
+    let versions = tls.min_version.unwrap_or_default().and_newer();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)

@@ -129,7 +129,7 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// `Host` headers answered (`api.example.com`, `host:port`, `*.example.com`);
     /// empty = any.
-    pub trusted_hosts: Vec<String>,
+    pub trusted_hosts: Vec<crate::policy::hosts::HostPattern>,
     /// Client IPs allowed on every route but the probes; empty = all.
     pub ip_allowlist: Vec<IpNet>,
     /// Client IPs refused on every route but the probes; wins over the allowlist.
@@ -191,7 +191,7 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
-    pub allowed_origins: Vec<String>,
+    pub allowed_origins: Vec<crate::policy::Origin>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -199,7 +199,7 @@ pub struct CorsConfig {
 pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
-    pub min_version: Option<String>,
+    pub min_version: Option<units::TlsVersion>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

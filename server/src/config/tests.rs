@@ -283,3 +283,60 @@ fn every_config_key_is_documented() {
         "not in docs/configuration.md: {missing:?}"
     );
 }
+
+/// Host patterns are parsed once, when the configuration is read (the edge uses
+/// the parsed list), and print back as written.
+#[test]
+fn trusted_hosts_are_parsed_when_read_and_print_as_written() {
+    let yaml = format!(
+        "{}server: {{ trusted_hosts: [\"API.example.com\", \"*.gw.test:8443\"] }}\n",
+        minimal()
+    );
+    let cfg = load(&yaml, &[]).unwrap();
+    assert!(cfg.server.trusted_hosts[0].matches("api.example.com", None));
+    assert!(cfg.server.trusted_hosts[1].matches("a.gw.test", Some("8443")));
+    let printed = yaml_serde::to_string(&cfg.server.trusted_hosts).unwrap();
+    assert!(printed.contains("api.example.com") && printed.contains("*.gw.test:8443"));
+    let bad = format!(
+        "{}server: {{ trusted_hosts: [\"bad host!\"] }}\n",
+        minimal()
+    );
+    let err = load(&bad, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("server.trusted_hosts") && err.contains("bad host!"),
+        "{err}"
+    );
+}
+
+/// TLS versions and CORS origins are checked once, when the configuration is read.
+#[test]
+fn tls_versions_and_origins_are_parsed_when_read() {
+    let with = |server: &str| load(&format!("{}server: {{ {server} }}\n", minimal()), &[]);
+    for (written, want) in [
+        ("\"1.3\"", units::TlsVersion::V1_3),
+        ("1.3", units::TlsVersion::V1_3),
+        ("1.2", units::TlsVersion::V1_2),
+    ] {
+        let cfg = with(&format!("tls: {{ min_version: {written} }}")).unwrap();
+        assert_eq!(cfg.server.tls.unwrap().min_version, Some(want), "{written}");
+    }
+    let err = with("tls: { min_version: \"1.1\" }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.tls.min_version") && err.contains("1.1"),
+        "{err}"
+    );
+    let cfg = with("cors: { allowed_origins: [\"https://app.example.com\"] }").unwrap();
+    assert_eq!(
+        cfg.server.cors.allowed_origins[0].as_str(),
+        "https://app.example.com"
+    );
+    let err = with("cors: { allowed_origins: [\"https://app.example.com/\"] }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.cors.allowed_origins") && err.contains("not an origin"),
+        "{err}"
+    );
+}

@@ -160,19 +160,64 @@ pub fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     ByteSize::deserialize(d).map(|b| b.0)
 }
 
-/// `server.tls.min_version`: `1.2` (default) or `1.3`.
-pub fn tls_versions(
-    min: Option<&str>,
-) -> Result<&'static [&'static rustls::SupportedProtocolVersion], String> {
-    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
-        [&rustls::version::TLS13, &rustls::version::TLS12];
-    static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
-    match min.unwrap_or("1.2") {
-        "1.2" => Ok(&BOTH),
-        "1.3" => Ok(&ONLY_13),
-        other => Err(format!(
-            "{other:?} is not a TLS version Palisade serves (1.2 or 1.3)"
-        )),
+/// `server.tls.min_version`: `1.2` (the default when unset) or `1.3`, read as a
+/// string or a YAML number, checked once when the configuration is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "1.2" => Ok(Self::V1_2),
+            "1.3" => Ok(Self::V1_3),
+            other => Err(format!(
+                "{other:?} is not a TLS version Palisade serves (1.2 or 1.3)"
+            )),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::V1_2 => "1.2",
+            Self::V1_3 => "1.3",
+        }
+    }
+
+    /// The versions served: this one and every newer one.
+    pub fn and_newer(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            Self::V1_2 => &BOTH,
+            Self::V1_3 => &ONLY_13,
+        }
+    }
+}
+
+impl Serialize for TlsVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Number(f64),
+        }
+        let text = match Written::deserialize(d)? {
+            Written::Text(s) => s,
+            Written::Number(n) => n.to_string(),
+        };
+        Self::parse(&text).map_err(de::Error::custom)
     }
 }
 

@@ -4,9 +4,12 @@
 //! `--dev`).
 
 /// One allowed host: `api.example.com`, `api.example.com:8443` (that port only),
-/// or `*.example.com` (any subdomain, not the apex).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// or `*.example.com` (any subdomain, not the apex). Parsed once, when the
+/// configuration is read; printed back as written (lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct HostPattern {
+    text: String,
     host: String,
     port: Option<String>,
     wildcard: bool,
@@ -33,6 +36,7 @@ impl HostPattern {
             host: host.to_owned(),
             port: port.map(str::to_owned),
             wildcard,
+            text: s,
         })
     }
 
@@ -61,6 +65,20 @@ fn split_port(s: &str) -> (&str, Option<&str>) {
     match s.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h, Some(p)),
         _ => (s, None),
+    }
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<HostPattern> for String {
+    fn from(p: HostPattern) -> Self {
+        p.text
     }
 }
 

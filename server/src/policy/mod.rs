@@ -115,16 +115,37 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Checks one configured origin: `scheme://host[:port]`, nothing more.
-pub fn validate_origin(origin: &str) -> Result<(), String> {
-    let url = url::Url::parse(origin).map_err(|e| format!("{origin:?}: {e}"))?;
-    let exact = url.origin().ascii_serialization() == origin;
-    if !matches!(url.scheme(), "http" | "https") || !exact {
-        return Err(format!(
-            "{origin:?} is not an origin like https://app.example.com (scheme, host and optional port; no path or trailing slash)"
-        ));
+/// One CORS origin, `scheme://host[:port]` and nothing more: checked once, when
+/// the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Origin(String);
+
+impl Origin {
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    Ok(())
+}
+
+impl TryFrom<String> for Origin {
+    type Error = String;
+
+    fn try_from(origin: String) -> Result<Self, String> {
+        let url = url::Url::parse(&origin).map_err(|e| format!("{origin:?}: {e}"))?;
+        let exact = url.origin().ascii_serialization() == origin;
+        if !matches!(url.scheme(), "http" | "https") || !exact {
+            return Err(format!(
+                "{origin:?} is not an origin like https://app.example.com (scheme, host and optional port; no path or trailing slash)"
+            ));
+        }
+        Ok(Self(origin))
+    }
+}
+
+impl From<Origin> for String {
+    fn from(o: Origin) -> Self {
+        o.0
+    }
 }
 
 #[cfg(test)]

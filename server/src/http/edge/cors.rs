@@ -47,7 +47,7 @@ const EXPOSED_HEADERS: &[&str] = &[
 ];
 
 /// The middleware for `origins` (already validated); `None` keeps CORS closed.
-pub fn middleware(origins: &[String]) -> Option<Cors> {
+pub fn middleware(origins: &[crate::policy::Origin]) -> Option<Cors> {
     if origins.is_empty() {
         return None;
     }
@@ -58,7 +58,7 @@ pub fn middleware(origins: &[String]) -> Option<Cors> {
         .allowed_header(header::CONTENT_TYPE)
         .max_age(600);
     for o in origins {
-        cors = cors.allowed_origin(o);
+        cors = cors.allowed_origin(o.as_str());
     }
     Some(cors)
 }
