@@ -16,6 +16,8 @@ pub struct Model {
     pub request_id: Option<String>,
     pub result: String,
     pub details: Json,
+    /// The instance that wrote it (`server.instance_id`); none on older rows.
+    pub instance: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

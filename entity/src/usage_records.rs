@@ -24,6 +24,8 @@ pub struct Model {
     pub ttfb_ms: Option<f64>,
     pub client_closed: bool,
     pub usage_estimated: bool,
+    /// The instance that wrote it (`server.instance_id`); none on older rows.
+    pub instance: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

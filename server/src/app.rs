@@ -174,6 +174,7 @@ fn audit_settings(config: &Config) -> AuditSettings {
         audit_retention: retention(config.audit.retention_days),
         usage_retention: retention(config.usage.retention_days),
         database: Some(config.database.clone()),
+        instance: config.server.instance(),
     }
 }
 

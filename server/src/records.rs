@@ -42,6 +42,9 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
     pub result: AuditResult,
     pub details: serde_json::Value,
+    /// `server.instance_id`, filled in by the audit writer (producers leave it
+    /// `None`).
+    pub instance: Option<String>,
 }
 
 #[cfg(test)]
@@ -60,6 +63,7 @@ impl AuditEvent {
             request_id: None,
             result: AuditResult::Success,
             details: serde_json::json!({}),
+            instance: None,
         }
     }
 }

@@ -153,9 +153,25 @@ pub struct ServerConfig {
     /// Open connections per worker thread; beyond it, new ones wait to be accepted.
     #[serde(deserialize_with = "units::de_u64")]
     pub max_connections: u64,
+    /// This instance's name on the audit events and usage records it writes
+    /// (`instance`); empty = the host name.
+    pub instance_id: String,
 }
 
 impl ServerConfig {
+    /// `instance_id`, or the host name when it is empty (`palisade` if even that
+    /// cannot be read).
+    pub fn instance(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let host = rustix::system::uname();
+        match host.nodename().to_str() {
+            Ok(name) if !name.is_empty() => name.to_owned(),
+            _ => "palisade".to_owned(),
+        }
+    }
+
     /// Palisade terminates TLS itself.
     pub fn tls_enabled(&self) -> bool {
         self.tls
@@ -184,6 +200,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             keep_alive: HumanDuration::secs(60),
             max_connections: 10_000,
+            instance_id: String::new(),
         }
     }
 }

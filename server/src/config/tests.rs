@@ -340,3 +340,23 @@ fn tls_versions_and_origins_are_parsed_when_read() {
         "{err}"
     );
 }
+
+#[test]
+fn instance_id_defaults_to_the_host_name_and_refuses_odd_characters() {
+    let cfg = load(&minimal(), &[]).unwrap();
+    assert_eq!(cfg.server.instance_id, "");
+    assert!(!cfg.server.instance().is_empty());
+    let named = load(
+        &format!("{}server: {{ instance_id: gw-a.1 }}\n", minimal()),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(named.server.instance(), "gw-a.1");
+    let err = load(
+        &format!("{}server: {{ instance_id: \"a b\" }}\n", minimal()),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("server.instance_id"), "{err}");
+}

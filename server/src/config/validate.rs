@@ -25,6 +25,16 @@ impl Config {
         if self.server.max_connections_per_ip == 0 {
             errors.push("server.max_connections_per_ip: must be at least 1".to_owned());
         }
+        let id = &self.server.instance_id;
+        if id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            errors.push(format!(
+                "server.instance_id: {id:?} must be at most 64 letters, digits, '.', '_' or '-'"
+            ));
+        }
         if self.server.max_connections == 0 {
             errors.push("server.max_connections: must be at least 1".to_owned());
         }

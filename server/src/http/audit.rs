@@ -95,6 +95,7 @@ pub async fn record_as(
         } else {
             subject.details
         },
+        instance: None,
     };
     state.audit.record(Record::Audit(Box::new(event))).await;
 }

@@ -220,6 +220,7 @@ fn summary(
         request_id: None,
         result: AuditResult::Denied,
         details,
+        instance: None,
     }
 }
 

@@ -196,6 +196,7 @@ async fn insert_records_in(
             request_id: Set(e.request_id.clone()),
             result: Set(e.result.as_str().to_owned()),
             details: Set(e.details.clone()),
+            instance: Set(e.instance.clone()),
         }))
         .exec_without_returning(txn)
         .await?;

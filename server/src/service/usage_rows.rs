@@ -17,10 +17,10 @@ use sea_orm::{DbBackend, Statement, Value};
 
 use crate::usage::UsageRow;
 
-/// 17 columns × 200 rows = 3,400 bound parameters per statement.
+/// 18 columns × 200 rows = 3,600 bound parameters per statement.
 pub const ROWS_PER_STATEMENT: usize = 200;
-const COLUMNS: usize = 17;
-const INSERT_HEAD: &str = "INSERT INTO usage_records (id, timestamp, request_id, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed, usage_estimated) VALUES ";
+const COLUMNS: usize = 18;
+const INSERT_HEAD: &str = "INSERT INTO usage_records (id, timestamp, request_id, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed, usage_estimated, instance) VALUES ";
 
 /// One multi-row insert for a chunk of at most [`ROWS_PER_STATEMENT`] rows.
 pub fn insert(backend: DbBackend, rows: &[UsageRow]) -> Statement {
@@ -65,6 +65,7 @@ pub fn insert(backend: DbBackend, rows: &[UsageRow]) -> Statement {
             r.ttfb_ms.into(),
             r.client_closed.into(),
             u.estimated.into(),
+            r.instance.as_deref().into(),
         ]);
     }
     Statement::from_sql_and_values(backend, sql, values)
@@ -98,6 +99,7 @@ mod tests {
             ttfb_ms: Set(r.ttfb_ms),
             client_closed: Set(r.client_closed),
             usage_estimated: Set(u.estimated),
+            instance: Set(r.instance.clone()),
         }
     }
     use crate::usage::Tokens;
@@ -123,6 +125,7 @@ mod tests {
                 body_cut: false,
                 request: crate::usage::KeptRequest::default(),
                 response: crate::usage::KeptResponse::default(),
+                instance: i.is_multiple_of(2).then(|| "gw-a".to_owned()),
             },
             tokens,
             estimated: tokens.is_some() && i.is_multiple_of(3),
@@ -173,6 +176,7 @@ mod tests {
                     ttfb_ms: m.ttfb_ms.unwrap(),
                     client_closed: m.client_closed.unwrap(),
                     usage_estimated: m.usage_estimated.unwrap(),
+                    instance: m.instance.unwrap(),
                 }
             })
             .collect();

@@ -95,6 +95,8 @@ pub struct UsageRecord {
     pub request: KeptRequest,
     /// The response body as [`Capture`] kept it.
     pub response: KeptResponse,
+    /// `server.instance_id`, filled in by the audit writer.
+    pub instance: Option<String>,
 }
 
 /// A usage record ready for the database.

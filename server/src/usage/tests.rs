@@ -18,6 +18,7 @@ fn record(endpoint: &str, model: &str, status: u16, streamed: bool) -> UsageReco
         body_cut: false,
         request: KeptRequest::default(),
         response: KeptResponse::default(),
+        instance: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The audit trail (SPEC §3): one event per management action, denials, filters,
 //! pagination, and the JSON-lines copy.
 
+use sea_orm::sqlx::Connection;
 use serde_json::{Value, json};
 
 use crate::harness::{Mock, assert_manage_error, chat_body, gateway, setup};
@@ -277,4 +278,64 @@ async fn audit_refused_known_tokens_are_denied_with_their_identity() {
         assert_eq!(e["details"]["reason"], reason, "{e}");
         assert_eq!(e["result"], "denied", "{e}");
     }
+}
+
+/// SPEC §5: `server.instance_id` is recorded as `instance` on the audit events (API
+/// and JSON lines) and the usage records this instance writes; by default it is the
+/// host name.
+#[tokio::test]
+async fn audit_and_usage_carry_the_instance_that_wrote_them() {
+    let mock = Mock::start("up");
+    let gw = gateway()
+        .yaml("server: { listen: \"127.0.0.1:0\", workers: 1, shutdown_grace: 5s, instance_id: gw-a }\naudit: { flush_interval: 50ms, file: data/audit.jsonl }\n")
+        .provider(&mock, "[\"*\"]")
+        .start();
+    let (pid, _tid, secret) = gw.project_and_token(json!({}), json!({"name": "t"})).await;
+    assert_eq!(
+        gw.chat(&secret, chat_body("gpt-4o-mini")).await.status(),
+        200
+    );
+    let body = gw
+        .wait_for(
+            &format!("/manage/audit?action=token.create&project_id={pid}"),
+            |b| !events(b).is_empty(),
+        )
+        .await;
+    assert_eq!(events(&body)[0]["instance"], "gw-a", "{body}");
+    let lines = gw
+        .wait_for_file("data/audit.jsonl", |t| t.contains("token.create"))
+        .await;
+    for line in lines.lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event["instance"], "gw-a", "{line}");
+    }
+    gw.wait_for("/manage/usage?group_by=day", |b| {
+        b["data"][0]["requests"] == json!(1)
+    })
+    .await;
+    let url = format!("sqlite://{}", gw.db_path().display());
+    let mut conn = sea_orm::sqlx::SqliteConnection::connect(&url)
+        .await
+        .unwrap();
+    let instances: Vec<(Option<String>,)> =
+        sea_orm::sqlx::query_as("SELECT instance FROM usage_records")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(instances, vec![(Some("gw-a".to_owned()),)]);
+
+    // Without `instance_id`: the host name.
+    let other = gateway().provider(&mock, "[\"*\"]").start();
+    let p = other.create_project(json!({"name": "named-by-host"})).await;
+    let body = other
+        .wait_for(
+            &format!(
+                "/manage/audit?action=project.create&project_id={}",
+                p["id"].as_str().unwrap()
+            ),
+            |b| !events(b).is_empty(),
+        )
+        .await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(events(&body)[0]["instance"], host.trim(), "{body}");
 }

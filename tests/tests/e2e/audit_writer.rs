@@ -213,15 +213,15 @@ async fn audit_retention_days_purges_old_rows_and_keeps_recent_ones() {
     let mut conn = SqliteConnection::connect(&url).await.unwrap();
     for (sql, age) in [
         (
-            "INSERT INTO usage_records SELECT randomblob(16), $1, request_id || n, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed, usage_estimated FROM usage_records, seq WHERE n <= 2500 LIMIT 2500",
+            "INSERT INTO usage_records SELECT randomblob(16), $1, request_id || n, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed, usage_estimated, instance FROM usage_records, seq WHERE n <= 2500 LIMIT 2500",
             8,
         ),
         (
-            "INSERT INTO usage_records SELECT randomblob(16), $1, request_id || n, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed, usage_estimated FROM usage_records, seq WHERE n <= 10 LIMIT 10",
+            "INSERT INTO usage_records SELECT randomblob(16), $1, request_id || n, project_id, token_id, model, provider, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttfb_ms, client_closed, usage_estimated, instance FROM usage_records, seq WHERE n <= 10 LIMIT 10",
             3,
         ),
         (
-            "INSERT INTO audit_events SELECT randomblob(16), $1, action, actor, client_ip, project_id, token_id, token_hint, request_id, result, details FROM (SELECT * FROM audit_events LIMIT 1), seq WHERE n <= 2500",
+            "INSERT INTO audit_events SELECT randomblob(16), $1, action, actor, client_ip, project_id, token_id, token_hint, request_id, result, details, instance FROM (SELECT * FROM audit_events LIMIT 1), seq WHERE n <= 2500",
             31,
         ),
     ] {

@@ -72,6 +72,8 @@ pub struct AuditSettings {
     /// Where each writer thread opens its own low-priority connection; `None` (or
     /// an in-memory database) shares the server's pool.
     pub database: Option<crate::config::DatabaseConfig>,
+    /// `server.instance_id` (resolved), stamped on every record.
+    pub instance: String,
 }
 
 /// How often old rows are looked for, and how many go per delete statement, so a

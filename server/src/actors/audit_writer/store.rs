@@ -42,8 +42,14 @@ impl Batch {
         for q in records {
             b.counts[q.record.kind()] += 1;
             match q.record {
-                Record::Audit(a) => b.audits.push(*a),
-                Record::Usage(u) => b.usage.push(crate::usage::finish(*u)),
+                Record::Audit(mut a) => {
+                    a.instance = Some(settings.instance.clone());
+                    b.audits.push(*a);
+                }
+                Record::Usage(mut u) => {
+                    u.instance = Some(settings.instance.clone());
+                    b.usage.push(crate::usage::finish(*u));
+                }
             }
         }
         if file && !b.audits.is_empty() {

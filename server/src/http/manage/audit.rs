@@ -95,7 +95,7 @@ pub async fn list(
                 "id": e.id, "timestamp": e.timestamp, "action": e.action, "actor": e.actor,
                 "client_ip": e.client_ip, "project_id": e.project_id, "token_id": e.token_id,
                 "token_hint": e.token_hint, "request_id": e.request_id, "result": e.result,
-                "details": e.details,
+                "details": e.details, "instance": e.instance,
             })
         })
         .collect();

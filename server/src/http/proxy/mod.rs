@@ -207,6 +207,7 @@ async fn admit_and_forward(
             body_cut: false,
             request: crate::usage::KeptRequest::of(&bytes),
             response: crate::usage::KeptResponse::default(),
+            instance: None,
         },
         admission,
     );
