@@ -4,6 +4,8 @@
 use crate::actors::token_registry::RegistryError;
 use crate::error::ManageError;
 use crate::rate_limit::ip::LockedOut;
+use crate::sessions::passwords::HashError;
+use crate::sessions::users::UserError;
 
 /// A client IP (or login username) past its allowance of failed
 /// authentications.
@@ -23,6 +25,17 @@ impl From<RegistryError> for ManageError {
             RegistryError::Unavailable(detail) => Self::Unavailable(detail),
             RegistryError::Storage(detail) => Self::Storage(detail),
             RegistryError::Internal(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<UserError> for ManageError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Exists(name) => Self::Conflict(format!("a user named {name:?} exists")),
+            UserError::Hash(HashError::Busy(b)) => super::session::busy(b),
+            UserError::Hash(HashError::Failed(why)) => Self::Internal(why),
+            UserError::Storage(e) => e.into(),
         }
     }
 }

@@ -29,6 +29,18 @@ use crate::state::AppState;
 
 /// Mounts the management scope; `auth_limit` is the per-IP limit for
 /// `/manage/auth/*`, shared by all workers.
+/// A management write sent to the token registry, its error as the envelope says it.
+async fn registry_write<M, T>(state: &AppState, msg: M) -> Result<T, ManageError>
+where
+    M: actix::Message<Result = Result<T, crate::actors::token_registry::RegistryError>>
+        + Send
+        + 'static,
+    T: Send + 'static,
+    crate::actors::token_registry::TokenRegistry: actix::Handler<M>,
+{
+    state.registry.ask(msg).await.map_err(ManageError::from)
+}
+
 pub fn scope(
     auth_limit: crate::http::ip_limit::IpGovernor,
 ) -> actix_web::Scope<

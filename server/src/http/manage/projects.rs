@@ -71,11 +71,7 @@ pub async fn create(
                 .unwrap_or_default(),
         };
         b.finish()?;
-        state
-            .registry
-            .ask(CreateProject(new))
-            .await
-            .map_err(ManageError::from)
+        super::registry_write(&state, CreateProject(new)).await
     }
     .await;
     audit::record(
@@ -130,11 +126,7 @@ pub async fn update(
             providers: nullable_list(b.providers("providers", &state.providers.names())),
         };
         b.finish()?;
-        state
-            .registry
-            .ask(UpdateProject(id, patch))
-            .await
-            .map_err(ManageError::from)
+        super::registry_write(&state, UpdateProject(id, patch)).await
     }
     .await;
     let on_error = Subject {
@@ -164,11 +156,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, ManageError> {
     let who = Who::of(&req, &state);
     let id = project_id(&path)?;
-    let out = state
-        .registry
-        .ask(DeleteProject(id))
-        .await
-        .map_err(ManageError::from);
+    let out = super::registry_write(&state, DeleteProject(id)).await;
     let subject = || Subject {
         project_id: Some(id.0),
         ..Default::default()
@@ -191,11 +179,7 @@ pub async fn revoke_tokens(
 ) -> Result<HttpResponse, ManageError> {
     let who = Who::of(&req, &state);
     let id = project_id(&path)?;
-    let out = state
-        .registry
-        .ask(RevokeProjectTokens(id))
-        .await
-        .map_err(ManageError::from);
+    let out = super::registry_write(&state, RevokeProjectTokens(id)).await;
     let subject = || Subject {
         project_id: Some(id.0),
         ..Default::default()

@@ -73,11 +73,7 @@ async fn answer_with_secret<F: Future<Output = ()>>(
 
 /// Revokes a token just created whose secret could not be sent back, and audits it.
 async fn withdraw_created(state: &AppState, who: &Who, model: &entity::tokens::Model) {
-    let out = state
-        .registry
-        .ask(RevokeToken(TokenId(model.id)))
-        .await
-        .map_err(ManageError::from);
+    let out = super::registry_write(state, RevokeToken(TokenId(model.id))).await;
     if let Err(e) = &out {
         tracing::error!(token_id = %model.id, error = %e, "a token whose secret was never sent back could not be revoked; revoke it by hand");
     }
@@ -172,11 +168,7 @@ async fn create_token(state: &AppState, payload: web::Payload) -> Result<IssuedT
         allowed_cidrs: b.cidrs("allowed_cidrs").value().unwrap_or_default(),
     };
     b.finish()?;
-    state
-        .registry
-        .ask(CreateToken(new))
-        .await
-        .map_err(ManageError::from)
+    super::registry_write(state, CreateToken(new)).await
 }
 
 /// `expires_in_seconds` or `expires_at` (not both), default `tokens.default_ttl`,
@@ -247,11 +239,7 @@ pub async fn update(
             allowed_cidrs: nullable_list(b.cidrs("allowed_cidrs")),
         };
         b.finish()?;
-        state
-            .registry
-            .ask(UpdateToken(id, patch))
-            .await
-            .map_err(ManageError::from)
+        super::registry_write(&state, UpdateToken(id, patch)).await
     }
     .await;
     let on_error = before.as_ref().map_or_else(
@@ -279,11 +267,7 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ManageError> {
     let who = Who::of(&req, &state);
     let id = token_id(&path)?;
-    let out = state
-        .registry
-        .ask(RevokeToken(id))
-        .await
-        .map_err(ManageError::from);
+    let out = super::registry_write(&state, RevokeToken(id)).await;
     let current = Query::token(&state.db, id.0).await.ok().flatten();
     let subject = || {
         current.as_ref().map_or_else(
@@ -319,11 +303,7 @@ pub async fn rotate(
             .unwrap_or(0);
         b.finish()?;
         let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
-        state
-            .registry
-            .ask(RotateToken { id, grace })
-            .await
-            .map_err(ManageError::from)
+        super::registry_write(&state, RotateToken { id, grace }).await
     }
     .await;
     let on_error = Subject {

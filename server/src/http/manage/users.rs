@@ -13,7 +13,7 @@ use crate::error::ManageError;
 use crate::http::audit::{self, Subject, Who};
 use crate::secret::Secret;
 use crate::service::sessions::Sessions;
-use crate::sessions::users::{UserError, create_user, username_ok};
+use crate::sessions::users::{create_user, username_ok};
 use crate::sessions::{Role, passwords};
 use crate::state::AppState;
 
@@ -33,15 +33,6 @@ impl From<&entity::users::Model> for UserView {
             role: u.role.clone(),
             created_at: u.created_at,
         }
-    }
-}
-
-fn user_error(e: UserError) -> ManageError {
-    match e {
-        UserError::Exists(name) => ManageError::Conflict(format!("a user named {name:?} exists")),
-        UserError::Hash(passwords::HashError::Busy(b)) => super::session::busy(b),
-        UserError::Hash(passwords::HashError::Failed(why)) => ManageError::Internal(why),
-        UserError::Storage(e) => e.into(),
     }
 }
 
@@ -86,7 +77,7 @@ pub async fn create(
             &state.hasher,
         )
         .await
-        .map_err(user_error)
+        .map_err(ManageError::from)
     }
     .await;
     audit::record(&state, &who, "user.create", &out, Subject::default(), |u| {
