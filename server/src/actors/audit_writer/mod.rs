@@ -281,10 +281,17 @@ async fn run(
             if queue.is_empty() {
                 // Wait for a first record. Once closing, poll instead: the last
                 // records come from reservations still held by finishing requests.
+                // A hold that ends with nothing queued hands back then: no commit
+                // would come to do it.
+                let hold_left = slots.hold_left();
                 tokio::select! {
                     biased;
                     _ = close.changed(), if !closing_now => continue,
                     () = slots.turn.notified(), if !closing_now => continue,
+                    () = tokio::time::sleep(hold_left.unwrap_or_default()), if hold_left.is_some() => {
+                        slots.update_pace();
+                        continue;
+                    }
                     more = queue.first_record(slots) => if !more {
                         break;
                     },

@@ -200,6 +200,13 @@ impl Slots {
         self.set_behind(true);
     }
 
+    /// What is left of a hold (`None`: not held).
+    pub(super) fn hold_left(&self) -> Option<Duration> {
+        let until = self.held_until.load(Ordering::Relaxed);
+        let left = Duration::from_nanos(until).checked_sub(self.since_base())?;
+        (until != 0 && !left.is_zero()).then_some(left)
+    }
+
     fn is_held(&self) -> bool {
         let until = self.held_until.load(Ordering::Relaxed);
         until != 0 && self.since_base() < Duration::from_nanos(until)
@@ -460,7 +467,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(9)).await;
         slots.update_pace();
         assert!(slots.is_behind());
+        assert_eq!(slots.hold_left(), Some(Duration::from_secs(1)));
         tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(slots.hold_left(), None);
         slots.update_pace();
         assert!(!slots.is_behind(), "still held after it ended");
         // Without a hold, a small backlog hands back at the next commit.
