@@ -51,10 +51,11 @@ impl Config {
             }
         }
         let db = self.database.url.expose();
-        if !db.starts_with("sqlite:") {
-            errors.push(
-                "database.url: only sqlite: URLs are supported by this build (PostgreSQL comes with multi-instance support)".to_owned(),
-            );
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| db.starts_with(scheme))
+        {
+            errors.push("database.url: must be a sqlite: or postgres:// URL".to_owned());
         }
         if self.database.max_connections == 0 {
             errors.push("database.max_connections: must be at least 1".to_owned());

@@ -30,6 +30,7 @@ mod proxy_streaming;
 mod python_sdk;
 mod quota_crash;
 mod rate_limits;
+mod scale_out;
 mod secrets;
 mod shutdown;
 mod slow_clients;

@@ -73,8 +73,10 @@ fn addr_after(line: &str, marker: &str) -> String {
 }
 
 mod mock;
+mod postgres;
 pub mod smallfs;
 pub use mock::Mock;
+pub use postgres::PgDatabase;
 
 // === Gateway ===
 
@@ -84,6 +86,7 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     dir: Option<tempfile::TempDir>,
     wrap: Vec<String>,
+    database_url: Option<String>,
 }
 
 pub struct Gateway {
@@ -106,6 +109,7 @@ pub fn gateway() -> GatewayBuilder {
         env: Vec::new(),
         dir: None,
         wrap: Vec::new(),
+        database_url: None,
     }
 }
 
@@ -138,6 +142,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// The database (`${E2E_DATABASE_URL}`) at `url` instead of the SQLite file in
+    /// the gateway's directory: a [`PgDatabase`], shared by several gateways.
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
+    }
+
     /// Reuse a data directory (restart scenarios).
     pub fn dir(mut self, dir: tempfile::TempDir) -> Self {
         self.dir = Some(dir);
@@ -162,7 +173,10 @@ impl GatewayBuilder {
             yaml.push_str("server: { listen: \"127.0.0.1:0\", workers: 2, shutdown_grace: 5s }\n");
         }
         // A test with its own `database:` section points it at `${E2E_DATABASE_URL}`.
-        let db_url = format!("sqlite://{}?mode=rwc", db.display());
+        let db_url = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", db.display()));
         if !has("database:") {
             yaml.push_str("database: { url: \"${E2E_DATABASE_URL}\" }\n");
         }
