@@ -13,6 +13,7 @@ mod m20261126_000003_index_audit_actor_and_result;
 mod m20261130_000001_add_usage_estimated;
 mod m20261130_000002_add_token_request_lease;
 mod m20261130_000003_add_instance;
+mod m20261130_000004_create_registry_revision;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_add_usage_estimated::Migration),
             Box::new(m20261130_000002_add_token_request_lease::Migration),
             Box::new(m20261130_000003_add_instance::Migration),
+            Box::new(m20261130_000004_create_registry_revision::Migration),
         ]
     }
 }

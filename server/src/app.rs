@@ -55,7 +55,7 @@ use tracing_actix_web::TracingLogger;
 use crate::actors::audit_writer::{AuditHandle, AuditSettings, AuditSink, AuditWriter};
 use crate::actors::provider_supervisor::ProviderSupervisor;
 use crate::actors::request_queue::Admission;
-use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry};
+use crate::actors::token_registry::{FlushUsage, Registry, TokenRegistry, sync};
 use crate::config::{Config, ExitError, InitError};
 use crate::crypto::KeyCipher;
 use crate::http::RootSpan;
@@ -125,14 +125,20 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
         ),
         edge: EdgePolicy::from_config(&config.server),
     });
-    spawn_background_work(&state, &providers, ip_limits.clone());
+    let listener = spawn_background_work(&state, &providers, ip_limits.clone());
     if config.logging.access_log {
         crate::http::access_log::start()
             .map_err(|e| InitError::Other(format!("cannot start the access log: {e}")))?;
     }
-    run_until_signal(state.clone(), ip_limits).await?;
-    shut_down(&state, &registry, audit).await;
-    Ok(())
+    let served = run_until_signal(state.clone(), ip_limits).await;
+    if served.is_ok() {
+        shut_down(&state, &registry, audit).await;
+    }
+    if let Some(listener) = listener {
+        listener.abort();
+        let _ = listener.await;
+    }
+    served
 }
 
 /// Fail closed: admin users without a secret to sign their sessions.
@@ -178,13 +184,15 @@ fn audit_settings(config: &Config) -> AuditSettings {
     }
 }
 
-/// Background work owned by the server, on its system's arbiter.
+/// Background work owned by the server, on its system's arbiter. Returns the
+/// PostgreSQL change listener, which must be ended while the runtime still runs
+/// (sqlx's listener spawns a task when dropped).
 #[allow(clippy::disallowed_methods)]
 fn spawn_background_work(
     state: &web::Data<AppState>,
     providers: &Arc<Providers>,
     ip_limits: IpLimits,
-) {
+) -> Option<actix_rt::task::JoinHandle<()>> {
     // Glob providers' model lists.
     actix_rt::spawn(crate::providers::refresh_models_forever(
         Arc::clone(providers),
@@ -196,6 +204,21 @@ fn spawn_background_work(
     // Unauthenticated `/v1` failures, filed as one audit event per client IP and
     // reason per window.
     actix_rt::spawn(file_unauthenticated_forever(state.clone()));
+    // Changes other instances sharing the database make: the revision poll on
+    // every backend, the push on PostgreSQL (token_registry::sync).
+    let registry = state.registry.clone();
+    actix_rt::spawn(sync::poll_forever(
+        registry.clone(),
+        state.config.tokens.sync_interval.0,
+    ));
+    let url = &state.config.database.url;
+    url.expose().starts_with("postgres").then(|| {
+        actix_rt::spawn(sync::listen_forever(
+            registry,
+            url.clone(),
+            state.config.server.instance(),
+        ))
+    })
 }
 
 /// Binds, serves, and on SIGTERM/SIGINT drains in-flight requests (module docs:

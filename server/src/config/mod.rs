@@ -78,6 +78,8 @@ pub const DEFAULT_DB_BUSY_TIMEOUT: HumanDuration = HumanDuration::secs(5);
 pub const DEFAULT_TOKEN_TTL: HumanDuration = HumanDuration::secs(30 * 86_400);
 pub const DEFAULT_TOKEN_MAX_TTL: HumanDuration = HumanDuration::secs(365 * 86_400);
 pub const DEFAULT_USAGE_FLUSH_INTERVAL: HumanDuration = HumanDuration::secs(1);
+/// Half the bound SPEC §5 sets on a change reaching the other instances.
+pub const DEFAULT_TOKEN_SYNC_INTERVAL: HumanDuration = HumanDuration::millis(500);
 pub const DEFAULT_MODELS_REFRESH: HumanDuration = HumanDuration::secs(300);
 /// The proxy paths SPEC §2 serves by default (relative to `/v1`).
 pub const DEFAULT_ALLOWED_PATHS: &[&str] = &[
@@ -289,6 +291,9 @@ pub struct TokensConfig {
     pub max_ttl: HumanDuration,
     /// How often `request_count` / `last_used_at` are written back in one batch.
     pub usage_flush_interval: HumanDuration,
+    /// How often the registry revision is read, to pick up changes other
+    /// instances sharing the database made (`actors::token_registry::sync`).
+    pub sync_interval: HumanDuration,
 }
 
 impl Default for TokensConfig {
@@ -297,6 +302,7 @@ impl Default for TokensConfig {
             default_ttl: DEFAULT_TOKEN_TTL,
             max_ttl: DEFAULT_TOKEN_MAX_TTL,
             usage_flush_interval: DEFAULT_USAGE_FLUSH_INTERVAL,
+            sync_interval: DEFAULT_TOKEN_SYNC_INTERVAL,
         }
     }
 }

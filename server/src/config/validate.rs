@@ -99,6 +99,9 @@ impl Config {
         if self.tokens.default_ttl > self.tokens.max_ttl {
             errors.push("tokens.default_ttl: must not exceed tokens.max_ttl".to_owned());
         }
+        if self.tokens.sync_interval.0.is_zero() {
+            errors.push("tokens.sync_interval: must be positive".to_owned());
+        }
         if self.tokens.usage_flush_interval.0.is_zero() {
             errors.push("tokens.usage_flush_interval: must be positive".to_owned());
         }

@@ -4,6 +4,7 @@
 
 pub mod mutation;
 pub mod query;
+pub mod registry_sync;
 pub mod sessions;
 mod usage_rows;
 

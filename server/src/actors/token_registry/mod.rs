@@ -18,6 +18,7 @@ pub(crate) mod convert;
 mod error;
 mod lease;
 mod project_writes;
+pub mod sync;
 mod token_writes;
 
 pub use self::project_writes::{
@@ -36,15 +37,14 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 
 pub use self::cache::{Denial, Refused, Resolved, TokenCache, TokenCounters};
-use self::convert::{project_state, token_state};
 pub use self::error::RegistryError;
 use self::error::conflict_or;
 pub use self::lease::ConsumeError;
+use self::sync::SyncState;
 use crate::crypto::KeyCipher;
 use crate::ids::TokenId;
 use crate::secret::TokenHash;
 use crate::service::mutation::Mutation;
-use crate::service::query::Query;
 
 /// The handle the rest of the server holds: the shared cache for reads and the
 /// actor's address for writes.
@@ -55,6 +55,7 @@ pub struct Registry {
     /// Where request leases are written (`lease`): from the request that needs
     /// one, not through the actor's mailbox.
     db: DatabaseConnection,
+    sync: Arc<SyncState>,
 }
 
 pub struct TokenRegistry {
@@ -62,6 +63,7 @@ pub struct TokenRegistry {
     cache: Arc<TokenCache>,
     cipher: Option<KeyCipher>,
     flush_interval: Duration,
+    sync: Arc<SyncState>,
 }
 
 impl TokenRegistry {
@@ -73,24 +75,26 @@ impl TokenRegistry {
         flush_interval: Duration,
     ) -> Result<Registry, sea_orm::DbErr> {
         let cache = Arc::new(TokenCache::default());
-        for p in Query::all_projects(&db).await? {
-            cache.put_project(project_state(&p, cipher.as_ref()));
-        }
-        for t in Query::all_tokens(&db).await? {
-            let (state, hash, prev) = token_state(&t, None);
-            if let Some(hash) = hash {
-                cache.put_token(state, hash, prev);
-            }
-        }
+        let sync = Arc::new(SyncState::default());
+        // The revision first: a change made while loading is then seen as new.
+        let revision = crate::service::registry_sync::revision(&db).await?;
+        self::sync::reload(&db, &cache, cipher.as_ref()).await?;
+        sync.caught_up(revision);
         let actor = TokenRegistry {
             db: db.clone(),
             cache: Arc::clone(&cache),
             cipher,
             flush_interval,
+            sync: Arc::clone(&sync),
         };
         let arbiter = Arbiter::new();
         let addr = TokenRegistry::start_in_arbiter(&arbiter.handle(), move |_| actor);
-        Ok(Registry { cache, addr, db })
+        Ok(Registry {
+            cache,
+            addr,
+            db,
+            sync,
+        })
     }
 
     /// Writes dirty counters back; `release_leases` at shutdown (see `lease`).
@@ -142,6 +146,30 @@ fn atomic<T: 'static>(
     fut: impl Future<Output = T> + 'static,
 ) -> AtomicResponse<TokenRegistry, T> {
     AtomicResponse::new(Box::pin(fut.into_actor(act)))
+}
+
+/// As [`atomic`], for a write to projects or tokens: once it succeeded, the
+/// registry revision is bumped so other instances reload (see `sync`). A failed
+/// bump is logged, not returned: the write itself stands, and the other
+/// instances' periodic full reload picks it up.
+fn atomic_write<T: 'static, E: 'static>(
+    act: &TokenRegistry,
+    fut: impl Future<Output = Result<T, E>> + 'static,
+) -> AtomicResponse<TokenRegistry, Result<T, E>> {
+    let (db, sync) = (act.db.clone(), Arc::clone(&act.sync));
+    atomic(act, async move {
+        let out = fut.await;
+        if out.is_ok() {
+            match crate::service::registry_sync::bump_revision(&db).await {
+                Ok(revision) => self::sync::saw_own_write(&sync, revision),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot count a registry change; other instances see it at their next full reload"
+                ),
+            }
+        }
+        out
+    })
 }
 
 /// Hash of a stored hex digest; `None` for a corrupt row (which then matches nothing).

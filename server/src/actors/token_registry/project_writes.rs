@@ -7,7 +7,7 @@ use sea_orm::{ActiveValue::Set, IntoActiveModel};
 
 use super::cache::TokenCache;
 use super::convert::{json_list, project_state};
-use super::{RegistryError, TokenRegistry, atomic, conflict_or, now};
+use super::{RegistryError, TokenRegistry, atomic_write, conflict_or, now};
 use crate::crypto::KeyCipher;
 use crate::ids::ProjectId;
 use crate::secret::Secret;
@@ -39,7 +39,7 @@ impl Handler<CreateProject> for TokenRegistry {
             Arc::clone(&self.cache),
             self.cipher.clone(),
         );
-        atomic(self, async move {
+        atomic_write(self, async move {
             let key = encrypt_key(cipher.as_ref(), p.upstream_api_key.as_ref())?;
             let at = now();
             let row = projects::ActiveModel {
@@ -109,7 +109,7 @@ impl Handler<UpdateProject> for TokenRegistry {
             Arc::clone(&self.cache),
             self.cipher.clone(),
         );
-        atomic(self, async move {
+        atomic_write(self, async move {
             let current = Query::project(&db, id.0)
                 .await?
                 .ok_or(RegistryError::NotFound("project"))?;
@@ -162,7 +162,7 @@ impl Handler<DeleteProject> for TokenRegistry {
             Arc::clone(&self.cache),
             self.cipher.clone(),
         );
-        atomic(self, async move {
+        atomic_write(self, async move {
             let current = Query::project(&db, id.0)
                 .await?
                 .ok_or(RegistryError::NotFound("project"))?;
@@ -190,7 +190,7 @@ impl Handler<RevokeProjectTokens> for TokenRegistry {
         _: &mut Context<Self>,
     ) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
-        atomic(self, async move {
+        atomic_write(self, async move {
             Query::project(&db, id.0)
                 .await?
                 .ok_or(RegistryError::NotFound("project"))?;

@@ -11,6 +11,7 @@ use super::*;
 use crate::config::{DatabaseConfig, HumanDuration};
 use crate::ids::ProjectId;
 use crate::secret::Secret;
+use crate::service::query::Query;
 
 struct Fixture {
     _dir: tempfile::TempDir,

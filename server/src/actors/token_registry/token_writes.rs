@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use sea_orm::{ActiveValue::Set, IntoActiveModel};
 
-use super::{RegistryError, TokenRegistry, atomic, now};
+use super::{RegistryError, TokenRegistry, atomic, atomic_write, now};
 use chrono::{DateTime, Utc};
 use entity::tokens;
 use ipnet::IpNet;
@@ -44,7 +44,7 @@ impl Handler<CreateToken> for TokenRegistry {
 
     fn handle(&mut self, CreateToken(t): CreateToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
-        atomic(self, async move {
+        atomic_write(self, async move {
             let project = Query::project(&db, t.project_id.0)
                 .await?
                 .ok_or(RegistryError::NotFound("project"))?;
@@ -104,7 +104,7 @@ impl Handler<UpdateToken> for TokenRegistry {
 
     fn handle(&mut self, UpdateToken(id, p): UpdateToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
-        atomic(self, async move {
+        atomic_write(self, async move {
             let current = Query::token(&db, id.0)
                 .await?
                 .ok_or(RegistryError::NotFound("token"))?;
@@ -163,7 +163,7 @@ impl Handler<RevokeToken> for TokenRegistry {
 
     fn handle(&mut self, RevokeToken(id): RevokeToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
-        atomic(self, async move {
+        atomic_write(self, async move {
             let current = Query::token(&db, id.0)
                 .await?
                 .ok_or(RegistryError::NotFound("token"))?;
@@ -193,7 +193,7 @@ impl Handler<RotateToken> for TokenRegistry {
 
     fn handle(&mut self, msg: RotateToken, _: &mut Context<Self>) -> Self::Result {
         let (db, cache) = (self.db.clone(), Arc::clone(&self.cache));
-        atomic(self, async move {
+        atomic_write(self, async move {
             let current = Query::token(&db, msg.id.0)
                 .await?
                 .ok_or(RegistryError::NotFound("token"))?;

@@ -36,17 +36,31 @@ pub async fn resolve(
 ) -> Result<Resolved, Refused<ProxyError>> {
     let failure = match presented_key(req) {
         None => Failure::MissingApiKey,
-        Some(key) => match state.registry.cache.lookup(&TokenHash::of(key), now) {
-            Ok(resolved) => return Ok(resolved),
-            Err(refused) if refused.matched.is_some() => {
-                return Err(refused.map(ProxyError::from));
+        Some(key) => {
+            let hash = TokenHash::of(key);
+            let mut looked_up = false;
+            loop {
+                match state.registry.cache.lookup(&hash, now) {
+                    Ok(resolved) => return Ok(resolved),
+                    Err(refused) if refused.matched.is_some() => {
+                        return Err(refused.map(ProxyError::from));
+                    }
+                    // Perhaps made on another instance a moment ago: the
+                    // database decides (bounded; see token_registry::sync).
+                    Err(Refused {
+                        error: Denial::InvalidApiKey,
+                        ..
+                    }) if !looked_up && state.registry.find_unknown(&hash).await => {
+                        looked_up = true;
+                    }
+                    Err(Refused {
+                        error: Denial::InvalidApiKey,
+                        ..
+                    }) => break Failure::InvalidApiKey,
+                    Err(refused) => return Err(refused.map(ProxyError::from)),
+                }
             }
-            Err(Refused {
-                error: Denial::InvalidApiKey,
-                ..
-            }) => Failure::InvalidApiKey,
-            Err(refused) => return Err(refused.map(ProxyError::from)),
-        },
+        }
     };
     let ip = crate::net::client_ip(req, &state.trusted_proxies);
     let refusal = state.unauthenticated.refuse(ip, failure);
