@@ -26,7 +26,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -59,6 +59,8 @@ pub struct SyncState {
     seen: AtomicI64,
     misses: DashMap<TokenHash, tokio::time::Instant>,
     lookups: DefaultDirectRateLimiter,
+    /// The last sync failed (for logging transitions only).
+    failing: AtomicBool,
 }
 
 impl Default for SyncState {
@@ -68,6 +70,7 @@ impl Default for SyncState {
             seen: AtomicI64::new(-1),
             misses: DashMap::new(),
             lookups: RateLimiter::direct(Quota::per_second(per_second)),
+            failing: AtomicBool::new(false),
         }
     }
 }
@@ -213,13 +216,21 @@ impl Registry {
         }
     }
 
+    /// One sync; a failure is logged when syncs start failing and when they
+    /// work again, not every `tokens.sync_interval` in between.
     async fn sync(&self, force: bool, source: &'static str) {
-        match self.addr.send(Sync { force, source }).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, source, "registry sync failed; will retry");
+        let error = match self.addr.send(Sync { force, source }).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("token registry: {e}")),
+        };
+        let was_failing = self.sync.failing.swap(error.is_some(), Ordering::AcqRel);
+        match error {
+            Some(e) if !was_failing => {
+                tracing::warn!(error = %e, source, "registry sync failed; changes made on other instances wait until it works again");
             }
-            Err(e) => tracing::warn!(error = %e, "token registry unavailable for a sync"),
+            None if was_failing => tracing::info!(source, "registry sync works again"),
+            _ => {}
         }
     }
 }
@@ -294,4 +305,55 @@ pub(super) fn saw_own_write(sync: &SyncState, revision: i64) {
     let _ = sync
         .seen
         .compare_exchange(revision - 1, revision, Ordering::AcqRel, Ordering::Acquire);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_is_remembered_for_its_ttl_only() {
+        let sync = SyncState::default();
+        let hash = TokenHash::of("tok-bogus");
+        assert!(!sync.is_known_miss(&hash));
+        sync.remember_miss(hash);
+        assert!(sync.is_known_miss(&hash));
+        tokio::time::advance(MISS_TTL - Duration::from_millis(1)).await;
+        assert!(sync.is_known_miss(&hash));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!sync.is_known_miss(&hash), "remembered past its TTL");
+    }
+
+    #[test]
+    fn misses_are_bounded() {
+        let sync = SyncState::default();
+        for i in 0..=MAX_MISSES {
+            sync.remember_miss(TokenHash::of(&format!("tok-{i}")));
+        }
+        assert!(sync.misses.len() <= MAX_MISSES);
+    }
+
+    #[test]
+    fn an_own_write_counts_as_seen_only_when_nobody_wrote_in_between() {
+        let sync = SyncState::default();
+        sync.caught_up(7);
+        saw_own_write(&sync, 8);
+        assert_eq!(sync.seen.load(Ordering::Acquire), 8);
+        // Another instance wrote revision 9: our write is 10, and 9 is unseen.
+        saw_own_write(&sync, 10);
+        assert_eq!(
+            sync.seen.load(Ordering::Acquire),
+            8,
+            "a reload is still due"
+        );
+    }
+
+    #[test]
+    fn look_ups_are_capped_per_second() {
+        let sync = SyncState::default();
+        let allowed = (0..LOOKUPS_PER_SECOND * 2)
+            .filter(|_| sync.lookups.check().is_ok())
+            .count();
+        assert_eq!(allowed, LOOKUPS_PER_SECOND as usize);
+    }
 }
