@@ -3,7 +3,8 @@ use sea_orm_migration::prelude::*;
 /// `registry_revision`: one row whose `revision` goes up with every change to
 /// projects or tokens, so an instance sharing the database can tell, with one
 /// small read, that another instance changed the registry and reload it
-/// (`actors::token_registry::sync`).
+/// (`actors::token_registry::sync`). Also indexes `tokens.previous_token_hash`:
+/// a secret unknown to an instance's cache is looked up by either hash.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -36,10 +37,28 @@ impl MigrationTrait for Migration {
                     .values_panic([1.into(), 0.into()])
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tokens_previous_hash")
+                    .table(Tokens::Table)
+                    .col(Tokens::PreviousTokenHash)
+                    .if_not_exists()
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_tokens_previous_hash")
+                    .table(Tokens::Table)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_table(Table::drop().table(RegistryRevision::Table).to_owned())
             .await
@@ -51,4 +70,10 @@ enum RegistryRevision {
     Table,
     Id,
     Revision,
+}
+
+#[derive(DeriveIden)]
+enum Tokens {
+    Table,
+    PreviousTokenHash,
 }

@@ -174,9 +174,18 @@ impl Handler<FindToken> for TokenRegistry {
             self.cipher.clone(),
         );
         super::atomic(self, async move {
-            let Some(row) = registry_sync::token_by_hash(&db, &hash.to_hex()).await? else {
+            let hex = hash.to_hex();
+            let Some(row) = registry_sync::token_by_hash(&db, &hex).await? else {
                 return Ok(false);
             };
+            // A pre-rotation secret past its grace names nothing: a miss, so it is
+            // not looked up again on every request.
+            let in_grace = row
+                .previous_valid_until
+                .is_some_and(|until| crate::time::now() < until);
+            if row.token_hash != hex && !in_grace {
+                return Ok(false);
+            }
             let Some(project) = Query::project(&db, row.project_id).await? else {
                 return Ok(false);
             };
