@@ -14,6 +14,8 @@
 //! ([`ip::AuthFailures`]); so do unauthenticated `/v1` requests
 //! ([`unauthenticated`], which also audits them in aggregate).
 
+#[cfg(test)]
+mod fixtures;
 pub mod ip;
 pub mod rpm;
 pub mod shared;

@@ -230,6 +230,7 @@ impl<S: RateStore> RpmLimits<S> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{project, token};
     use super::*;
 
     #[actix_rt::test]
@@ -363,35 +364,6 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         store.prune();
         assert_eq!(store.buckets.len(), 0);
-    }
-
-    fn token(rpm: Option<i64>) -> TokenState {
-        TokenState {
-            id: TokenId::new(),
-            project_id: ProjectId::new(),
-            hint: "tok-abcd****wxyz".into(),
-            is_active: true,
-            revoked: false,
-            expires_at: crate::time::now(),
-            max_requests: None,
-            rate_limit_rpm: rpm,
-            allowed_models: Default::default(),
-            allowed_cidrs: Default::default(),
-            counters: Default::default(),
-        }
-    }
-
-    fn project(id: ProjectId, rpm: Option<i64>) -> ProjectState {
-        ProjectState {
-            id,
-            is_active: true,
-            deleted: false,
-            upstream_api_key: None,
-            allowed_models: Default::default(),
-            allowed_cidrs: Default::default(),
-            rate_limit_rpm: rpm,
-            providers: std::sync::Arc::from([]),
-        }
     }
 
     #[tokio::test(start_paused = true)]

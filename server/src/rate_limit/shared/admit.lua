@@ -34,21 +34,23 @@ local function gcra(key, rpm)
   return true, nxt, remaining, t * (rpm - remaining)
 end
 
-local trpm = tonumber(ARGV[1])
-local prpm = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
 
-local t_next, t_rem, t_reset = nil, -1, 0
-if trpm > 0 then
-  local ok, a, rem, reset = gcra(KEYS[1], trpm)
-  if not ok then return {1, a, reset} end
-  t_next, t_rem, t_reset = a, rem, reset
-end
-local p_next, p_rem, p_reset = nil, -1, 0
-if prpm > 0 then
-  local ok, a, rem, reset = gcra(KEYS[2], prpm)
-  if not ok then return {2, a, reset} end
-  p_next, p_rem, p_reset = a, rem, reset
+-- Token, then project: the first spent one refuses, and nothing is taken.
+local reply, taken = {0}, {}
+for i, code in ipairs({1, 2}) do
+  local rpm = tonumber(ARGV[i])
+  local rem, reset
+  if rpm > 0 then
+    local ok, a
+    ok, a, rem, reset = gcra(KEYS[i], rpm)
+    if not ok then return {code, a, reset} end
+    table.insert(taken, {KEYS[i], a})
+  else
+    rem, reset = -1, 0
+  end
+  table.insert(reply, rem)
+  table.insert(reply, reset)
 end
 local used = -1
 if max >= 0 then
@@ -60,13 +62,11 @@ if max >= 0 then
   if used >= max then return {3, used} end
   used = redis.call('INCR', KEYS[3])
 end
--- Everything passed: take from both buckets. A bucket is full again once its
+-- Everything passed: take from the buckets. A bucket is full again once its
 -- arrival time has passed, so its key expires then (plus a second's margin);
 -- quota keys never expire.
-if t_next then
-  redis.call('SET', KEYS[1], string.format('%.0f', t_next), 'PX', math.floor((t_next - now) / 1000) + 1000)
+for _, t in ipairs(taken) do
+  redis.call('SET', t[1], string.format('%.0f', t[2]), 'PX', math.floor((t[2] - now) / 1000) + 1000)
 end
-if p_next then
-  redis.call('SET', KEYS[2], string.format('%.0f', p_next), 'PX', math.floor((p_next - now) / 1000) + 1000)
-end
-return {0, t_rem, t_reset, p_rem, p_reset, used}
+table.insert(reply, used)
+return reply

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use super::super::fixtures::project;
 use super::*;
 use crate::config::HumanDuration;
-use crate::ids::{ProjectId, TokenId};
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 
@@ -23,32 +23,7 @@ fn limits() -> SharedLimits {
 }
 
 fn token(rpm: Option<i64>, max: Option<i64>) -> TokenState {
-    TokenState {
-        id: TokenId::new(),
-        project_id: ProjectId::new(),
-        hint: "tok-abcd****wxyz".into(),
-        is_active: true,
-        revoked: false,
-        expires_at: crate::time::now(),
-        max_requests: max,
-        rate_limit_rpm: rpm,
-        allowed_models: Default::default(),
-        allowed_cidrs: Default::default(),
-        counters: Default::default(),
-    }
-}
-
-fn project(id: ProjectId, rpm: Option<i64>) -> ProjectState {
-    ProjectState {
-        id,
-        is_active: true,
-        deleted: false,
-        upstream_api_key: None,
-        allowed_models: Default::default(),
-        allowed_cidrs: Default::default(),
-        rate_limit_rpm: rpm,
-        providers: Arc::from([]),
-    }
+    super::super::fixtures::token(rpm).with(|t| t.max_requests = max)
 }
 
 async fn get(l: &SharedLimits, key: &str) -> Option<i64> {
