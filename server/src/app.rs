@@ -64,6 +64,7 @@ use crate::policy::CidrList;
 use crate::providers::Providers;
 use crate::rate_limit::RpmLimits;
 use crate::rate_limit::ip::AuthFailures;
+use crate::rate_limit::shared::SharedLimits;
 use crate::rate_limit::unauthenticated::Unauthenticated;
 use crate::sessions::passwords::{self, Hasher};
 use crate::state::{AppState, EdgePolicy};
@@ -90,6 +91,21 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
     let trusted_proxies = CidrList::new(config.server.trusted_proxies.clone());
     let limits = &config.rate_limits;
     let ip_limits = IpLimits::new(limits, &trusted_proxies);
+    let shared_limits = match config.redis.url() {
+        Some(_) => Some(
+            SharedLimits::new(&config.redis, limits.default_token_rpm).map_err(InitError::Other)?,
+        ),
+        None => None,
+    };
+    // Redis down at start-up is not fatal (it follows redis.on_error until it
+    // answers), only logged.
+    let redis_instances = match &shared_limits {
+        Some(shared) => {
+            let _ = shared.ping().await;
+            shared.expected_instances()
+        }
+        None => 1,
+    };
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         audit: audit.sink.clone(),
@@ -105,7 +121,9 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
             config.queue.max_waiting,
             config.queue.max_wait.0,
         ),
-        rpm: RpmLimits::new(Default::default(), limits.default_token_rpm),
+        rpm: RpmLimits::new(Default::default(), limits.default_token_rpm)
+            .divided_by(redis_instances),
+        shared_limits,
         auth_failures: AuthFailures::new(
             limits.auth_failures_per_minute,
             limits.auth_failures_burst,
@@ -199,6 +217,16 @@ fn spawn_background_work(
         state.config.proxy.models_refresh_interval.0,
     ));
     actix_rt::spawn(prune_limiters_forever(state.clone(), ip_limits));
+    // Redis: notices an outage without traffic, and its end (requests skip a
+    // Redis known to be down).
+    if state.shared_limits.is_some() {
+        let state = state.clone();
+        actix_rt::spawn(async move {
+            if let Some(shared) = &state.shared_limits {
+                shared.probe_forever().await;
+            }
+        });
+    }
     // Expired revoked-JWT ids and refresh tokens, hourly.
     actix_rt::spawn(clean_sessions_forever(state.db.clone()));
     // Unauthenticated `/v1` failures, filed as one audit event per client IP and

@@ -77,6 +77,11 @@ pub enum ProxyError {
     /// not per request).
     #[error("Storage is failing and the gateway cannot record more requests; retry shortly.")]
     StorageUnavailable,
+    /// Redis (shared limits) cannot be reached and `redis.on_error` is
+    /// `fail_closed`: nothing is admitted that the shared limits did not see
+    /// (logged once per outage by the limiter, not per request).
+    #[error("Rate limits cannot be checked right now; retry shortly.")]
+    LimitsUnavailable,
     /// Every provider serving the model has its circuit breaker open or fails its
     /// health check; `retry_after` is when the first one is worth trying again.
     #[error("No healthy provider serves the model `{model}` right now.")]
@@ -122,7 +127,9 @@ impl ProxyError {
             Self::UpstreamError(_) | Self::UpstreamStatus { .. } => "upstream_error",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::UpstreamTimeout => "upstream_timeout",
-            Self::Unavailable(_) | Self::StorageUnavailable => "service_unavailable",
+            Self::Unavailable(_) | Self::StorageUnavailable | Self::LimitsUnavailable => {
+                "service_unavailable"
+            }
             Self::NoHealthyProvider { .. } => "no_healthy_provider",
             Self::RateLimited { .. } | Self::IpRateLimited { .. } => "rate_limit_exceeded",
             Self::QueueFull { .. } => "queue_full",
@@ -188,6 +195,7 @@ impl ProxyError {
             | Self::UpstreamTimeout => false,
             Self::Unavailable(_)
             | Self::StorageUnavailable
+            | Self::LimitsUnavailable
             | Self::NoHealthyProvider { .. }
             | Self::RateLimited { .. }
             | Self::IpRateLimited { .. }
@@ -233,6 +241,7 @@ impl ResponseError for ProxyError {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_)
             | Self::StorageUnavailable
+            | Self::LimitsUnavailable
             | Self::NoHealthyProvider { .. }
             | Self::QueueFull { .. }
             | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -291,7 +300,7 @@ impl ResponseError for ProxyError {
             } => {
                 resp.insert_header((header::RETRY_AFTER, secs.to_string()));
             }
-            Self::Unavailable(_) | Self::StorageUnavailable => {
+            Self::Unavailable(_) | Self::StorageUnavailable | Self::LimitsUnavailable => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::NoHealthyProvider { retry_after, .. }

@@ -89,6 +89,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     db_write_errors: Counter,
     storage_failing: Gauge,
+    redis_failing: Gauge,
     usage_tokens: Family<TokenLabels, Counter>,
     usage_records: Family<EstimatedLabel, Counter>,
     models_refresh_failures: Family<ProviderLabel, Counter>,
@@ -125,6 +126,7 @@ impl Metrics {
             audit_dropped: Counter::default(),
             db_write_errors: Counter::default(),
             storage_failing: Gauge::default(),
+            redis_failing: Gauge::default(),
             usage_tokens: Family::default(),
             usage_records: Family::default(),
             models_refresh_failures: Family::default(),
@@ -231,6 +233,11 @@ impl Metrics {
             "storage_failing",
             "1 while writes fail (the database's last write, or the audit writer's batch, file included)",
             m.storage_failing.clone(),
+        );
+        registry.register(
+            "redis_failing",
+            "1 while Redis (redis.url) does not answer within redis.command_timeout; 0 when it does or is not configured",
+            m.redis_failing.clone(),
         );
         registry.register(
             "usage_tokens",
@@ -349,6 +356,7 @@ impl Metrics {
                 .saturating_sub(self.db_write_errors.get()),
         );
         self.storage_failing.set(i64::from(live.storage_failing));
+        self.redis_failing.set(i64::from(live.redis_failing));
         for (kind, n) in &live.tokens {
             self.tokens
                 .get_or_create(&KindLabel {
@@ -390,6 +398,8 @@ pub struct Live {
     pub hashes_refused: u64,
     pub db_write_errors: u64,
     pub storage_failing: bool,
+    /// Redis is configured and does not answer.
+    pub redis_failing: bool,
     /// Tokens per kind (active, expired, revoked, inactive).
     pub tokens: Vec<(&'static str, i64)>,
     /// Each provider's breaker state (`closed`, `half_open`, `open`).

@@ -16,6 +16,7 @@ use crate::policy::hosts::HostPattern;
 use crate::providers::Providers;
 use crate::rate_limit::RpmLimits;
 use crate::rate_limit::ip::AuthFailures;
+use crate::rate_limit::shared::SharedLimits;
 use crate::rate_limit::unauthenticated::Unauthenticated;
 use crate::sessions::passwords::Hasher;
 
@@ -35,8 +36,13 @@ pub struct AppState {
     pub usage_enabled: bool,
     /// The `RequestQueue`: slots for forwarded requests.
     pub admission: Admission,
-    /// Per-token and per-project requests per minute.
+    /// Per-token and per-project requests per minute, in this process: the
+    /// limits themselves without Redis; with Redis, this instance's share
+    /// (`redis.expected_instances`), used while Redis is down and
+    /// `redis.on_error` is `local`.
     pub rpm: RpmLimits,
+    /// Token and project rpm and quotas shared by every instance (`redis.url`).
+    pub shared_limits: Option<SharedLimits>,
     /// Failed management authentication per client IP.
     pub auth_failures: AuthFailures,
     /// Failed logins per username (whatever the client IP).

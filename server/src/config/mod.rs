@@ -242,10 +242,61 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Shared limits and quotas for several instances (SPEC §5, docs/operations.md
+/// "Redis"). Without `url`, every limit is kept in this process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS); may hold a password, so it is a secret.
     pub url: Option<Secret>,
+    /// Put in front of every key, so several deployments (or tests) can share
+    /// one Redis.
+    pub key_prefix: String,
+    /// Bounds every Redis call on the request path (connecting included).
+    pub command_timeout: HumanDuration,
+    /// What admission does while Redis cannot be reached.
+    pub on_error: RedisOnError,
+    /// How many instances share the limits: in `local` mode each one enforces
+    /// its share (limit / this, at least 1).
+    #[serde(deserialize_with = "units::de_u64")]
+    pub expected_instances: u64,
+}
+
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "palisade:";
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: HumanDuration = HumanDuration::millis(250);
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: DEFAULT_REDIS_KEY_PREFIX.to_owned(),
+            command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
+            on_error: RedisOnError::FailClosed,
+            expected_instances: 1,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The URL when Redis is in use (set and not empty).
+    pub fn url(&self) -> Option<&str> {
+        self.url
+            .as_ref()
+            .map(Secret::expose)
+            .filter(|u| !u.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisOnError {
+    /// 503 `service_unavailable` with `retry-after`: nothing is admitted that
+    /// the shared limits did not see.
+    #[default]
+    FailClosed,
+    /// In-process limits, each divided by `expected_instances`; quotas through
+    /// the database's request leases.
+    Local,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -571,6 +622,9 @@ impl Config {
         }
         if let Some(url) = lookup("PALISADE_DATABASE_URL").filter(|v| !v.is_empty()) {
             config.database.url = Secret::new(url);
+        }
+        if let Some(url) = lookup("PALISADE_REDIS_URL").filter(|v| !v.is_empty()) {
+            config.redis.url = Some(Secret::new(url));
         }
         // For container images, where TLS terminates at the ingress: `1` or `true`.
         if let Some(v) = lookup("PALISADE_ALLOW_PLAINTEXT_PUBLIC") {

@@ -360,3 +360,73 @@ fn instance_id_defaults_to_the_host_name_and_refuses_odd_characters() {
     .to_string();
     assert!(err.contains("server.instance_id"), "{err}");
 }
+
+#[test]
+fn redis_defaults_and_every_key() {
+    let cfg = load(&minimal(), &[]).unwrap();
+    assert_eq!(cfg.redis.url(), None, "off unless set");
+    assert_eq!(cfg.redis.key_prefix, "palisade:");
+    assert_eq!(
+        cfg.redis.command_timeout.0,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(cfg.redis.on_error, RedisOnError::FailClosed);
+    assert_eq!(cfg.redis.expected_instances, 1);
+    let yaml = format!(
+        "{}redis: {{ url: \"redis://:pw@127.0.0.1:6379/2\", key_prefix: \"gw1:\", command_timeout: 80ms, on_error: local, expected_instances: 3 }}\n",
+        minimal()
+    );
+    let cfg = load(&yaml, &[]).unwrap();
+    assert_eq!(cfg.redis.url(), Some("redis://:pw@127.0.0.1:6379/2"));
+    assert_eq!(cfg.redis.key_prefix, "gw1:");
+    assert_eq!(
+        cfg.redis.command_timeout.0,
+        std::time::Duration::from_millis(80)
+    );
+    assert_eq!(cfg.redis.on_error, RedisOnError::Local);
+    assert_eq!(cfg.redis.expected_instances, 3);
+    // Printed redacted (check-config).
+    let printed = yaml_serde::to_string(&cfg.redis).unwrap();
+    assert!(!printed.contains("pw@"), "{printed}");
+    // `rediss://` (TLS) is accepted too; an empty URL means off.
+    let tls = format!(
+        "{}redis: {{ url: \"rediss://h.example:6380\" }}\n",
+        minimal()
+    );
+    assert!(load(&tls, &[]).is_ok());
+    let empty = format!("{}redis: {{ url: \"\" }}\n", minimal());
+    assert_eq!(load(&empty, &[]).unwrap().redis.url(), None);
+}
+
+#[test]
+fn redis_url_comes_from_the_environment_too() {
+    let cfg = load(
+        &minimal(),
+        &[("PALISADE_REDIS_URL", "redis://127.0.0.1:6379/0")],
+    )
+    .unwrap();
+    assert_eq!(cfg.redis.url(), Some("redis://127.0.0.1:6379/0"));
+}
+
+#[test]
+fn bad_redis_settings_are_named_and_the_url_is_not_echoed() {
+    let yaml = format!(
+        "{}redis: {{ url: \"http://user:hunter2@x\", key_prefix: \"a b\", command_timeout: 0s, on_error: local, expected_instances: 0 }}\n",
+        minimal()
+    );
+    let msg = load(&yaml, &[]).unwrap_err().to_string();
+    for key in [
+        "redis.url",
+        "redis.key_prefix",
+        "redis.command_timeout",
+        "redis.expected_instances",
+    ] {
+        assert!(msg.contains(key), "{key}: {msg}");
+    }
+    assert!(!msg.contains("hunter2"), "{msg}");
+    let yaml = format!("{}redis: {{ on_error: open }}\n", minimal());
+    let msg = load(&yaml, &[]).unwrap_err().to_string();
+    assert!(msg.contains("redis.on_error"), "{msg}");
+    let yaml = format!("{}redis: {{ command_timeout: 11s }}\n", minimal());
+    assert!(load(&yaml, &[]).is_err());
+}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use url::Url;
 
-use super::{Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN};
+use super::{Config, DEFAULT_ALLOWED_PATHS, MIN_MANAGEMENT_TOKEN_LEN, RedisConfig};
 
 impl Config {
     /// Every problem, each prefixed with its key path.
@@ -60,11 +60,7 @@ impl Config {
         if self.database.max_connections == 0 {
             errors.push("database.max_connections: must be at least 1".to_owned());
         }
-        if self.redis.url.as_ref().is_some_and(|u| !u.is_empty()) {
-            errors.push(
-                "redis.url: Redis (multi-instance) is not built yet; leave it null".to_owned(),
-            );
-        }
+        self.redis.validate(&mut errors);
         let token = self.auth.management_token.expose();
         if !dev && token.len() < MIN_MANAGEMENT_TOKEN_LEN {
             errors.push(format!(
@@ -231,5 +227,31 @@ impl Config {
             }
         }
         errors
+    }
+}
+
+impl RedisConfig {
+    /// The URL's text is never quoted back: it may hold a password.
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Some(url) = self.url() {
+            match Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => {}
+                _ => errors
+                    .push("redis.url: must be a redis:// or rediss:// URL with a host".to_owned()),
+            }
+        }
+        let p = &self.key_prefix;
+        if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push(format!(
+                "redis.key_prefix: {p:?} must be 1 to 64 printable characters without spaces"
+            ));
+        }
+        let t = self.command_timeout.0;
+        if t.is_zero() || t > std::time::Duration::from_secs(10) {
+            errors.push("redis.command_timeout: must be positive and at most 10s".to_owned());
+        }
+        if !(1..=1000).contains(&self.expected_instances) {
+            errors.push("redis.expected_instances: must be 1 to 1000".to_owned());
+        }
     }
 }

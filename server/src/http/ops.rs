@@ -1,5 +1,5 @@
 //! Operational routes: `/health` (liveness) and `/ready` (database answers and takes
-//! writes, records can be kept, a provider is usable), plus the JSON 404 for unknown
+//! writes, records can be kept, a provider is usable, Redis answers when set), plus the JSON 404 for unknown
 //! paths outside `/v1`/`/manage`.
 
 use actix_web::{HttpResponse, web};
@@ -26,7 +26,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     // buffer; once it is full, `/v1` is refused (`records`).
     let writes = !crate::db::health().is_failing() && !state.audit.is_failing();
     let records = state.audit.check_room().is_ok();
-    let ok = db && providers && writes && records;
+    // Redis, when configured: a live ping (bounded by redis.command_timeout).
+    let redis = match &state.shared_limits {
+        Some(shared) => Some(shared.ping().await.is_ok()),
+        None => None,
+    };
+    let ok = db && providers && writes && records && redis != Some(false);
     let body = json!({
         "status": if ok { "ready" } else { "unavailable" },
         "checks": {
@@ -34,6 +39,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             "writes": writes,
             "records": records,
             "providers": providers,
+            "redis": redis,
         },
         "audit": {
             "waiting": state.audit.waiting(),

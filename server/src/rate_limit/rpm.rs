@@ -160,9 +160,12 @@ pub struct RpmLimits<S: RateStore = LocalRateStore> {
     store: S,
     /// `rate_limits.default_token_rpm`: for tokens without their own limit.
     default_token_rpm: Option<NonZeroU32>,
+    /// This instance's share of every limit: `redis.expected_instances` when
+    /// these buckets stand in for shared ones (`redis.on_error: local`), else 1.
+    divisor: u32,
 }
 
-fn rpm_of(v: Option<i64>) -> Option<NonZeroU32> {
+pub(super) fn rpm_of(v: Option<i64>) -> Option<NonZeroU32> {
     v.and_then(|n| u32::try_from(n).ok())
         .and_then(NonZeroU32::new)
 }
@@ -172,7 +175,19 @@ impl<S: RateStore> RpmLimits<S> {
         Self {
             store,
             default_token_rpm: default_token_rpm.and_then(NonZeroU32::new),
+            divisor: 1,
         }
+    }
+
+    /// Each limit becomes `max(1, limit / instances)`: N instances limiting on
+    /// their own then admit at most about the shared limit together.
+    pub fn divided_by(mut self, instances: u64) -> Self {
+        self.divisor = u32::try_from(instances).unwrap_or(u32::MAX).max(1);
+        self
+    }
+
+    fn share(&self, rpm: NonZeroU32) -> NonZeroU32 {
+        NonZeroU32::new(rpm.get() / self.divisor).unwrap_or(NonZeroU32::MIN)
     }
 
     pub fn store(&self) -> &S {
@@ -194,7 +209,7 @@ impl<S: RateStore> RpmLimits<S> {
             rpm_of(project.rate_limit_rpm).map(|r| (RateKey::Project(project.id), r)),
         ];
         for (key, rpm) in limits.into_iter().flatten() {
-            match self.store.check(key, rpm).await {
+            match self.store.check(key, self.share(rpm)).await {
                 Verdict::Allowed(s) => {
                     if tightest.is_none_or(|t| s.remaining < t.remaining) {
                         tightest = Some(s);
@@ -215,6 +230,7 @@ impl<S: RateStore> RpmLimits<S> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{project, token};
     use super::*;
 
     #[actix_rt::test]
@@ -350,35 +366,6 @@ mod tests {
         assert_eq!(store.buckets.len(), 0);
     }
 
-    fn token(rpm: Option<i64>) -> TokenState {
-        TokenState {
-            id: TokenId::new(),
-            project_id: ProjectId::new(),
-            hint: "tok-abcd****wxyz".into(),
-            is_active: true,
-            revoked: false,
-            expires_at: crate::time::now(),
-            max_requests: None,
-            rate_limit_rpm: rpm,
-            allowed_models: Default::default(),
-            allowed_cidrs: Default::default(),
-            counters: Default::default(),
-        }
-    }
-
-    fn project(id: ProjectId, rpm: Option<i64>) -> ProjectState {
-        ProjectState {
-            id,
-            is_active: true,
-            deleted: false,
-            upstream_api_key: None,
-            allowed_models: Default::default(),
-            allowed_cidrs: Default::default(),
-            rate_limit_rpm: rpm,
-            providers: std::sync::Arc::from([]),
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn limits_check_the_token_then_the_project_and_name_the_one_spent() {
         let limits = RpmLimits::new(LocalRateStore::default(), Some(3));
@@ -411,5 +398,42 @@ mod tests {
             free.check(&t, &project(t.project_id, None)).await.unwrap(),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn divided_limits_are_this_instances_share_at_least_one() {
+        // 10 rpm over 3 instances: 3 each; 2 rpm over 3: still 1.
+        let limits = RpmLimits::new(LocalRateStore::default(), None).divided_by(3);
+        let t = token(Some(10));
+        let p = project(t.project_id, Some(2));
+        let first = limits.check(&t, &p).await.unwrap().unwrap();
+        assert_eq!(
+            (first.limit, first.remaining),
+            (1, 0),
+            "the project's share"
+        );
+        match limits.check(&t, &p).await {
+            Err(Limited { key, state, .. }) => {
+                assert_eq!(key, RateKey::Project(p.id));
+                assert_eq!(state.limit, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let t = token(Some(10));
+        let p = project(t.project_id, None);
+        for left in [2, 1, 0] {
+            let s = limits.check(&t, &p).await.unwrap().unwrap();
+            assert_eq!((s.limit, s.remaining), (3, left));
+        }
+        assert!(limits.check(&t, &p).await.is_err());
+        // 0 instances is treated as 1 (validation refuses it anyway).
+        let whole = RpmLimits::new(LocalRateStore::default(), Some(5)).divided_by(0);
+        let t = token(None);
+        let s = whole
+            .check(&t, &project(t.project_id, None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.limit, 5);
     }
 }

@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use entity::{audit_events, projects, tokens};
+use sea_orm::ExprTrait;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
@@ -112,11 +113,11 @@ impl Mutation {
         reported(row.update(db).await)
     }
 
-    /// Writes back the request counters the registry kept in memory, one
-    /// transaction per batch.
-    /// Writes request counters back; with `release_leases` (a clean shutdown, all
-    /// counts final) also clears every token's request lease in the same
-    /// transaction.
+    /// Adds the requests the registry counted since its last flush to each
+    /// token's `request_count` (`request_count = request_count + delta`, so the
+    /// counts of several instances add up) and moves `last_used_at` forward, one
+    /// transaction per batch; with `release_leases` (a clean shutdown, all counts
+    /// final) also clears every token's request lease in the same transaction.
     pub async fn flush_usage(
         db: &DatabaseConnection,
         batch: &[(Uuid, i64, Option<DateTime<Utc>>)],
@@ -126,13 +127,26 @@ impl Mutation {
             return Ok(());
         }
         write(db, async |txn| {
-            for (id, count, last_used) in batch {
-                tokens::Entity::update_many()
-                    .col_expr(tokens::Column::RequestCount, Expr::value(*count))
-                    .col_expr(tokens::Column::LastUsedAt, Expr::value(*last_used))
-                    .filter(tokens::Column::Id.eq(*id))
-                    .exec(txn)
-                    .await?;
+            for (id, delta, last_used) in batch {
+                // Several instances add their own counts; the latest use wins
+                // whichever instance writes last.
+                let latest = Expr::case(
+                    Expr::col(tokens::Column::LastUsedAt)
+                        .is_null()
+                        .or(Expr::col(tokens::Column::LastUsedAt).lt(*last_used)),
+                    Expr::value(*last_used),
+                )
+                .finally(Expr::col(tokens::Column::LastUsedAt));
+                let mut update = tokens::Entity::update_many()
+                    .col_expr(
+                        tokens::Column::RequestCount,
+                        Expr::col(tokens::Column::RequestCount).add(*delta),
+                    )
+                    .filter(tokens::Column::Id.eq(*id));
+                if last_used.is_some() {
+                    update = update.col_expr(tokens::Column::LastUsedAt, latest.into());
+                }
+                update.exec(txn).await?;
             }
             if release_leases {
                 tokens::Entity::update_many()

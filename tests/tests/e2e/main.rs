@@ -32,6 +32,7 @@ mod quota_crash;
 mod rate_limits;
 mod scale_out;
 mod secrets;
+mod shared_limits;
 mod shutdown;
 mod slow_clients;
 mod storage_faults;

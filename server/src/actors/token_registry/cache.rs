@@ -8,9 +8,10 @@
 //! a quota, the loop also stops at the token's durable lease (see `lease`), so a
 //! crash can never let it admit more than `max_requests`.
 //!
-//! Multi-instance deployments will swap the counters for a Redis-backed
-//! implementation and feed `apply_*` from a revocation broadcast; the lookup
-//! interface stays as it is.
+//! With Redis (several instances) the quota is decided there
+//! (`rate_limit::shared`); the counters here then only keep this instance's
+//! bookkeeping: what it admitted (written back as a delta, so the counts of all
+//! instances add up in the database) and the highest count Redis reported.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,7 +54,13 @@ pub struct TokenState {
 
 #[derive(Debug, Default)]
 pub struct TokenCounters {
+    /// Requests used as far as this instance knows: the database's count at
+    /// load, plus what it admitted, raised to what Redis reported.
     request_count: AtomicI64,
+    /// Requests counted here and not yet added to the database's count (the
+    /// write-back adds deltas: with several instances, an absolute count would
+    /// overwrite the others').
+    unflushed: AtomicI64,
     /// Unix milliseconds of the last admitted request; 0 = never.
     last_used_ms: AtomicI64,
     dirty: AtomicBool,
@@ -72,6 +79,7 @@ impl TokenCounters {
         let count = request_count.max(lease.unwrap_or(0));
         Self {
             request_count: AtomicI64::new(count),
+            unflushed: AtomicI64::new(count - request_count),
             last_used_ms: AtomicI64::new(last_used.map_or(0, |t| t.timestamp_millis())),
             // Counts taken over from a lease must reach the database.
             dirty: AtomicBool::new(count > request_count),
@@ -94,6 +102,26 @@ impl TokenCounters {
     /// Clears the dirty flag, returning whether there was anything to write.
     pub(super) fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// The requests to add to the database's count; they are no longer
+    /// unflushed (a failed write gives them back with [`Self::give_back`]).
+    pub(super) fn take_unflushed(&self) -> i64 {
+        self.unflushed.swap(0, Ordering::AcqRel)
+    }
+
+    /// A write-back failed: its delta is owed again, with the next one.
+    pub(super) fn give_back(&self, delta: i64) {
+        self.unflushed.fetch_add(delta, Ordering::AcqRel);
+        self.mark_dirty();
+    }
+
+    /// One request admitted: counted here, written back later.
+    fn admitted(&self, now: DateTime<Utc>) {
+        self.unflushed.fetch_add(1, Ordering::AcqRel);
+        self.last_used_ms
+            .store(now.timestamp_millis(), Ordering::Release);
+        self.mark_dirty();
     }
 
     pub(super) fn mark_dirty(&self) {
@@ -239,10 +267,30 @@ impl TokenCache {
                 c.request_count.fetch_add(1, Ordering::AcqRel);
             }
         }
-        c.last_used_ms
-            .store(now.timestamp_millis(), Ordering::Release);
-        c.mark_dirty();
+        c.admitted(now);
         Ok(Consumed::Counted)
+    }
+
+    /// Counts a request that Redis admitted (it decided the quota): `used` is
+    /// the token's count there after it, when the token has a quota.
+    pub fn count_shared(&self, token: &TokenState, used: Option<i64>, now: DateTime<Utc>) {
+        let c = &token.counters;
+        let floor = used.unwrap_or(0);
+        let _ = c
+            .request_count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some((n + 1).max(floor))
+            });
+        c.admitted(now);
+    }
+
+    /// What Redis reported a token has used (a refusal): known from now on, so
+    /// it seeds the quota key if Redis ever loses it, and bounds the fallback.
+    pub fn observe_used(&self, token: &TokenState, used: i64) {
+        token
+            .counters
+            .request_count
+            .fetch_max(used, Ordering::AcqRel);
     }
 
     /// Live counters for a token, which may be ahead of the last database flush.
@@ -342,19 +390,20 @@ impl TokenCache {
             .collect()
     }
 
-    /// Dirty counters to write back: `(id, count, last_used)`.
+    /// Dirty counters to write back: `(id, requests to add, last_used)`.
     pub(super) fn take_dirty(&self) -> Vec<(TokenId, i64, Option<DateTime<Utc>>)> {
         self.tokens
             .iter()
             .filter(|t| t.counters.take_dirty())
-            .map(|t| (t.id, t.counters.request_count(), t.counters.last_used()))
+            .map(|t| (t.id, t.counters.take_unflushed(), t.counters.last_used()))
             .collect()
     }
 
-    pub(super) fn mark_dirty(&self, ids: &[TokenId]) {
-        for id in ids {
+    /// A write-back of `taken` failed: everything in it is owed again.
+    pub(super) fn give_back(&self, taken: &[(TokenId, i64, Option<DateTime<Utc>>)]) {
+        for (id, delta, _) in taken {
             if let Some(t) = self.tokens.get(id) {
-                t.counters.mark_dirty();
+                t.counters.give_back(*delta);
             }
         }
     }

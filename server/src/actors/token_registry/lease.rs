@@ -20,10 +20,11 @@
 //! * When the lease cannot be written, the request is refused with 503
 //!   `service_unavailable` (fail closed): admitting it could not be made durable.
 //!
-//! Shared storage (several instances) keeps the same shape: a lease then becomes a
-//! block of the quota taken from a shared counter in one atomic increment, each
-//! instance admits within its own blocks, and a crash still costs only the blocks
-//! it held.
+//! With Redis (several instances) no lease is written: Redis holds the count and
+//! decides admission (`rate_limit::shared`), so a crash loses no quota there.
+//! Leases serve again only while Redis is down with `redis.on_error: local`;
+//! each instance then leases from its own view of the count (docs/operations.md,
+//! "Redis").
 //!
 //! Usage rows are a separate matter: a SIGKILL loses the audit writer's unwritten
 //! batch (at most `audit.flush_interval` of records; see `docs/operations.md`,

@@ -8,8 +8,9 @@
 //! Every write goes to the database first and to the cache second, and the reply is
 //! sent only after both, so a revoke is effective before its HTTP response leaves.
 //! Request handlers never message this actor: they read [`TokenCache`] directly.
-//! Request counters are written back every `tokens.usage_flush_interval` in one
-//! transaction, and once more at shutdown (`FlushUsage`). Quota'd tokens are also
+//! Request counters are added to the database's (as deltas) every
+//! `tokens.usage_flush_interval` in one transaction, and once more at shutdown
+//! (`FlushUsage`). Quota'd tokens are also
 //! admitted under a request lease written ahead of time (`lease`), so a crash
 //! between flushes cannot let a token exceed `max_requests`.
 
@@ -42,7 +43,6 @@ use self::error::conflict_or;
 pub use self::lease::ConsumeError;
 use self::sync::SyncState;
 use crate::crypto::KeyCipher;
-use crate::ids::TokenId;
 use crate::secret::TokenHash;
 use crate::service::mutation::Mutation;
 
@@ -97,7 +97,9 @@ impl TokenRegistry {
         })
     }
 
-    /// Writes dirty counters back; `release_leases` at shutdown (see `lease`).
+    /// Adds what was counted since the last flush to the database's counts
+    /// (deltas, so several instances' counts add up); `release_leases` at
+    /// shutdown (see `lease`).
     fn flush(
         &self,
         release_leases: bool,
@@ -111,9 +113,9 @@ impl TokenRegistry {
             match Mutation::flush_usage(&db, &batch, release_leases).await {
                 Ok(()) => Ok(batch.len()),
                 Err(e) => {
-                    // Keep them dirty: the next tick retries, nothing is lost.
-                    let ids: Vec<TokenId> = dirty.iter().map(|(id, _, _)| *id).collect();
-                    cache.mark_dirty(&ids);
+                    // Owed again: the next tick adds them with its own, nothing
+                    // is lost.
+                    cache.give_back(&dirty);
                     Err(e)
                 }
             }

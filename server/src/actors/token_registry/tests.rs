@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use super::*;
 use crate::config::{DatabaseConfig, HumanDuration};
-use crate::ids::ProjectId;
+use crate::ids::{ProjectId, TokenId};
 use crate::secret::Secret;
 use crate::service::query::Query;
 
@@ -238,4 +238,60 @@ async fn project_writes_the_database_refuses_leave_the_cache_unchanged() {
     assert_eq!(t.stored_token().await.revoked_at, None);
     let stored = Query::project(t.db(), t.project.0).await.unwrap().unwrap();
     assert!(stored.deleted_at.is_none() && stored.is_active);
+}
+
+/// Two registries on one database stand for two instances: each adds what it
+/// counted, so the stored count is the sum; a failed write-back is owed again.
+#[actix_rt::test]
+async fn write_backs_add_deltas_so_instances_counts_add_up() {
+    let f = Fixture::new().await;
+    let other_db = crate::db::connect(&f.cfg).await.unwrap();
+    let other = TokenRegistry::start(other_db, None, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let now = crate::time::now();
+    let mine = f.lookup().unwrap().token;
+    let theirs = other
+        .cache
+        .lookup(&f.hash, now)
+        .map_err(|r| r.error)
+        .unwrap()
+        .token;
+    for _ in 0..3 {
+        f.reg.cache.try_consume(&mine, now).unwrap();
+    }
+    // Redis-admitted requests count here too (and learn Redis's count).
+    other.cache.count_shared(&theirs, None, now);
+    other.cache.count_shared(&theirs, Some(9), now);
+    assert_eq!(
+        theirs.counters.request_count(),
+        9,
+        "raised to what Redis saw"
+    );
+    let flush = async |r: &Registry| r.addr.send(FlushUsage).await.unwrap().unwrap();
+    flush(&f.reg).await;
+    flush(&other).await;
+    assert_eq!(f.stored_token().await.request_count, 5);
+    // Nothing new: nothing added.
+    flush(&f.reg).await;
+    assert_eq!(f.stored_token().await.request_count, 5);
+    // A write-back the database refuses is owed again, added with the next.
+    f.reg.cache.try_consume(&mine, now).unwrap();
+    f.refuse("UPDATE", "tokens").await;
+    assert!(f.reg.addr.send(FlushUsage).await.unwrap().is_err());
+    f.accept_again("UPDATE", "tokens").await;
+    f.reg.cache.try_consume(&mine, now).unwrap();
+    flush(&f.reg).await;
+    let stored = f.stored_token().await;
+    assert_eq!(stored.request_count, 7);
+    // The latest use wins, whichever instance writes last.
+    let earlier = now - chrono::Duration::hours(1);
+    other.cache.count_shared(&theirs, None, earlier);
+    flush(&other).await;
+    let stored = f.stored_token().await;
+    assert_eq!(stored.request_count, 8);
+    assert_eq!(
+        stored.last_used_at.map(|t| t.timestamp_millis()),
+        Some(now.timestamp_millis())
+    );
 }

@@ -9,7 +9,8 @@
 //!    model (breakers and health checks consulted lock-free);
 //! 6. the token's and project's requests per minute ([`crate::rate_limit`]);
 //! 7. lifetime quota: atomic check-and-increment (plus, once per lease, one
-//!    database write: `actors::token_registry::lease`);
+//!    database write: `actors::token_registry::lease`); with Redis, 6 and 7 are
+//!    one call shared by every instance ([`limits`]);
 //! 8. a slot from the request queue ([`crate::actors::request_queue`]), held until
 //!    the response body ends;
 //! 9. forward to the candidates in order, with retries and failover before the
@@ -23,6 +24,7 @@ mod attempts;
 mod auth;
 mod body;
 mod errors;
+mod limits;
 mod models;
 mod sse;
 mod stream;
@@ -170,13 +172,7 @@ async fn admit_and_forward(
         }
         other => other.as_ref(),
     };
-    let rate = state.rpm.check(&resolved.token, &resolved.project).await?;
-    // Records cannot be kept (storage failing, buffer full): refuse before the
-    // quota or a queue slot is spent.
-    if state.usage_enabled {
-        state.audit.check_room().map_err(storage_unavailable)?;
-    }
-    state.registry.consume(&resolved.token, now).await?;
+    let rate = limits::admit(state, &resolved, now).await?;
     let admission = state.admission.enter(resolved.project.id).await?;
     // Admitted: reserve the usage record's place now, so it can always be filed.
     let slot = match state.usage_enabled {

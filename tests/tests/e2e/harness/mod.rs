@@ -74,9 +74,11 @@ fn addr_after(line: &str, marker: &str) -> String {
 
 mod mock;
 mod postgres;
+mod redis;
 pub mod smallfs;
 pub use mock::Mock;
 pub use postgres::PgDatabase;
+pub use redis::{RedisServer, machine_redis, unique_prefix};
 
 // === Gateway ===
 
@@ -244,6 +246,7 @@ fn spawn_gateway(
         .env_remove("RUST_LOG")
         .env_remove("PALISADE_LISTEN")
         .env_remove("PALISADE_DATABASE_URL")
+        .env_remove("PALISADE_REDIS_URL")
         .env_remove("PALISADE_CONFIG")
         // A config that leaves these secrets out reads them: only what a test
         // passes may reach the gateway, never the developer's shell.
@@ -362,6 +365,7 @@ impl Gateway {
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env_remove("PALISADE_DATABASE_URL")
+            .env_remove("PALISADE_REDIS_URL")
             .env_remove("PALISADE_CONFIG")
             .env_remove("PALISADE_MANAGEMENT_TOKEN")
             .env_remove("PALISADE_JWT_SECRET")

@@ -150,6 +150,8 @@ fn loaded_counters_take_over_an_unreleased_lease() {
     let c = TokenCounters::new(40, Some(50), None);
     assert_eq!(c.request_count(), 50);
     assert!(c.take_dirty(), "the taken-over count is written back");
+    assert_eq!(c.take_unflushed(), 10, "as the 10 leased requests");
+    assert_eq!(c.take_unflushed(), 0);
     let c = TokenCounters::new(40, None, None);
     assert_eq!(c.request_count(), 40);
     assert!(!c.take_dirty());
