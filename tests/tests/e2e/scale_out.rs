@@ -1,5 +1,6 @@
-//! Several instances on one PostgreSQL database (issue 18, SPEC §5): each test
-//! starts two real `palisade` processes on a [`PgDatabase`] of its own.
+//! Several instances on one PostgreSQL database and one Redis (issue 18, SPEC
+//! §5): each test starts two real `palisade` processes on a [`PgDatabase`] of its
+//! own and the machine's Redis under a key prefix named after that database.
 
 use std::time::Duration;
 
@@ -13,6 +14,11 @@ fn instance(mock: &Mock, db: &PgDatabase, id: &str) -> Gateway {
         .database_url(&db.url)
         .yaml(&format!(
             "server: {{ listen: \"127.0.0.1:0\", workers: 2, shutdown_grace: 5s, instance_id: {id} }}"
+        ))
+        .yaml(&format!(
+            "redis: {{ url: \"{}\", key_prefix: \"{}:\" }}",
+            machine_redis(),
+            db.name()
         ))
         .start()
 }

@@ -42,6 +42,11 @@ impl PgDatabase {
         PgDatabase { name, url }
     }
 
+    /// Its name (unique among the tests running now).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A connection to it (for checks the API does not offer).
     pub async fn connect(&self) -> sea_orm::DatabaseConnection {
         Database::connect(&self.url).await.unwrap()
