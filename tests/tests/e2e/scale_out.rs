@@ -53,9 +53,17 @@ async fn scale_out_a_token_made_on_a_works_on_b_at_once_and_usage_is_shared() {
     let a = instance(&mock, &db, "a");
     let b = instance(&mock, &db, "b");
     // B started before the token existed: its very next request finds it.
-    let (_, _, t) = a.project_and_token(json!({}), json!({})).await;
+    let (_, tid, t) = a.project_and_token(json!({}), json!({})).await;
     assert_eq!(b.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
     assert_eq!(a.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
+    // Each instance counts its own requests and adds them to the row: both
+    // show the fleet's count once flushed.
+    for gw in [&a, &b] {
+        gw.wait_for(&format!("/manage/tokens/{tid}"), |v: &Value| {
+            v["request_count"] == json!(2)
+        })
+        .await;
+    }
     // Both instances' usage rows land in the shared database, each with its
     // instance; either instance's API shows both.
     let usage = b

@@ -104,6 +104,11 @@ impl TokenCounters {
         self.dirty.swap(false, Ordering::AcqRel)
     }
 
+    /// Requests admitted here and not yet added to the database's count.
+    pub fn unflushed(&self) -> i64 {
+        self.unflushed.load(Ordering::Acquire)
+    }
+
     /// The requests to add to the database's count; they are no longer
     /// unflushed (a failed write gives them back with [`Self::give_back`]).
     pub(super) fn take_unflushed(&self) -> i64 {

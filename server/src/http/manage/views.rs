@@ -78,7 +78,12 @@ impl TokenView {
             revoked_at: t.revoked_at,
             expires_at: t.expires_at,
             max_requests: t.max_requests,
-            request_count: live.map_or(t.request_count, TokenCounters::request_count),
+            // Both are lower bounds of the fleet's count: the row has every
+            // instance's flushed requests, this instance's counter its own
+            // (including those it has not flushed yet, or is flushing now).
+            request_count: live.map_or(t.request_count, |c| {
+                c.request_count().max(t.request_count + c.unflushed())
+            }),
             rate_limit_rpm: t.rate_limit_rpm,
             allowed_models: read_list(&t.allowed_models, "allowed_models"),
             allowed_cidrs: read_list(&t.allowed_cidrs, "allowed_cidrs"),
