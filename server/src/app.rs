@@ -196,6 +196,8 @@ fn spawn_background_work(
     // Unauthenticated `/v1` failures, filed as one audit event per client IP and
     // reason per window.
     actix_rt::spawn(file_unauthenticated_forever(state.clone()));
+    // Database reachability (`/ready`, `palisade_database_up`, a WARN when lost).
+    actix_rt::spawn(crate::db::reach::watch_forever(state.db.clone()));
 }
 
 /// Binds, serves, and on SIGTERM/SIGINT drains in-flight requests (module docs:

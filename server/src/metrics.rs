@@ -89,6 +89,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     db_write_errors: Counter,
     storage_failing: Gauge,
+    database_up: Gauge,
     usage_tokens: Family<TokenLabels, Counter>,
     usage_records: Family<EstimatedLabel, Counter>,
     models_refresh_failures: Family<ProviderLabel, Counter>,
@@ -125,6 +126,7 @@ impl Metrics {
             audit_dropped: Counter::default(),
             db_write_errors: Counter::default(),
             storage_failing: Gauge::default(),
+            database_up: Gauge::default(),
             usage_tokens: Family::default(),
             usage_records: Family::default(),
             models_refresh_failures: Family::default(),
@@ -231,6 +233,11 @@ impl Metrics {
             "storage_failing",
             "1 while writes fail (the database's last write, or the audit writer's batch, file included)",
             m.storage_failing.clone(),
+        );
+        registry.register(
+            "database_up",
+            "1 while the database answers a ping (checked every second), 0 while it does not",
+            m.database_up.clone(),
         );
         registry.register(
             "usage_tokens",
@@ -349,6 +356,7 @@ impl Metrics {
                 .saturating_sub(self.db_write_errors.get()),
         );
         self.storage_failing.set(i64::from(live.storage_failing));
+        self.database_up.set(i64::from(live.database_up));
         for (kind, n) in &live.tokens {
             self.tokens
                 .get_or_create(&KindLabel {
@@ -390,6 +398,7 @@ pub struct Live {
     pub hashes_refused: u64,
     pub db_write_errors: u64,
     pub storage_failing: bool,
+    pub database_up: bool,
     /// Tokens per kind (active, expired, revoked, inactive).
     pub tokens: Vec<(&'static str, i64)>,
     /// Each provider's breaker state (`closed`, `half_open`, `open`).

@@ -60,6 +60,11 @@ impl Config {
         if self.database.max_connections == 0 {
             errors.push("database.max_connections: must be at least 1".to_owned());
         }
+        // PostgreSQL counts it in whole milliseconds; 0 turns it off.
+        let st = self.database.statement_timeout.0;
+        if !st.is_zero() && st < std::time::Duration::from_millis(1) {
+            errors.push("database.statement_timeout: must be 0 (none) or at least 1ms".to_owned());
+        }
         if self.redis.url.as_ref().is_some_and(|u| !u.is_empty()) {
             errors.push(
                 "redis.url: Redis (multi-instance) is not built yet; leave it null".to_owned(),

@@ -60,6 +60,7 @@ fn live(state: &AppState) -> Live {
         hashes_refused: hashes.refused(),
         db_write_errors: db.errors_total(),
         storage_failing: db.is_failing() || state.audit.is_failing(),
+        database_up: crate::db::reach::reach().is_up(),
         tokens: state.registry.cache.census(crate::time::now()).to_vec(),
         providers: state
             .providers
