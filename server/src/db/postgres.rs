@@ -49,7 +49,7 @@ fn statement_timeout_sql(d: Duration) -> String {
 pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("[redacted]"));
+            let _ = u.set_password(Some("***"));
             u.to_string()
         }
         Ok(u) => u.to_string(),
@@ -65,7 +65,7 @@ mod tests {
     fn messages_never_carry_the_password() {
         assert_eq!(
             redacted("postgres://app:s3cret@db:5432/palisade?sslmode=require"),
-            "postgres://app:[redacted]@db:5432/palisade?sslmode=require"
+            "postgres://app:***@db:5432/palisade?sslmode=require"
         );
         assert_eq!(redacted("postgres://db/p"), "postgres://db/p");
         assert_eq!(

@@ -45,6 +45,71 @@ async fn backends_postgres_answers_the_whole_api_like_sqlite() {
 
 type Steps = Vec<(String, Value)>;
 
+/// The documented move (docs/operations.md, "Moving from SQLite to PostgreSQL"):
+/// stop the SQLite gateway, `palisade migrate` the new database, `palisade
+/// migrate-data`, start on PostgreSQL: the old token authenticates, and its
+/// project, request count, audit trail and usage came along.
+#[tokio::test]
+async fn backends_migrate_data_moves_a_sqlite_gateway_to_postgres() {
+    let mock = Mock::start("up");
+    let mut old = start(&mock, None);
+    let (pid, tid, secret) = old
+        .project_and_token(json!({ "name": "moved" }), json!({ "max_requests": 10 }))
+        .await;
+    assert_eq!(
+        old.chat(&secret, chat_body("gpt-4o-mini")).await.status(),
+        200
+    );
+    old.wait_for("/manage/usage", |v| v["data"][0]["requests"] == 1)
+        .await;
+    assert_eq!(old.terminate(), Some(0));
+    let db = PgDatabase::create().await;
+    let migrated = old.run_command(&["migrate"], &[("E2E_DATABASE_URL", &db.url)]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    let sqlite = format!("sqlite://{}", old.db_path().display());
+    let copy = || {
+        std::process::Command::new(palisade_bin())
+            .args(["migrate-data", "--from", &sqlite, "--batch-size", "2"])
+            // The target's URL through the environment, as documented for passwords.
+            .env("PALISADE_MIGRATE_TO", &db.url)
+            .output()
+            .unwrap()
+    };
+    let out = copy();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("tokens: 1 rows copied"), "{stdout}");
+    assert!(stdout.contains("usage_records: 1 rows copied"), "{stdout}");
+    let again = copy();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        stderr.contains("the target database is not empty"),
+        "{stderr}"
+    );
+
+    let new = start(&mock, Some(&db));
+    assert_eq!(
+        new.chat(&secret, chat_body("gpt-4o-mini")).await.status(),
+        200
+    );
+    let (_, project) = new
+        .manage("GET", &format!("/manage/projects/{pid}"), None)
+        .await;
+    assert_eq!(project["name"], "moved");
+    new.wait_for(&format!("/manage/tokens/{tid}"), |t| {
+        t["request_count"] == 2
+    })
+    .await;
+    new.wait_for("/manage/usage", |v| v["data"][0]["requests"] == 2)
+        .await;
+    new.wait_for(
+        &format!("/manage/audit?action=token.create&token_id={tid}"),
+        |v| count(v) == 1,
+    )
+    .await;
+}
+
 /// Holds the first finished transcript; the second is compared with it.
 fn compare(backend: &'static str, transcript: Steps) {
     static DONE: Mutex<Option<(&'static str, Steps)>> = Mutex::new(None);
