@@ -60,6 +60,61 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::ConnectionTrait;
+
+    /// The machine's PostgreSQL (`.ci/run` starts it); nothing is written to it.
+    fn server_url() -> String {
+        let base = std::env::var("PALISADE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        format!("{base}/postgres")
+    }
+
+    #[actix_rt::test]
+    async fn statement_timeout_holds_on_every_pooled_connection() {
+        let cfg = DatabaseConfig {
+            url: crate::secret::Secret::new(server_url()),
+            max_connections: 2,
+            statement_timeout: crate::config::HumanDuration(Duration::from_millis(200)),
+            ..Default::default()
+        };
+        let db = super::super::connect(&cfg).await.unwrap();
+        let shown = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SHOW statement_timeout",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shown.try_get_by_index::<String>(0).unwrap(), "200ms");
+        // Two at once: both connections of the pool have it.
+        let slow = || db.execute_unprepared("SELECT pg_sleep(2)");
+        let (a, b) = tokio::join!(slow(), slow());
+        for e in [a.unwrap_err(), b.unwrap_err()] {
+            assert!(e.to_string().contains("statement timeout"), "{e}");
+            // A cancelled statement is the storage's trouble: 503, not 500.
+            assert!(crate::storage::is_storage_failure(&e), "{e}");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn tls_is_built_in_and_refused_servers_say_so() {
+        // The local server has no TLS: `sslmode=require` must fail on the
+        // server's refusal, not on TLS missing from the build.
+        let cfg = DatabaseConfig {
+            url: crate::secret::Secret::new(format!("{}?sslmode=require", server_url())),
+            ..Default::default()
+        };
+        match super::super::connect(&cfg).await {
+            // A server with TLS turned on: fine too.
+            Ok(_) => {}
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!e.contains("without TLS support"), "{e}");
+                assert!(e.contains("TLS"), "{e}");
+            }
+        }
+    }
 
     #[test]
     fn messages_never_carry_the_password() {

@@ -110,6 +110,57 @@ async fn backends_migrate_data_moves_a_sqlite_gateway_to_postgres() {
     .await;
 }
 
+/// PostgreSQL going away is visible at once (SPEC §5): `/ready` 503 within a
+/// second or two, `palisade_database_up` 0, one WARN line without the password;
+/// all of it clears when the database answers again, without a restart.
+#[tokio::test]
+async fn backends_postgres_unreachable_makes_the_instance_unready_until_it_returns() {
+    use sea_orm::ConnectionTrait;
+    let mock = Mock::start("up");
+    let db = PgDatabase::create().await;
+    let gw = start(&mock, Some(&db));
+    let ready = async || gw.get("/ready").send().await.unwrap().status().as_u16();
+    assert_eq!(ready().await, 200);
+    assert_eq!(gw.metric("palisade_database_up").await, 1.0);
+    // Refuse new connections to the database and end the gateway's open ones.
+    let (server, name) = db.url.rsplit_once('/').unwrap();
+    let admin = sea_orm::Database::connect(format!("{server}/postgres"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let unready = poll(WAIT, async || (ready().await == 503).then_some(())).await;
+    assert!(unready.is_some(), "{}", gw.logs());
+    println!("unready after {:?}", started.elapsed());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let (_, body) = gw.manage("GET", "/manage/projects", None).await;
+    assert!(body.is_object(), "{body}");
+    let down = poll(WAIT, async || {
+        (gw.metric("palisade_database_up").await == 0.0).then_some(())
+    })
+    .await;
+    assert!(down.is_some());
+    let logs = gw.logs();
+    assert!(logs.contains("the database does not answer"), "{logs}");
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    let back = poll(WAIT, async || (ready().await == 200).then_some(())).await;
+    assert!(back.is_some(), "{}", gw.logs());
+    assert_eq!(gw.metric("palisade_database_up").await, 1.0);
+    assert!(gw.logs().contains("the database answers again"));
+}
+
 /// Holds the first finished transcript; the second is compared with it.
 fn compare(backend: &'static str, transcript: Steps) {
     static DONE: Mutex<Option<(&'static str, Steps)>> = Mutex::new(None);
