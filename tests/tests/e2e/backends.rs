@@ -127,16 +127,12 @@ async fn backends_postgres_unreachable_makes_the_instance_unready_until_it_retur
     let admin = sea_orm::Database::connect(format!("{server}/postgres"))
         .await
         .unwrap();
-    admin
-        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        .await
-        .unwrap();
-    admin
-        .execute_unprepared(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
-        .await
-        .unwrap();
+    let sql = async |sql: String| admin.execute_unprepared(&sql).await.unwrap();
+    sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    sql(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
     let started = tokio::time::Instant::now();
     let unready = poll(WAIT, async || (ready().await == 503).then_some(())).await;
     assert!(unready.is_some(), "{}", gw.logs());
@@ -151,10 +147,7 @@ async fn backends_postgres_unreachable_makes_the_instance_unready_until_it_retur
     assert!(down.is_some());
     let logs = gw.logs();
     assert!(logs.contains("the database does not answer"), "{logs}");
-    admin
-        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        .await
-        .unwrap();
+    sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
     let back = poll(WAIT, async || (ready().await == 200).then_some(())).await;
     assert!(back.is_some(), "{}", gw.logs());
     assert_eq!(gw.metric("palisade_database_up").await, 1.0);
