@@ -239,6 +239,8 @@ fn spawn_background_work(
         registry.clone(),
         state.config.tokens.sync_interval.0,
     ));
+    // Database reachability (`/ready`, `palisade_database_up`, a WARN when lost).
+    actix_rt::spawn(crate::db::reach::watch_forever(state.db.clone()));
     let url = &state.config.database.url;
     url.expose().starts_with("postgres").then(|| {
         actix_rt::spawn(sync::listen_forever(

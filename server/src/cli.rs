@@ -1,4 +1,4 @@
-//! Command line: `serve`, `migrate`, `check-config`, `user create`,
+//! Command line: `serve`, `migrate`, `migrate-data`, `check-config`, `user create`,
 //! `rotate-encryption-key`.
 
 use std::io::Write;
@@ -35,6 +35,23 @@ pub enum Command {
     Migrate {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Copy every project, token (with its hash), user, session, audit event and
+    /// usage record from one database into another, empty one: the move from
+    /// SQLite to PostgreSQL. Stop the gateway first. Both databases are migrated
+    /// first; the copy is one transaction on the target (all or nothing).
+    /// The URLs may hold passwords: give them in `PALISADE_MIGRATE_FROM` and
+    /// `PALISADE_MIGRATE_TO` instead of on the command line, where `ps` shows them.
+    MigrateData {
+        /// The database to copy from (default: `PALISADE_MIGRATE_FROM`).
+        #[arg(long)]
+        from: Option<String>,
+        /// The empty database to copy into (default: `PALISADE_MIGRATE_TO`).
+        #[arg(long)]
+        to: Option<String>,
+        /// Rows per insert statement.
+        #[arg(long, default_value_t = 500)]
+        batch_size: u64,
     },
     /// Manage admin users.
     User {
@@ -107,6 +124,11 @@ pub async fn run(cli: Cli) -> Result<(), ExitError> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::MigrateData {
+            from,
+            to,
+            batch_size,
+        } => Ok(migrate_data(from, to, batch_size).await?),
         Command::User {
             command:
                 UserCommand::Create {
@@ -140,6 +162,67 @@ pub async fn run(cli: Cli) -> Result<(), ExitError> {
             Ok(())
         }
     }
+}
+
+async fn migrate_data(
+    from: Option<String>,
+    to: Option<String>,
+    batch: u64,
+) -> Result<(), InitError> {
+    use crate::config::DatabaseConfig;
+    use crate::service::copy;
+    let bad = |m: String| InitError::Other(format!("migrate-data: {m}"));
+    let url = |arg: Option<String>, flag: &str, var: &str| {
+        arg.or_else(|| std::env::var(var).ok())
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| bad(format!("--{flag} (or {var}) is required")))
+    };
+    let (from, to) = (
+        url(from, "from", "PALISADE_MIGRATE_FROM")?,
+        url(to, "to", "PALISADE_MIGRATE_TO")?,
+    );
+    for (flag, u) in [("from", &from), ("to", &to)] {
+        if !crate::db::is_postgres(u) && !u.starts_with("sqlite:") {
+            return Err(bad(format!(
+                "--{flag} must be a sqlite: or postgres:// URL"
+            )));
+        }
+    }
+    // Opening a SQLite URL with `mode=rwc` would create an empty source.
+    if let Some(path) = crate::db::sqlite_file_path(&from)
+        && !path.exists()
+    {
+        return Err(bad(format!("--from: {} does not exist", path.display())));
+    }
+    let open = async |u: &str| {
+        let cfg = DatabaseConfig {
+            url: Secret::new(u),
+            ..DatabaseConfig::default()
+        };
+        let conn = crate::db::connect(&cfg).await?;
+        crate::db::migrate(&conn).await?;
+        Ok::<_, InitError>(conn)
+    };
+    let source = open(&from).await?;
+    let target = open(&to).await?;
+    let copied = copy::copy_all(&source, &target, batch)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    // Read back: what the target holds now is what the source held.
+    let now = copy::counts(&target)
+        .await
+        .map_err(|e| bad(format!("counting the copy: {e}")))?;
+    if now != copied {
+        return Err(bad(format!(
+            "the copy holds {now:?} rows, the source had {copied:?}"
+        )));
+    }
+    let mut out = std::io::stdout().lock();
+    for (table, n) in &copied {
+        writeln!(out, "{table}: {n} rows copied")
+            .map_err(|e| InitError::Other(format!("stdout: {e}")))?;
+    }
+    Ok(())
 }
 
 async fn create_user(cfg: &Config, username: &str, role: &str) -> Result<(), InitError> {

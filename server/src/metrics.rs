@@ -90,6 +90,7 @@ pub struct Metrics {
     db_write_errors: Counter,
     storage_failing: Gauge,
     redis_failing: Gauge,
+    database_up: Gauge,
     usage_tokens: Family<TokenLabels, Counter>,
     usage_records: Family<EstimatedLabel, Counter>,
     models_refresh_failures: Family<ProviderLabel, Counter>,
@@ -127,6 +128,7 @@ impl Metrics {
             db_write_errors: Counter::default(),
             storage_failing: Gauge::default(),
             redis_failing: Gauge::default(),
+            database_up: Gauge::default(),
             usage_tokens: Family::default(),
             usage_records: Family::default(),
             models_refresh_failures: Family::default(),
@@ -238,6 +240,11 @@ impl Metrics {
             "redis_failing",
             "1 while Redis (redis.url) does not answer within redis.command_timeout; 0 when it does or is not configured",
             m.redis_failing.clone(),
+        );
+        registry.register(
+            "database_up",
+            "1 while the database answers a ping (checked every second), 0 while it does not",
+            m.database_up.clone(),
         );
         registry.register(
             "usage_tokens",
@@ -357,6 +364,7 @@ impl Metrics {
         );
         self.storage_failing.set(i64::from(live.storage_failing));
         self.redis_failing.set(i64::from(live.redis_failing));
+        self.database_up.set(i64::from(live.database_up));
         for (kind, n) in &live.tokens {
             self.tokens
                 .get_or_create(&KindLabel {
@@ -400,6 +408,7 @@ pub struct Live {
     pub storage_failing: bool,
     /// Redis is configured and does not answer.
     pub redis_failing: bool,
+    pub database_up: bool,
     /// Tokens per kind (active, expired, revoked, inactive).
     pub tokens: Vec<(&'static str, i64)>,
     /// Each provider's breaker state (`closed`, `half_open`, `open`).

@@ -75,6 +75,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/palisade.db?mode=rwc";
 pub const DEFAULT_DB_MAX_CONNECTIONS: u64 = 8;
 pub const DEFAULT_DB_BUSY_TIMEOUT: HumanDuration = HumanDuration::secs(5);
+pub const DEFAULT_DB_STATEMENT_TIMEOUT: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_TOKEN_TTL: HumanDuration = HumanDuration::secs(30 * 86_400);
 pub const DEFAULT_TOKEN_MAX_TTL: HumanDuration = HumanDuration::secs(365 * 86_400);
 pub const DEFAULT_USAGE_FLUSH_INTERVAL: HumanDuration = HumanDuration::secs(1);
@@ -229,7 +230,10 @@ pub struct DatabaseConfig {
     pub url: Secret,
     #[serde(deserialize_with = "units::de_u64")]
     pub max_connections: u64,
+    /// SQLite only: how long a write waits for another connection's write lock.
     pub busy_timeout: HumanDuration,
+    /// PostgreSQL only: `SET statement_timeout` on every connection; 0 = none.
+    pub statement_timeout: HumanDuration,
 }
 
 impl Default for DatabaseConfig {
@@ -238,6 +242,7 @@ impl Default for DatabaseConfig {
             url: Secret::new(DEFAULT_DATABASE_URL),
             max_connections: DEFAULT_DB_MAX_CONNECTIONS,
             busy_timeout: DEFAULT_DB_BUSY_TIMEOUT,
+            statement_timeout: DEFAULT_DB_STATEMENT_TIMEOUT,
         }
     }
 }

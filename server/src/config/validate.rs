@@ -61,6 +61,11 @@ impl Config {
             errors.push("database.max_connections: must be at least 1".to_owned());
         }
         self.redis.validate(&mut errors);
+        // PostgreSQL counts it in whole milliseconds; 0 turns it off.
+        let st = self.database.statement_timeout.0;
+        if !st.is_zero() && st < std::time::Duration::from_millis(1) {
+            errors.push("database.statement_timeout: must be 0 (none) or at least 1ms".to_owned());
+        }
         let token = self.auth.management_token.expose();
         if !dev && token.len() < MIN_MANAGEMENT_TOKEN_LEN {
             errors.push(format!(

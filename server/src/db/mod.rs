@@ -1,6 +1,7 @@
-//! Database connection: SQLite tuned for a concurrent server, and the private
-//! data directory it lives in.
+//! Database connection: SQLite tuned for a concurrent server (and the private
+//! data directory it lives in), or PostgreSQL for several instances (SPEC §5).
 //!
+//! SQLite:
 //! * WAL + `synchronous=NORMAL`: readers never block the writer.
 //! * `busy_timeout` and foreign keys are connect options, so they hold on every
 //!   pooled connection, and the pool has more than one connection.
@@ -12,8 +13,20 @@
 //!   connection that may have seen it out of the pool ([`keep_on_release`]).
 //! * A connection is given [`ACQUIRE_TIMEOUT`] at most: a request that cannot get
 //!   one fails fast instead of queueing behind a stuck pool.
+//!
+//! PostgreSQL (`postgres://`, see [`postgres`]): the same pool size and acquire
+//! timeout; every connection runs `SET statement_timeout` when it opens; TLS as the
+//! URL's `sslmode` says (rustls with ring, the system's CA certificates or the
+//! URL's `sslrootcert`). Transactions are the server's default (read committed);
+//! read-then-write paths lock their rows (`SELECT … FOR UPDATE`) or update
+//! conditionally, so they hold on both backends.
+//!
+//! On both, [`reach`] pings the database every second: `/ready`, a metric and one
+//! WARN line when it stops answering.
 
 mod health;
+mod postgres;
+pub mod reach;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,8 +65,16 @@ pub async fn connect_dedicated(
     Some(open(cfg, Some(1)).await)
 }
 
+/// Whether `url` names a PostgreSQL database (else SQLite).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 async fn open(cfg: &DatabaseConfig, size: Option<u32>) -> Result<DatabaseConnection, InitError> {
     let url = cfg.url.expose();
+    if is_postgres(url) {
+        return postgres::open(cfg).await;
+    }
     let memory = url.contains(":memory:") || url.contains("mode=memory");
     if let Some(path) = sqlite_file_path(url) {
         prepare_private_file(&path)?;
@@ -69,6 +90,8 @@ async fn open(cfg: &DatabaseConfig, size: Option<u32>) -> Result<DatabaseConnect
     .min_connections(1)
     .acquire_timeout(ACQUIRE_TIMEOUT)
     .sqlx_logging(false)
+    // `statement_timeout` does not apply: SQLite runs in-process and has no
+    // statement timer; what it waits for is the write lock (`busy_timeout`).
     .map_sqlx_sqlite_opts(move |o| {
         o.journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -133,20 +156,30 @@ pub async fn write<T>(
 }
 
 /// While writes are failing, checks at most once per [`PROBE_EVERY`] whether they
-/// work again, with a write that changes nothing yet needs the disk: rewriting
-/// `PRAGMA user_version` with its own value dirties the header page, so the commit
-/// writes a WAL frame. Without it, an unready gateway that gets no traffic (taken
-/// out of its load balancer by `/ready`) would never write again, and so never
-/// learn that storage recovered.
+/// work again, with a write that changes nothing yet needs the storage. Without it,
+/// an unready gateway that gets no traffic (taken out of its load balancer by
+/// `/ready`) would never write again, and so never learn that storage recovered.
+///
+/// SQLite: rewriting `PRAGMA user_version` with its own value dirties the header
+/// page, so the commit writes a WAL frame. PostgreSQL: a transaction that takes a
+/// transaction id (`txid_current()` assigns one) and commits needs the server to
+/// write its WAL, and touches no table.
 pub async fn probe_if_failing(db: &DatabaseConnection) {
     if !health().is_failing() || !health().probe_due(PROBE_EVERY) {
         return;
     }
     let out = write(db, async |txn| {
         use sea_orm::ConnectionTrait;
+        let backend = txn.get_database_backend();
+        if backend == sea_orm::DbBackend::Postgres {
+            return txn
+                .execute_unprepared("SELECT txid_current()")
+                .await
+                .map(drop);
+        }
         let v: i64 = txn
             .query_one_raw(sea_orm::Statement::from_string(
-                txn.get_database_backend(),
+                backend,
                 "PRAGMA user_version",
             ))
             .await?

@@ -61,6 +61,7 @@ fn live(state: &AppState) -> Live {
         db_write_errors: db.errors_total(),
         storage_failing: db.is_failing() || state.audit.is_failing(),
         redis_failing: state.shared_limits.as_ref().is_some_and(|s| !s.is_up()),
+        database_up: crate::db::reach::reach().is_up(),
         tokens: state.registry.cache.census(crate::time::now()).to_vec(),
         providers: state
             .providers

@@ -5,7 +5,6 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::service::query::Query;
 use crate::state::AppState;
 
 pub async fn health() -> HttpResponse {
@@ -13,7 +12,9 @@ pub async fn health() -> HttpResponse {
 }
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let db = Query::ping(&state.db).await.is_ok();
+    // Bounded: a PostgreSQL server that is gone would otherwise hold the probe for
+    // the pool's whole acquire timeout. The outcome also feeds the metric and log.
+    let db = crate::db::reach::check(&state.db).await;
     // While writes fail, a probe write (at most one a second) notices recovery
     // even when nothing else writes.
     crate::db::probe_if_failing(&state.db).await;

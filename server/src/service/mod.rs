@@ -2,6 +2,7 @@
 //! `TokenRegistry` actor calls [`mutation`], so it stays the single writer of project
 //! and token state and can keep its cache in step with the database.
 
+pub mod copy;
 pub mod mutation;
 pub mod query;
 pub mod registry_sync;

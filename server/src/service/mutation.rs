@@ -10,7 +10,7 @@ use sea_orm::ExprTrait;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter,
+    EntityTrait, QueryFilter, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -63,8 +63,11 @@ impl Mutation {
         new: &crate::crypto::KeyCipher,
     ) -> Result<u64, String> {
         let txn = begin_write(db).await.map_err(|e| e.to_string())?;
+        // PostgreSQL: `FOR UPDATE` holds the rows against another instance's
+        // write until the commit (SQLite's `BEGIN IMMEDIATE` already does).
         let rows = projects::Entity::find()
             .filter(projects::Column::UpstreamApiKeyEnc.is_not_null())
+            .lock_exclusive()
             .all(&txn)
             .await
             .map_err(|e| e.to_string())?;

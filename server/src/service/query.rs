@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use entity::{audit_events, projects, tokens, usage_records};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, NullOrdering, Order};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -81,11 +81,6 @@ impl Query {
             .all(db)
             .await?;
         Ok(Paged::from_overfetch(rows, page.limit, |t| t.id))
-    }
-
-    /// Liveness probe for `/ready`.
-    pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
-        db.ping().await
     }
 }
 
@@ -163,19 +158,26 @@ impl Query {
         Ok(Paged::from_overfetch(rows, page.limit, |e| e.id))
     }
 
-    /// Aggregates usage records. Keys: `YYYY-MM-DD`, the model name, or the token id
-    /// (SQLite expressions; PostgreSQL gets its own when it is supported).
+    /// Aggregates usage records. Keys: `YYYY-MM-DD` (UTC), the model name, or the
+    /// token id (32 hex digits; the handler formats it), ordered by key bytewise with
+    /// no key (a request without a model) first, on SQLite and PostgreSQL alike.
     pub async fn usage(
         db: &DatabaseConnection,
         f: &UsageFilter,
         group: UsageGroup,
     ) -> Result<Vec<UsageBucket>, DbErr> {
         use usage_records::Column as C;
-        let key = match group {
-            UsageGroup::Day => Expr::cust("substr(timestamp, 1, 10)"),
-            UsageGroup::Model => Expr::cust("model"),
-            UsageGroup::Token => Expr::cust("lower(hex(token_id))"),
-        };
+        let pg = db.get_database_backend() == DbBackend::Postgres;
+        let key = Expr::cust(group_key(group, pg));
+        // PostgreSQL sorts text by the database's collation (`en_US`: "a" < "B");
+        // SQLite compares bytes. "C" is bytewise on PostgreSQL too.
+        let order = Expr::cust(if pg {
+            format!("{} COLLATE \"C\"", group_key(group, pg))
+        } else {
+            group_key(group, pg).to_owned()
+        });
+        // `SUM` of a `bigint` is `numeric` on PostgreSQL: cast back to what is read.
+        let sum = |col: &str| Expr::cust(format!("CAST(SUM({col}) AS BIGINT)"));
         let mut q = usage_records::Entity::find()
             .select_only()
             .column_as(key.clone(), "key")
@@ -184,8 +186,8 @@ impl Query {
                 Expr::cust("COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0)"),
                 "errors",
             )
-            .column_as(Expr::cust("SUM(prompt_tokens)"), "prompt_tokens")
-            .column_as(Expr::cust("SUM(completion_tokens)"), "completion_tokens")
+            .column_as(sum("prompt_tokens"), "prompt_tokens")
+            .column_as(sum("completion_tokens"), "completion_tokens")
             .column_as(
                 Expr::cust("COALESCE(SUM(CASE WHEN usage_estimated THEN 1 ELSE 0 END), 0)"),
                 "estimated_requests",
@@ -202,10 +204,22 @@ impl Query {
         if let Some(v) = f.until {
             q = q.filter(C::Timestamp.lt(v));
         }
-        q.group_by(key.clone())
-            .order_by_asc(key)
+        q.group_by(key)
+            .order_by_with_nulls(order, Order::Asc, NullOrdering::First)
             .into_model::<UsageBucket>()
             .all(db)
             .await
+    }
+}
+
+/// The SQL of a usage group's key. Timestamps are stored in UTC on both backends
+/// (SQLite: RFC 3339 text ending `+00:00`), so the day is the UTC date.
+fn group_key(group: UsageGroup, pg: bool) -> &'static str {
+    match (group, pg) {
+        (UsageGroup::Day, false) => "substr(\"timestamp\", 1, 10)",
+        (UsageGroup::Day, true) => "to_char(\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        (UsageGroup::Model, _) => "model",
+        (UsageGroup::Token, false) => "lower(hex(token_id))",
+        (UsageGroup::Token, true) => "replace(token_id::text, '-', '')",
     }
 }

@@ -77,7 +77,10 @@ impl Sessions {
         Ok(super::Paged::from_overfetch(rows, page.limit, |u| u.id))
     }
 
-    /// Soft-deletes a live user and revokes all of their refresh families.
+    /// Soft-deletes a live user and revokes all of their refresh families. The
+    /// update is conditional (`deleted_at IS NULL`) inside the transaction, so two
+    /// instances deleting the same user at once delete it once: the loser gets
+    /// `None`, as for a user that was never there.
     pub async fn delete_user(
         db: &DatabaseConnection,
         id: Uuid,
@@ -86,21 +89,27 @@ impl Sessions {
         let Some(user) = Self::live_user(db, id).await? else {
             return Ok(None);
         };
-        crate::db::write(db, async |txn| {
-            users::Entity::update_many()
+        let deleted = crate::db::write(db, async |txn| {
+            let n = users::Entity::update_many()
                 .col_expr(users::Column::DeletedAt, Expr::value(now))
                 .filter(users::Column::Id.eq(id))
+                .filter(users::Column::DeletedAt.is_null())
                 .exec(txn)
-                .await?;
+                .await?
+                .rows_affected;
+            if n == 0 {
+                return Ok(false);
+            }
             refresh_tokens::Entity::update_many()
                 .col_expr(refresh_tokens::Column::RevokedAt, Expr::value(now))
                 .filter(refresh_tokens::Column::UserId.eq(id))
                 .filter(refresh_tokens::Column::RevokedAt.is_null())
                 .exec(txn)
-                .await
+                .await?;
+            Ok(true)
         })
         .await?;
-        Ok(Some(user))
+        Ok(deleted.then_some(user))
     }
 
     pub async fn insert_refresh(

@@ -50,5 +50,17 @@ pub async fn create_user(
         return Err(UserError::Exists(username.to_lowercase()));
     }
     let hash = hasher.hash(password).await.map_err(UserError::Hash)?;
-    Ok(Sessions::insert_user(db, username, hash, role.as_str(), crate::time::now()).await?)
+    match Sessions::insert_user(db, username, hash, role.as_str(), crate::time::now()).await {
+        // Created by a concurrent request (another instance) since the check:
+        // the unique index on live names decides, on SQLite and PostgreSQL alike.
+        Err(e)
+            if matches!(
+                e.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
+            Err(UserError::Exists(username.to_lowercase()))
+        }
+        out => Ok(out?),
+    }
 }

@@ -11,6 +11,7 @@ mod admin_sessions;
 mod admission;
 mod audit_trail;
 mod audit_writer;
+mod backends;
 mod bad_input;
 mod dialect_node_sdk;
 mod dialect_passthrough;
