@@ -93,7 +93,7 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
     let ip_limits = IpLimits::new(limits, &trusted_proxies);
     let shared_limits = match config.redis.url() {
         Some(_) => Some(
-            SharedLimits::new(&config.redis, limits.default_token_rpm).map_err(InitError::Other)?,
+            SharedLimits::new(&config.redis, limits).map_err(InitError::Other)?,
         ),
         None => None,
     };
