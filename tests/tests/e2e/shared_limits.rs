@@ -39,14 +39,10 @@ fn machine(on_error: &str) -> String {
 
 /// Each request's status and error code ("" for a success).
 async fn send(gw: &Gateway, token: &str, n: usize) -> Vec<(u16, String)> {
-    let calls = (0..n).map(|_| async {
-        let resp = gw.chat(token, chat_body("gpt-4o-mini")).await;
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
-        (status, code)
-    });
-    futures_util::future::join_all(calls).await
+    let all = send_with_retry_after(gw, token, n).await;
+    all.into_iter()
+        .map(|(status, code, _)| (status, code))
+        .collect()
 }
 
 async fn stored_request_count(db: &PgDatabase, token_id: &str) -> i64 {

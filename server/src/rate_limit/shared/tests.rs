@@ -7,8 +7,6 @@ use super::super::fixtures::project;
 use super::*;
 use crate::config::HumanDuration;
 
-
-
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
@@ -335,7 +333,10 @@ async fn a_silent_redis_times_out_and_is_then_skipped() {
     assert!(started.elapsed() <= Duration::from_millis(250));
     assert!(!l.is_up());
     let again = tokio::time::Instant::now();
-    assert!(matches!(l.admit(IP, &t, &p, 0).await, Err(Unreachable::Down)));
+    assert!(matches!(
+        l.admit(IP, &t, &p, 0).await,
+        Err(Unreachable::Down)
+    ));
     assert_eq!(again.elapsed(), Duration::ZERO, "no wait while down");
     assert!(matches!(l.ping().await, Err(Unreachable::Timeout(_))));
     accepted.abort();
