@@ -92,9 +92,7 @@ pub async fn serve(config: Config) -> Result<(), ExitError> {
     let limits = &config.rate_limits;
     let ip_limits = IpLimits::new(limits, &trusted_proxies);
     let shared_limits = match config.redis.url() {
-        Some(_) => Some(
-            SharedLimits::new(&config.redis, limits.default_token_rpm).map_err(InitError::Other)?,
-        ),
+        Some(_) => Some(SharedLimits::new(&config.redis, limits).map_err(InitError::Other)?),
         None => None,
     };
     // Redis down at start-up is not fatal (it follows redis.on_error until it

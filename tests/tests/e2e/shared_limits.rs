@@ -12,6 +12,11 @@ use serde_json::{Value, json};
 use crate::harness::*;
 
 fn instance(mock: &Mock, db: &PgDatabase, id: &str, redis: &str) -> Gateway {
+    instance_with(mock, db, id, redis, "")
+}
+
+/// [`instance`] with more configuration (`extra`, YAML).
+fn instance_with(mock: &Mock, db: &PgDatabase, id: &str, redis: &str, extra: &str) -> Gateway {
     gateway()
         .provider(mock, "[\"*\"]")
         .database_url(&db.url)
@@ -19,6 +24,7 @@ fn instance(mock: &Mock, db: &PgDatabase, id: &str, redis: &str) -> Gateway {
             "server: {{ listen: \"127.0.0.1:0\", workers: 2, shutdown_grace: 5s, instance_id: {id} }}"
         ))
         .yaml(&format!("redis: {{ {redis} }}"))
+        .yaml(extra)
         .start()
 }
 
@@ -33,14 +39,10 @@ fn machine(on_error: &str) -> String {
 
 /// Each request's status and error code ("" for a success).
 async fn send(gw: &Gateway, token: &str, n: usize) -> Vec<(u16, String)> {
-    let calls = (0..n).map(|_| async {
-        let resp = gw.chat(token, chat_body("gpt-4o-mini")).await;
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
-        (status, code)
-    });
-    futures_util::future::join_all(calls).await
+    let all = send_with_retry_after(gw, token, n).await;
+    all.into_iter()
+        .map(|(status, code, _)| (status, code))
+        .collect()
 }
 
 async fn stored_request_count(db: &PgDatabase, token_id: &str) -> i64 {
@@ -113,6 +115,62 @@ async fn shared_limits_rpm_burst_is_shared_and_429s_carry_the_headers() {
     assert_eq!(header("x-ratelimit-limit-requests"), "60");
     assert_eq!(header("x-ratelimit-remaining-requests"), "0");
     assert!(header("x-ratelimit-reset-requests").ends_with('s'));
+}
+
+/// `/v1` per client IP with Redis: the admission script keeps one bucket for
+/// the client across the fleet. Each instance's edge limiter (per instance,
+/// burst 4) would have let 4 through on each, 8 in all; the script admits the
+/// burst once, and refuses the rest exactly as the edge does.
+#[tokio::test]
+async fn shared_limits_per_ip_limit_is_fleet_wide() {
+    let mock = Mock::start("up");
+    let db = PgDatabase::create().await;
+    let redis = machine("fail_closed");
+    let per_ip = "rate_limits: { per_ip_rps: 1, per_ip_burst: 4 }";
+    let a = instance_with(&mock, &db, "a", &redis, per_ip);
+    // Management calls are outside `/v1`: they spend nothing.
+    let (_, _, token) = a.project_and_token(json!({}), json!({})).await;
+    let b = instance_with(&mock, &db, "b", &redis, per_ip);
+    // One client (127.0.0.1), 12 requests at once, half through each instance.
+    let started = tokio::time::Instant::now();
+    let (on_a, on_b) = tokio::join!(
+        send_with_retry_after(&a, &token, 6),
+        send_with_retry_after(&b, &token, 6)
+    );
+    let took = started.elapsed();
+    let all: Vec<_> = on_a.iter().chain(&on_b).collect();
+    let admitted = all.iter().filter(|(s, _, _)| *s == 200).count();
+    println!("per-IP 1 rps, burst 4, two instances: {admitted} of 12 admitted in {took:?}");
+    // The burst, plus one per second that passed.
+    let refill = usize::try_from(took.as_secs()).unwrap();
+    assert!(
+        (4..=4 + refill).contains(&admitted),
+        "{admitted} admitted in {took:?}: {all:?}"
+    );
+    for (status, code, retry) in all.iter().filter(|(s, _, _)| *s != 200) {
+        assert_eq!((*status, code.as_str()), (429, "rate_limit_exceeded"));
+        assert!(retry.is_some_and(|r| r >= 1), "retry-after: {retry:?}");
+    }
+}
+
+/// Each request's status, error code ("" for a success) and `retry-after`.
+async fn send_with_retry_after(
+    gw: &Gateway,
+    token: &str,
+    n: usize,
+) -> Vec<(u16, String, Option<u64>)> {
+    let calls = (0..n).map(|_| async {
+        let resp = gw.chat(token, chat_body("gpt-4o-mini")).await;
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        (status, code, retry)
+    });
+    futures_util::future::join_all(calls).await
 }
 
 /// `fail_closed`: Redis killed mid-run → 503 at once on both instances and

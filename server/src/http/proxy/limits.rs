@@ -1,5 +1,6 @@
 //! Steps 6 and 7 of the pipeline: requests per minute (token, then project) and
-//! the token's lifetime quota, with room for the usage record checked first.
+//! the token's lifetime quota, with room for the usage record checked first;
+//! with Redis, the client IP's `/v1` limit too.
 //!
 //! * Without Redis: the in-process buckets ([`crate::rate_limit::rpm`]), then
 //!   the quota on the token's counter under a database lease
@@ -7,9 +8,15 @@
 //! * With Redis: one call decides all three for every instance
 //!   ([`crate::rate_limit::shared`]); the Redis verdict is the authority (no
 //!   database lease), the registry only counts the request for its write-back.
-//!   While Redis is down, `redis.on_error`: `fail_closed` answers 503
-//!   `service_unavailable` with `retry-after`; `local` uses the in-process path
-//!   with this instance's share of each limit.
+//!   The same call checks the client IP's `rate_limits.per_ip_rps` first, so
+//!   one client's admitted requests are limited fleet-wide (refused as the
+//!   edge's per-instance limiter refuses: 429 with `retry-after`), still at one
+//!   round trip. While Redis is down, `redis.on_error`: `fail_closed` answers
+//!   503 `service_unavailable` with `retry-after`; `local` uses the in-process
+//!   path with this instance's share of each limit, and the per-IP limit is
+//!   the edge's alone (per instance).
+
+use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
@@ -24,6 +31,7 @@ use crate::state::AppState;
 /// it. `Ok(Some(state))`: the tighter rpm state, for the response's headers.
 pub(super) async fn admit(
     state: &AppState,
+    ip: IpAddr,
     resolved: &Resolved,
     now: DateTime<Utc>,
 ) -> Result<Option<RateState>, ProxyError> {
@@ -38,7 +46,7 @@ pub(super) async fn admit(
     // refused without spending the client's allowance.
     records_room(state)?;
     let known = token.counters.request_count();
-    match shared.admit(token, project, known).await {
+    match shared.admit(ip, token, project, known).await {
         Ok(Outcome::Admitted { rate, used }) => {
             state.registry.cache.count_shared(token, used, now);
             Ok(rate)
@@ -48,6 +56,9 @@ pub(super) async fn admit(
             state.registry.cache.observe_used(token, used);
             Err(ProxyError::QuotaExceeded(max))
         }
+        Ok(Outcome::IpLimited { retry_after }) => Err(ProxyError::IpRateLimited {
+            retry_after: crate::limits::retry_after_secs(retry_after),
+        }),
         // Logged once per outage by the limiter's health, not per request.
         Err(_) => match shared.on_error() {
             RedisOnError::FailClosed => Err(ProxyError::LimitsUnavailable),

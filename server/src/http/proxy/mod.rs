@@ -10,7 +10,8 @@
 //! 6. the token's and project's requests per minute ([`crate::rate_limit`]);
 //! 7. lifetime quota: atomic check-and-increment (plus, once per lease, one
 //!    database write: `actors::token_registry::lease`); with Redis, 6 and 7 are
-//!    one call shared by every instance ([`limits`]);
+//!    one call shared by every instance ([`limits`]), which also checks the
+//!    client IP's `per_ip_rps` fleet-wide;
 //! 8. a slot from the request queue ([`crate::actors::request_queue`]), held until
 //!    the response body ends;
 //! 9. forward to the candidates in order, with retries and failover before the
@@ -172,7 +173,7 @@ async fn admit_and_forward(
         }
         other => other.as_ref(),
     };
-    let rate = limits::admit(state, &resolved, now).await?;
+    let rate = limits::admit(state, ip, &resolved, now).await?;
     let admission = state.admission.enter(resolved.project.id).await?;
     // Admitted: reserve the usage record's place now, so it can always be filed.
     let slot = match state.usage_enabled {

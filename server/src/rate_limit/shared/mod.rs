@@ -1,18 +1,25 @@
-//! Limits shared by every instance through Redis (SPEC §5): the token's and the
-//! project's requests per minute and the token's lifetime quota, decided by one
-//! server-side script in ONE round trip per request (`admit.lua`: EVALSHA, the
-//! script loaded again when Redis answers NOSCRIPT, e.g. after a restart).
+//! Limits shared by every instance through Redis (SPEC §5): the client IP's
+//! `/v1` requests per second, the token's and the project's requests per minute
+//! and the token's lifetime quota, decided by one server-side script in ONE
+//! round trip per request (`admit.lua`: EVALSHA, the script loaded again when
+//! Redis answers NOSCRIPT, e.g. after a restart).
 //!
 //! * Same semantics as in-process ([`super::rpm`]): GCRA with a burst of one
 //!   minute's allowance, the same `x-ratelimit-*` state and `retry-after`; but
-//!   all three are taken together or none (in-process, a token's bucket pays for
-//!   a request its project refuses). Redis's clock (`TIME`) is the only clock.
+//!   all are taken together or none (in-process, a token's bucket pays for a
+//!   request its project refuses). Redis's clock (`TIME`) is the only clock.
+//! * Per client IP (`rate_limits.per_ip_rps` / `per_ip_burst`, when on): checked
+//!   first, GCRA as the edge's actix-governor limiter (burst 0 = one second's
+//!   worth). The edge limiter still runs per instance in front of everything,
+//!   so a flood is refused cheaply before it reaches Redis; this bucket makes
+//!   the requests that reach admission count against one fleet-wide limit.
 //! * Quota: a key per token holding the requests used, never expiring. When it
 //!   is absent (first use, or a Redis restarted without persistence) the script
 //!   seeds it with the count this instance knows (the database's count at load,
 //!   plus what it admitted and what Redis told it since).
 //! * Keys: `{prefix}rpm:token:{id}:{rpm}`, `{prefix}rpm:project:{id}:{rpm}`
-//!   (expire once the bucket is full again), `{prefix}quota:{id}`.
+//!   and `{prefix}ip:{client_ip}:{rps}:{burst}` (each expires once its bucket
+//!   is full again), `{prefix}quota:{id}`.
 //! * Every call is bounded by `redis.command_timeout`. A failed or late call
 //!   marks Redis down ([`health`]): requests then skip Redis at once (no wait per
 //!   request) and follow `redis.on_error`, while a probe every
@@ -21,6 +28,7 @@
 mod health;
 mod reply;
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -31,7 +39,7 @@ pub use self::reply::Outcome;
 use self::reply::{Asked, BadReply};
 use super::rpm::{RateKey, rpm_of};
 use crate::actors::token_registry::cache::{ProjectState, TokenState};
-use crate::config::{RedisConfig, RedisOnError};
+use crate::config::{RateLimitsConfig, RedisConfig, RedisOnError};
 
 /// How often the probe pings Redis (and so how soon a recovery is noticed).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -61,6 +69,8 @@ pub struct SharedLimits {
     expected_instances: u64,
     health: Health,
     default_token_rpm: Option<NonZeroU32>,
+    /// `/v1` per client IP: requests per second and burst; `None` when off.
+    per_ip: Option<(NonZeroU32, NonZeroU32)>,
     /// Parts of the URL that must never reach a log line (the password).
     secrets: Vec<String>,
 }
@@ -68,7 +78,7 @@ pub struct SharedLimits {
 impl SharedLimits {
     /// A client for `config.url`; it connects on first use and reconnects by
     /// itself, so a Redis that is down at start-up is only reported, not fatal.
-    pub fn new(config: &RedisConfig, default_token_rpm: Option<u32>) -> Result<Self, String> {
+    pub fn new(config: &RedisConfig, limits: &RateLimitsConfig) -> Result<Self, String> {
         let url = config.url().ok_or("redis.url is not set")?;
         let secrets: Vec<String> = url::Url::parse(url)
             .ok()
@@ -97,7 +107,8 @@ impl SharedLimits {
             on_error: config.on_error,
             expected_instances: config.expected_instances,
             health: Health::new(config.on_error, config.expected_instances),
-            default_token_rpm: default_token_rpm.and_then(NonZeroU32::new),
+            default_token_rpm: limits.default_token_rpm.and_then(NonZeroU32::new),
+            per_ip: per_ip(limits),
             secrets,
         })
     }
@@ -115,11 +126,13 @@ impl SharedLimits {
         !self.health.is_down()
     }
 
-    /// Checks and takes the token's and project's rpm and the token's quota.
-    /// `known_count`: what this instance knows the token has used (seeds an
-    /// absent quota key).
+    /// Checks and takes the client IP's rate, the token's and project's rpm and
+    /// the token's quota. `ip`: the client as the edge sees it
+    /// ([`crate::net::client_ip`]); `known_count`: what this instance knows the
+    /// token has used (seeds an absent quota key).
     pub async fn admit(
         &self,
+        ip: IpAddr,
         token: &TokenState,
         project: &ProjectState,
         known_count: i64,
@@ -133,7 +146,9 @@ impl SharedLimits {
                 .map(|r| (RateKey::Token(token.id), r)),
             project: rpm_of(project.rate_limit_rpm).map(|r| (RateKey::Project(project.id), r)),
             max_requests: token.max_requests,
+            per_ip: self.per_ip.is_some(),
         };
+        let (rps, burst) = self.per_ip.map_or((0, 0), |(r, b)| (r.get(), b.get()));
         let rpm = |l: Option<(RateKey, NonZeroU32)>| l.map_or(0, |(_, r)| r.get());
         let mut conn = self.conn.clone();
         let mut call = self.script.prepare_invoke();
@@ -150,10 +165,13 @@ impl SharedLimits {
             rpm(asked.project)
         ))
         .key(format!("{}quota:{}", self.prefix, token.id))
+        .key(format!("{}ip:{ip}:{rps}:{burst}", self.prefix))
         .arg(rpm(asked.token))
         .arg(rpm(asked.project))
         .arg(token.max_requests.unwrap_or(-1))
-        .arg(known_count.max(0));
+        .arg(known_count.max(0))
+        .arg(rps)
+        .arg(burst);
         let result = match self.bounded(call.invoke_async::<Vec<i64>>(&mut conn)).await {
             Ok(reply) => reply::parse(&asked, &reply).map_err(Unreachable::from),
             Err(e) => Err(e),
@@ -201,6 +219,13 @@ impl SharedLimits {
             Err(e) => self.health.mark(false, e),
         };
     }
+}
+
+/// The `/v1` per-IP limit as the edge's limiter reads it (`http::ip_limit`):
+/// off at 0 rps, a burst of 0 meaning one second's worth.
+fn per_ip(limits: &RateLimitsConfig) -> Option<(NonZeroU32, NonZeroU32)> {
+    let rps = NonZeroU32::new(limits.per_ip_rps)?;
+    Some((rps, NonZeroU32::new(limits.per_ip_burst).unwrap_or(rps)))
 }
 
 /// An error's text without the URL's password (redis errors do not normally

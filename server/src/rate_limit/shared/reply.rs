@@ -21,6 +21,8 @@ pub enum Outcome {
     Limited(Limited),
     /// The lifetime quota is used up (`used` of `max`): nothing was taken.
     QuotaExceeded { max: i64, used: i64 },
+    /// The client IP's `/v1` limit is spent, fleet-wide: nothing was taken.
+    IpLimited { retry_after: Duration },
 }
 
 /// The limits one request was checked against (what the script was given).
@@ -29,6 +31,8 @@ pub struct Asked {
     pub token: Option<(RateKey, NonZeroU32)>,
     pub project: Option<(RateKey, NonZeroU32)>,
     pub max_requests: Option<i64>,
+    /// Whether the client IP's limit was asked for.
+    pub per_ip: bool,
 }
 
 /// The script answered something it never sends (a different script under the
@@ -86,6 +90,9 @@ pub fn parse(asked: &Asked, reply: &[i64]) -> Result<Outcome, BadReply> {
             max: asked.max_requests.ok_or_else(bad)?,
             used,
         },
+        [4, wait] if asked.per_ip => Outcome::IpLimited {
+            retry_after: micros(wait),
+        },
         _ => return Err(bad()),
     };
     Ok(outcome)
@@ -102,6 +109,7 @@ mod tests {
             token: token.map(|n| (RateKey::Token(TokenId::new()), rpm(n))),
             project: project.map(|n| (RateKey::Project(ProjectId::new()), rpm(n))),
             max_requests: max,
+            per_ip: false,
         }
     }
 
@@ -170,6 +178,13 @@ mod tests {
             parse(&a, &[3, 5]).unwrap(),
             Outcome::QuotaExceeded { max: 5, used: 5 }
         );
+        let a = Asked { per_ip: true, ..a };
+        assert_eq!(
+            parse(&a, &[4, 1_500_000]).unwrap(),
+            Outcome::IpLimited {
+                retry_after: Duration::from_millis(1500)
+            }
+        );
     }
 
     #[test]
@@ -182,5 +197,7 @@ mod tests {
         assert!(parse(&a, &[]).is_err());
         assert!(parse(&a, &[0, 1]).is_err());
         assert!(parse(&a, &[9, 0, 0]).is_err());
+        // A per-IP denial when no per-IP limit was asked for.
+        assert!(parse(&a, &[4, 1]).is_err());
     }
 }
