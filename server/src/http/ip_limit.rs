@@ -4,6 +4,11 @@
 //!   endpoints are outside it);
 //! * `/manage/auth/*`: `rate_limits.auth_per_ip_rpm`.
 //!
+//! These run per instance, in front of everything. With Redis set, the `/v1`
+//! figure is also enforced fleet-wide for admitted requests, inside the one
+//! admission script (`rate_limit::shared`); this edge copy keeps floods of
+//! requests refused before admission cheap.
+//!
 //! The key is the client IP as [`crate::net::client_ip`] sees it: the peer, or,
 //! behind a peer listed in `server.trusted_proxies`, the right-most untrusted
 //! `X-Forwarded-For` hop. A spoofed header from anyone else changes nothing.
