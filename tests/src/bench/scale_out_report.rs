@@ -127,7 +127,7 @@ pub fn markdown(r: &ScaleOutReport) -> String {
     let line = |s: &mut String, what: &str, x: &Count| {
         let _ = writeln!(
             s,
-            "| {what} | {:.0} | {:.1}/s | {:.4} |",
+            "| {what} | {:.0} | {:.2}/s | {:.4} |",
             x.window, x.idle_rate_per_s, x.per_request
         );
     };
@@ -145,7 +145,13 @@ pub fn markdown(r: &ScaleOutReport) -> String {
     for (cmd, x) in &c.redis_commandstats {
         line(
             &mut s,
-            &format!("Redis `{cmd}` (commandstats, server-wide)"),
+            &format!(
+                "Redis `{cmd}` (commandstats, server-wide{})",
+                match cmd.as_str() {
+                    "evalsha" | "eval" | "ping" => "",
+                    _ => "; run inside the script, not a round trip",
+                }
+            ),
             x,
         );
     }
