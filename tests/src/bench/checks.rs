@@ -39,6 +39,14 @@ pub fn checks(
             pass: p.closed_rps >= 0.5 * n.closed_rps,
         });
     }
+    // Issue 18: the shared-state build must not put the databases on the path.
+    if let Some(q) = results.iter().find(|g| g.name == super::scale_out::SIDE) {
+        out.push(Check {
+            target: "PostgreSQL + Redis: c=1 added p50 ≤ 1.5 × SQLite".into(),
+            measured: format!("{} vs SQLite {}", ms(q.c1_added.p50), ms(p.c1_added.p50)),
+            pass: q.c1_added.p50 <= 1.5 * p.c1_added.p50,
+        });
+    }
     // "Adds nothing measurable": at most 10 % or 100 µs (whichever is larger) above
     // the side without the feature; run-to-run noise on this class of machine
     // exceeds both, in either direction.

@@ -8,8 +8,11 @@
 //! not an HTTP flood from one host: what is measured is what the logins cost, not
 //! what any 300 busy connections cost).
 
+// Progress and clean-up lines are part of the bench's output.
+#![allow(clippy::print_stdout)]
+
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -159,4 +162,34 @@ async fn flood(
         }
     }
     total
+}
+
+/// Where `--login-flood` runs: this build, and `before` if given.
+pub struct Sides {
+    pub before: Option<PathBuf>,
+    pub cpu: Option<usize>,
+    pub dir: PathBuf,
+    pub mock_url: String,
+}
+
+/// `--login-flood`: this build, then `--before` if given, each alone; writes
+/// `login-flood.json` under `out`.
+pub fn run(flood: Flood, s: &Sides, out: &Path) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut sides = vec![("palisade", procs::palisade_bin())];
+    if let Some(before) = &s.before {
+        sides.push(("palisade-before", before.clone()));
+    }
+    let mut results = Vec::new();
+    for (name, bin) in sides {
+        let side_dir = s.dir.join(name);
+        let r = rt.block_on(measure(name, &bin, s.cpu, &side_dir, &s.mock_url, flood))?;
+        println!("{}", r.line());
+        results.push(r);
+    }
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("login-flood.json"), json).map_err(|e| e.to_string())
 }

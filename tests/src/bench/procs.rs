@@ -158,7 +158,7 @@ pub fn spawn_palisade(
     } else {
         format!("audit: {{ file: \"{}/audit.jsonl\" }}\n", dir.display())
     };
-    // `extra` may bring its own `server:`, `auth:` or `logging:` section instead of
+    // `extra` may bring its own `server:`, `database:`, `auth:` or `logging:` section instead of
     // these.
     // The bench's clients all connect from 127.0.0.1, as clients do through a load
     // balancer: trusted as one, so that `server.max_connections_per_ip` (256 by
@@ -178,12 +178,16 @@ pub fn spawn_palisade(
         true => String::new(),
         false => format!("auth: {{ management_token: \"{BENCH_MANAGEMENT_TOKEN}\" }}\n"),
     };
+    let database = match extra.contains("database:") {
+        true => String::new(),
+        false => format!(
+            "database: {{ url: \"sqlite://{}/palisade.db?mode=rwc\" }}\n",
+            dir.display()
+        ),
+    };
     let config = format!(
-        "{server}\
-         database: {{ url: \"sqlite://{}/palisade.db?mode=rwc\" }}\n\
-         {auth}{logging}{audit}{extra}\
+        "{server}{database}{auth}{logging}{audit}{extra}\
          providers:\n  - {{ name: mock, base_url: \"{mock_url}/v1\", api_key: \"sk-bench\", models: [\"gpt-4o-mini\", \"gpt-4o\"] }}\n",
-        dir.display(),
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@
 //! It starts the mock upstream (zero delay) and a release `palisade` with every
 //! feature that exists switched on, pins the gateway to CPU 0 and the mock and this
 //! client to CPU 1 when `taskset` is available, and writes `target/bench/bench.md`,
-//! `bench.json` and `bench.svg`.
+//! `bench.json` and `bench.svg` (with `--scale-out` also `scale-out.{md,json}`).
 
 // The report is this program's output.
 #![allow(clippy::print_stdout)]
@@ -18,9 +18,10 @@ use clap::Parser;
 use palisade_tests::bench::checks::checks;
 use palisade_tests::bench::load::{self, Run, Target};
 use palisade_tests::bench::report::{self, GatewayResult, ManyStreamsResult, Memory, Report};
+use palisade_tests::bench::scale_out::{self, ScaleOut};
 use palisade_tests::bench::sides::{parse_compare, quiet_target, setup_token};
 use palisade_tests::bench::stats::{added, summarize};
-use palisade_tests::bench::{audit_ab, login_flood, procs, stream};
+use palisade_tests::bench::{audit_ab, login_flood, procs, scale_out_report, stream};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,6 +102,17 @@ struct Args {
     /// Milliseconds between two logins of one address (`--login-flood`).
     #[arg(long, default_value_t = 1000)]
     login_flood_interval_ms: u64,
+    /// Also measure a second Palisade on PostgreSQL + Redis (a database and a key
+    /// prefix of the run's own, removed at the end), same token and limits as
+    /// the SQLite one, and count its PostgreSQL and Redis round trips per request.
+    #[arg(long)]
+    scale_out: bool,
+    /// PostgreSQL server for `--scale-out` (without a database name).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg_url: String,
+    /// Redis for `--scale-out`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
     /// A short run for smoke-testing the harness.
     #[arg(long)]
     quick: bool,
@@ -138,7 +150,18 @@ fn main() -> Result<(), String> {
     let mock = procs::spawn_mock(mock_cpu)?;
     println!("mock upstream at {}/v1", mock.url);
     if args.login_flood {
-        return run_login_flood(&args, gw_cpu, dir.path(), &mock.url);
+        let flood = login_flood::Flood {
+            addresses: args.login_flood_addresses,
+            interval: Duration::from_millis(args.login_flood_interval_ms.max(1)),
+            requests: args.requests.min(3000),
+        };
+        let sides = login_flood::Sides {
+            before: args.before.clone(),
+            cpu: gw_cpu,
+            dir: dir.path().to_owned(),
+            mock_url: mock.url.clone(),
+        };
+        return login_flood::run(flood, &sides, &args.out);
     }
     let measured = match args.access_log_off {
         true => format!("{LIMITS_ON}{ACCESS_LOG_OFF}"),
@@ -197,6 +220,18 @@ fn main() -> Result<(), String> {
         }
         None => None,
     };
+    let scale = match args.scale_out {
+        true => Some(ScaleOut::start(
+            &args.pg_url,
+            &args.redis_url,
+            gw_cpu,
+            &dir.path().join("pg-redis"),
+            &mock.url,
+            LIMITS_ON,
+            &log(scale_out::SIDE),
+        )?),
+        false => None,
+    };
     let nginx_dir = dir.path().join("nginx");
     let nginx = if args.nginx {
         std::fs::create_dir_all(&nginx_dir).map_err(|e| e.to_string())?;
@@ -218,41 +253,9 @@ fn main() -> Result<(), String> {
             unlimited,
             before,
             nginx,
+            scale,
         },
     ))
-}
-
-/// `--login-flood`: this build, then `--before` if given, each alone.
-fn run_login_flood(
-    args: &Args,
-    cpu: Option<usize>,
-    dir: &std::path::Path,
-    mock_url: &str,
-) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let flood = login_flood::Flood {
-        addresses: args.login_flood_addresses,
-        interval: Duration::from_millis(args.login_flood_interval_ms.max(1)),
-        requests: args.requests.min(3000),
-    };
-    let mut sides = vec![("palisade", procs::palisade_bin())];
-    if let Some(before) = &args.before {
-        sides.push(("palisade-before", before.clone()));
-    }
-    let mut results = Vec::new();
-    for (name, bin) in sides {
-        let side_dir = dir.join(name);
-        let r = rt.block_on(login_flood::measure(
-            name, &bin, cpu, &side_dir, mock_url, flood,
-        ))?;
-        println!("{}", r.line());
-        results.push(r);
-    }
-    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-    std::fs::write(args.out.join("login-flood.json"), json).map_err(|e| e.to_string())
 }
 
 /// The main Palisade's admission settings: queue at its default size, a per-IP
@@ -268,6 +271,7 @@ struct Extra {
     unlimited: Option<procs::Proc>,
     before: Option<procs::Proc>,
     nginx: Option<procs::Proc>,
+    scale: Option<ScaleOut>,
 }
 
 async fn run(
@@ -282,6 +286,7 @@ async fn run(
         unlimited,
         before,
         nginx,
+        scale,
     } = extra;
     let client = load::client();
     let direct = Target {
@@ -331,6 +336,14 @@ async fn run(
             key: Some(token),
         });
     }
+    if let Some(s) = &scale {
+        let token = setup_token(&client, &s.proc.url, true).await?;
+        gateways.push(Target {
+            name: scale_out::SIDE.into(),
+            base: format!("{}/v1", s.proc.url),
+            key: Some(token),
+        });
+    }
     if let Some(n) = &nginx {
         gateways.push(Target {
             name: "nginx".into(),
@@ -356,6 +369,10 @@ async fn run(
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let window = match &scale {
+        Some(s) => Some(s.begin().await?),
+        None => None,
+    };
     let idle_kib = palisade_pid.and_then(procs::rss_kib).map_or(0, |r| r.0);
 
     // c=1, interleaved in rounds so drift hits every side alike.
@@ -377,6 +394,13 @@ async fn run(
         }
     }
     println!("c={} done", args.concurrency);
+    let counts = match (&scale, window) {
+        (Some(s), Some(w)) => Some(
+            s.count(&client, w, &all, (&c1, &closed), args.concurrency)
+                .await?,
+        ),
+        _ => None,
+    };
 
     let rate = args
         .rate
@@ -553,6 +577,22 @@ async fn run(
     std::fs::write(args.out.join("bench.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("bench.svg"), report::svg(&report)).map_err(|e| e.to_string())?;
     println!("written to {}/bench.{{md,json,svg}}", args.out.display());
-    drop((mock, palisade, quiet, unlimited, before, nginx));
+    if let Some(counts) = counts {
+        let sizes = (args.requests, args.concurrency, args.seconds);
+        let r = scale_out_report::build(
+            &report.gateways,
+            counts,
+            report.date.clone(),
+            report.placement.clone(),
+            sizes,
+        )
+        .ok_or("scale-out: a side is missing")?;
+        let md = scale_out_report::markdown(&r);
+        println!("\n{md}");
+        std::fs::write(args.out.join("scale-out.md"), &md).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
+        std::fs::write(args.out.join("scale-out.json"), json).map_err(|e| e.to_string())?;
+    }
+    drop((mock, palisade, quiet, unlimited, before, nginx, scale));
     Ok(())
 }
