@@ -82,6 +82,11 @@ impl Unauthenticated {
         }
     }
 
+    /// Whether `ip` has spent its allowance of failures (without counting one).
+    pub fn is_locked_out(&self, ip: IpAddr) -> bool {
+        self.limiter.locked_for(&ip).is_some()
+    }
+
     /// Counts one unauthenticated `failure` from `ip`.
     pub fn refuse(&self, ip: IpAddr, failure: Failure) -> Refusal {
         let reason = failure.reason();

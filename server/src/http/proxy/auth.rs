@@ -46,11 +46,18 @@ pub async fn resolve(
                         return Err(refused.map(ProxyError::from));
                     }
                     // Perhaps made on another instance a moment ago: the
-                    // database decides (bounded; see token_registry::sync).
+                    // database decides (bounded; see token_registry::sync), unless
+                    // this client is locked out for failures already, so a flood
+                    // from one address cannot spend every instance's look-ups.
                     Err(Refused {
                         error: Denial::InvalidApiKey,
                         ..
-                    }) if !looked_up && state.registry.find_unknown(&hash).await => {
+                    }) if !looked_up
+                        && !state
+                            .unauthenticated
+                            .is_locked_out(crate::net::client_ip(req, &state.trusted_proxies))
+                        && state.registry.find_unknown(&hash).await =>
+                    {
                         looked_up = true;
                     }
                     Err(Refused {
