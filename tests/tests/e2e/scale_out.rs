@@ -23,6 +23,16 @@ fn instance(mock: &Mock, db: &PgDatabase, id: &str) -> Gateway {
         .start()
 }
 
+/// A mock upstream, a database of the test's own, and instances `a` and `b` on
+/// it (the bindings drop the gateways first, then the database, then the mock).
+async fn fleet() -> (Mock, PgDatabase, Gateway, Gateway) {
+    let mock = Mock::start("up");
+    let db = PgDatabase::create().await;
+    let a = instance(&mock, &db, "a");
+    let b = instance(&mock, &db, "b");
+    (mock, db, a, b)
+}
+
 async fn status_and_code(gw: &Gateway, token: &str) -> (u16, String) {
     let (status, body) = error_of(gw.chat(token, chat_body("gpt-4o-mini")).await).await;
     let code = body["error"]["code"]
@@ -48,10 +58,7 @@ async fn refused_after(gw: &Gateway, token: &str, status: u16, code: &str) -> Du
 
 #[tokio::test]
 async fn scale_out_a_token_made_on_a_works_on_b_at_once_and_usage_is_shared() {
-    let mock = Mock::start("up");
-    let db = PgDatabase::create().await;
-    let a = instance(&mock, &db, "a");
-    let b = instance(&mock, &db, "b");
+    let (_mock, _db, a, b) = fleet().await;
     // B started before the token existed: its very next request finds it.
     let (_, tid, t) = a.project_and_token(json!({}), json!({})).await;
     assert_eq!(b.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
@@ -98,10 +105,7 @@ async fn changed_on_a(
 
 #[tokio::test]
 async fn scale_out_every_revocation_reaches_the_other_instance_within_a_second() {
-    let mock = Mock::start("up");
-    let db = PgDatabase::create().await;
-    let a = instance(&mock, &db, "a");
-    let b = instance(&mock, &db, "b");
+    let (_mock, _db, a, b) = fleet().await;
     let both = (&a, &b);
     let (pid, tid, t) = a.project_and_token(json!({}), json!({})).await;
     let (t2id, t2) = a.create_token(&pid, json!({})).await;
@@ -168,10 +172,7 @@ async fn scale_out_every_revocation_reaches_the_other_instance_within_a_second()
 
 #[tokio::test]
 async fn scale_out_revocation_reaches_b_through_the_poll_when_the_push_is_down() {
-    let mock = Mock::start("up");
-    let db = PgDatabase::create().await;
-    let a = instance(&mock, &db, "a");
-    let b = instance(&mock, &db, "b");
+    let (_mock, db, a, b) = fleet().await;
     let (_, tid, t) = a.project_and_token(json!({}), json!({})).await;
     assert_eq!(b.chat(&t, chat_body("gpt-4o-mini")).await.status(), 200);
     // Cut B's LISTEN connection over and over, as a flaky network would: every
@@ -214,10 +215,7 @@ async fn scale_out_revocation_reaches_b_through_the_poll_when_the_push_is_down()
 
 #[tokio::test]
 async fn scale_out_sigterm_on_a_under_load_loses_no_usage_row() {
-    let mock = Mock::start("up");
-    let db = PgDatabase::create().await;
-    let mut a = instance(&mock, &db, "a");
-    let b = instance(&mock, &db, "b");
+    let (_mock, db, mut a, b) = fleet().await;
     let (_, _, t) = a.project_and_token(json!({}), json!({})).await;
     // Eight clients on A until it stops answering, while B serves too.
     let url = a.url.clone();
