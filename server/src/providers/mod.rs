@@ -32,6 +32,11 @@ pub struct Provider {
     pub name: String,
     /// Without a trailing slash; the proxy appends the path after `/v1`.
     pub base_url: String,
+    /// `base_url` parsed once: a request's URL is this with its path extended
+    /// ([`Provider::url_for`]), not a string parsed again per request (parsing the
+    /// host part, IDNA included, was about 2.5 % of a proxied request's
+    /// instructions).
+    base: reqwest::Url,
     pub api_key: Secret,
     pub patterns: Vec<String>,
     pub priority: i64,
@@ -84,6 +89,12 @@ impl Provider {
         let n = list.data.len();
         self.set_discovered(list.data.into_iter().map(|i| i.id).collect());
         Some(n)
+    }
+
+    /// `{base_url}{tail}?{query}` (no `?` when `query` is empty): `tail` is the
+    /// client's path after `/v1`, as it arrived (percent-encoded).
+    pub fn url_for(&self, tail: &str, query: &str) -> reqwest::Url {
+        join(&self.base, tail, query)
     }
 
     /// `GET {base_url}{path}` with the provider's key, the whole answer within
@@ -195,13 +206,13 @@ impl Providers {
             .iter()
             .map(|c| {
                 let base_url = c.base_url.trim_end_matches('/').to_owned();
-                // Checked here; the proxy appends the path to the string.
-                reqwest::Url::parse(&base_url)
+                let base = reqwest::Url::parse(&base_url)
                     .map_err(|e| format!("providers.{}.base_url: {e}", c.name))?;
                 Ok(Provider {
                     index: 0,
                     name: c.name.clone(),
                     base_url,
+                    base,
                     api_key: c.api_key.clone(),
                     patterns: c.models.clone(),
                     priority: c.priority,
@@ -288,6 +299,53 @@ pub async fn refresh_models_forever(providers: Arc<Providers>, interval: Duratio
             };
             p.note_models_refresh(outcome);
             *due = now + wait;
+        }
+    }
+}
+
+/// `base` with `tail` appended to its path and `query` as its query: the URL
+/// that parsing `{base}{tail}?{query}` gives, without parsing the host again.
+fn join(base: &reqwest::Url, tail: &str, query: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    let mut path = String::with_capacity(base.path().len() + tail.len());
+    path.push_str(base.path().trim_end_matches('/'));
+    path.push_str(tail);
+    url.set_path(&path);
+    url.set_query((!query.is_empty()).then_some(query));
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join;
+
+    #[test]
+    fn join_gives_the_url_the_concatenated_string_parses_to() {
+        for base in [
+            "http://127.0.0.1:8080/v1",
+            "https://api.example.com",
+            "https://Example.COM:443/openai/v1",
+            "http://[::1]:9000/a%20b/v1",
+            "https://bücher.example/v1",
+        ] {
+            let parsed = reqwest::Url::parse(base).unwrap();
+            for (tail, query) in [
+                ("/chat/completions", ""),
+                ("/embeddings", "api-version=2024-10-21"),
+                ("/files/file-abc%2Fdef/content", "a=1&b=%20"),
+                ("/models/ft:gpt-4o:org:x", ""),
+            ] {
+                let mut text = format!("{base}{tail}");
+                if !query.is_empty() {
+                    text.push('?');
+                    text.push_str(query);
+                }
+                assert_eq!(
+                    join(&parsed, tail, query),
+                    reqwest::Url::parse(&text).unwrap(),
+                    "{base} + {tail}?{query}"
+                );
+            }
         }
     }
 }

@@ -105,17 +105,9 @@ pub async fn send(
     request_id: Option<&RequestId>,
     body: Bytes,
 ) -> Result<reqwest::Response, ProxyError> {
-    let mut url =
-        String::with_capacity(provider.base_url.len() + tail.len() + 1 + req.query_string().len());
-    url.push_str(&provider.base_url);
-    url.push_str(tail);
-    if !req.query_string().is_empty() {
-        url.push('?');
-        url.push_str(req.query_string());
-    }
     let request = provider
         .client
-        .post(url)
+        .post(provider.url_for(tail, req.query_string()))
         .headers(forward_headers(req, key, request_id))
         .body(body)
         .build()
