@@ -24,6 +24,12 @@
 //!   marks Redis down ([`health`]): requests then skip Redis at once (no wait per
 //!   request) and follow `redis.on_error`, while a probe every
 //!   [`PROBE_INTERVAL`] notices when it answers again.
+//! * One connection per thread that calls (each actix worker, and the probe's
+//!   thread): a multiplexed connection's reader and writer run as a task on the
+//!   runtime of the thread that first used it, so one connection shared by every
+//!   worker sends each request to another thread and its reply back again (two
+//!   cross-thread wake-ups per request). Per thread, the call stays on the
+//!   worker's own runtime. An instance holds `workers + 1` connections.
 
 mod health;
 mod reply;
@@ -61,7 +67,10 @@ pub enum Unreachable {
 }
 
 pub struct SharedLimits {
-    conn: ConnectionManager,
+    /// Each calling thread's own connection ([`Self::conn`]).
+    conns: thread_local::ThreadLocal<ConnectionManager>,
+    client: redis::Client,
+    manager: ConnectionManagerConfig,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -97,10 +106,10 @@ impl SharedLimits {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|e| format!("redis: {}", scrub(&e.to_string(), &secrets)))?;
         Ok(Self {
-            conn,
+            conns: thread_local::ThreadLocal::new(),
+            client,
+            manager,
             script: redis::Script::new(SCRIPT),
             prefix: config.key_prefix.clone(),
             timeout,
@@ -119,6 +128,17 @@ impl SharedLimits {
 
     pub fn expected_instances(&self) -> u64 {
         self.expected_instances
+    }
+
+    /// This thread's connection, made (lazily: it connects on first use, on this
+    /// thread's runtime) the first time this thread calls.
+    pub(crate) fn conn(&self) -> Result<ConnectionManager, Unreachable> {
+        self.conns
+            .get_or_try(|| {
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone())
+            })
+            .cloned()
+            .map_err(|e| Unreachable::Redis(scrub(&e.to_string(), &self.secrets)))
     }
 
     /// False once a call failed, until one succeeds again.
@@ -150,7 +170,14 @@ impl SharedLimits {
         };
         let (rps, burst) = self.per_ip.map_or((0, 0), |(r, b)| (r.get(), b.get()));
         let rpm = |l: Option<(RateKey, NonZeroU32)>| l.map_or(0, |(_, r)| r.get());
-        let mut conn = self.conn.clone();
+        let mut conn = match self.conn() {
+            Ok(conn) => conn,
+            Err(e) => {
+                let result = Err(e);
+                self.note(&result);
+                return result;
+            }
+        };
         let mut call = self.script.prepare_invoke();
         call.key(format!(
             "{}rpm:token:{}:{}",
@@ -182,11 +209,13 @@ impl SharedLimits {
 
     /// `PING`, bounded like every call; updates the health either way.
     pub async fn ping(&self) -> Result<(), Unreachable> {
-        let mut conn = self.conn.clone();
-        let result = self
-            .bounded(redis::cmd("PING").query_async::<String>(&mut conn))
-            .await
-            .map(drop);
+        let result = match self.conn() {
+            Ok(mut conn) => self
+                .bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
         self.note(&result);
         result
     }

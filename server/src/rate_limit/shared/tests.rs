@@ -38,7 +38,7 @@ fn token(rpm: Option<i64>, max: Option<i64>) -> TokenState {
 }
 
 async fn get(l: &SharedLimits, key: &str) -> Option<i64> {
-    let mut conn = l.conn.clone();
+    let mut conn = l.conn().unwrap();
     redis::cmd("GET")
         .arg(format!("{}{key}", l.prefix))
         .query_async(&mut conn)
@@ -48,7 +48,7 @@ async fn get(l: &SharedLimits, key: &str) -> Option<i64> {
 
 /// A key's raw value (a bucket's arrival time), to show it was left alone.
 async fn raw(l: &SharedLimits, key: &str) -> Option<String> {
-    let mut conn = l.conn.clone();
+    let mut conn = l.conn().unwrap();
     redis::cmd("GET")
         .arg(format!("{}{key}", l.prefix))
         .query_async(&mut conn)
@@ -57,7 +57,7 @@ async fn raw(l: &SharedLimits, key: &str) -> Option<String> {
 }
 
 async fn pttl(l: &SharedLimits, key: &str) -> i64 {
-    let mut conn = l.conn.clone();
+    let mut conn = l.conn().unwrap();
     redis::cmd("PTTL")
         .arg(format!("{}{key}", l.prefix))
         .query_async(&mut conn)
@@ -292,7 +292,7 @@ async fn the_script_is_loaded_again_after_redis_forgets_it() {
     let t = token(Some(10), None);
     let p = project(t.project_id, None);
     l.admit(IP, &t, &p, 0).await.unwrap();
-    let mut conn = l.conn.clone();
+    let mut conn = l.conn().unwrap();
     let () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
