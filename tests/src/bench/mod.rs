@@ -3,6 +3,7 @@
 
 pub mod audit_ab;
 pub mod checks;
+pub mod instructions;
 pub mod load;
 pub mod login_flood;
 pub mod procs;

@@ -153,6 +153,31 @@ pub fn spawn_palisade(
     extra: &str,
     log: &Path,
 ) -> Result<Proc, String> {
+    start_palisade(command(bin, cpu), dir, mock_url, extra, log)
+}
+
+/// [`spawn_palisade`] run by another program (`wrapper`, e.g. valgrind), unpinned.
+pub fn spawn_palisade_under(
+    wrapper: &[String],
+    bin: &Path,
+    dir: &Path,
+    mock_url: &str,
+    extra: &str,
+    log: &Path,
+) -> Result<Proc, String> {
+    let (program, args) = wrapper.split_first().ok_or("empty wrapper")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(bin);
+    start_palisade(cmd, dir, mock_url, extra, log)
+}
+
+fn start_palisade(
+    mut cmd: Command,
+    dir: &Path,
+    mock_url: &str,
+    extra: &str,
+    log: &Path,
+) -> Result<Proc, String> {
     let audit = if extra.contains("audit:") {
         String::new()
     } else {
@@ -191,7 +216,7 @@ pub fn spawn_palisade(
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
-    let mut child = command(bin, cpu)
+    let mut child = cmd
         .args(["serve", "--config"])
         .arg(&path)
         .env_remove("RUST_LOG")

@@ -21,7 +21,7 @@ use palisade_tests::bench::report::{self, GatewayResult, ManyStreamsResult, Memo
 use palisade_tests::bench::scale_out::{self, ScaleOut};
 use palisade_tests::bench::sides::{parse_compare, quiet_target, setup_token};
 use palisade_tests::bench::stats::{added, summarize};
-use palisade_tests::bench::{audit_ab, login_flood, procs, scale_out_report, stream};
+use palisade_tests::bench::{audit_ab, instructions, login_flood, procs, scale_out_report, stream};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -113,6 +113,11 @@ struct Args {
     /// Redis for `--scale-out`.
     #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
     redis_url: String,
+    /// Only count the instructions the gateway executes per request under
+    /// callgrind (this many requests at c=1, then at `--concurrency`), on this
+    /// build and on `--before` if given: a figure the host's noise does not move.
+    #[arg(long)]
+    instructions: Option<usize>,
     /// A short run for smoke-testing the harness.
     #[arg(long)]
     quick: bool,
@@ -162,6 +167,27 @@ fn main() -> Result<(), String> {
             mock_url: mock.url.clone(),
         };
         return login_flood::run(flood, &sides, &args.out);
+    }
+    if let Some(requests) = args.instructions {
+        let mut sides = vec![("palisade".to_owned(), procs::palisade_bin())];
+        sides.extend(
+            args.before
+                .clone()
+                .map(|b| ("palisade-before".to_owned(), b)),
+        );
+        let plan = instructions::Plan {
+            requests,
+            concurrency: args.concurrency,
+            sides,
+            dir: dir.path(),
+            mock_url: &mock.url,
+            extra: LIMITS_ON,
+        };
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(instructions::run(&plan, &args.out));
     }
     let measured = match args.access_log_off {
         true => format!("{LIMITS_ON}{ACCESS_LOG_OFF}"),
