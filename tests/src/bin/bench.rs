@@ -38,6 +38,10 @@ struct Args {
     /// Closed-loop seconds per side.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Closed-loop slices per side (`--seconds` split among them), the sides'
+    /// order reversed every other slice.
+    #[arg(long, default_value_t = 2)]
+    closed_rounds: usize,
     /// Open-loop rate (requests/s); default: half the slowest side's closed-loop RPS.
     #[arg(long)]
     rate: Option<f64>,
@@ -401,22 +405,26 @@ async fn run(
     };
     let idle_kib = palisade_pid.and_then(procs::rss_kib).map_or(0, |r| r.0);
 
-    // c=1, interleaved in rounds so drift hits every side alike.
+    // c=1, interleaved in rounds so drift hits every side alike, the order
+    // reversed every other round so no side always follows the same one.
     let rounds = 10;
     let mut c1: Vec<Run> = all.iter().map(|_| Run::default()).collect();
-    for _ in 0..rounds {
-        for (i, t) in all.iter().enumerate() {
-            c1[i].merge(load::sequential(&client, t, args.requests.div_ceil(rounds)).await);
+    for round in 0..rounds {
+        for i in round_order(round, all.len()) {
+            let n = args.requests.div_ceil(rounds);
+            c1[i].merge(load::sequential(&client, &all[i], n).await);
         }
     }
     println!("c=1 done");
 
-    // Closed loop, two interleaved halves per side.
-    let half = Duration::from_secs_f64(args.seconds / 2.0);
+    // Closed loop, `--closed-rounds` interleaved slices per side, in the same
+    // alternating order: a side measured right after another pays for what
+    // that one left behind on the shared core (its writers catching up).
+    let slice = Duration::from_secs_f64(args.seconds / args.closed_rounds.max(1) as f64);
     let mut closed: Vec<Run> = all.iter().map(|_| Run::default()).collect();
-    for _ in 0..2 {
-        for (i, t) in all.iter().enumerate() {
-            closed[i].merge(load::closed_loop(&client, t, args.concurrency, half).await);
+    for round in 0..args.closed_rounds {
+        for i in round_order(round, all.len()) {
+            closed[i].merge(load::closed_loop(&client, &all[i], args.concurrency, slice).await);
         }
     }
     println!("c={} done", args.concurrency);
@@ -621,4 +629,13 @@ async fn run(
     }
     drop((mock, palisade, quiet, unlimited, before, nginx, scale));
     Ok(())
+}
+
+/// The order sides are measured in, round `round`: as listed in even rounds,
+/// reversed in odd ones.
+fn round_order(round: usize, sides: usize) -> Vec<usize> {
+    match round % 2 {
+        0 => (0..sides).collect(),
+        _ => (0..sides).rev().collect(),
+    }
 }
